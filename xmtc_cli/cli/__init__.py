@@ -1,0 +1,60 @@
+"""Command-line interface: the only package that imports typer or rich.
+
+`main()` is the single error boundary: known errors (`XmtcError`) become `error:` and `hint:`
+lines on stderr with exit code 1, usage errors exit 2, and anything unexpected prints one line
+asking for a re-run with XMTC_DEBUG=1, which shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from xmtc_cli.cli.app import app
+from xmtc_cli.errors import XmtcError
+
+# Importing a command module registers its command on `app`.
+
+
+def _debug() -> bool:
+    return os.environ.get("XMTC_DEBUG", "").strip() not in ("", "0", "false", "no")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run `xmtc`, turning every failure into a message and an exit code."""
+    try:
+        code = app(args=argv, prog_name="xmtc", standalone_mode=False)
+    except XmtcError as exc:
+        if _debug():
+            raise
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.ClickException as exc:  # usage errors: bad option, missing argument
+        exc.show(file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        # `xmtc predict ... | head` closed our stdout: not an error of ours.
+        sys.stderr.close()
+        sys.exit(0)
+    except Exception as exc:  # noqa: BLE001 - the boundary: nothing unexpected leaks a traceback
+        if _debug():
+            raise
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} "
+            "(re-run with XMTC_DEBUG=1 to see the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,315 @@
+"""Recipes: typed, frozen training configuration loaded from YAML with KEY=VALUE overrides.
+
+A recipe has four sections. Every field has a default, so a recipe names only what it changes;
+unknown keys are refused with a "did you mean", and every problem is reported at once. Sizes
+that come from the data (vocabularies, embedding widths, N when left unset) are arguments to the
+builders, never written back into the recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from xmtc_cli.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dir: str = ""
+    """Processed-data folder written by `xmtc preprocess`, or `builtin:demo` for the corpus the
+    package generates itself."""
+    max_src_tokens: int | None = None
+    """Source tokens kept per document (the rest is cut); None: the dataset's default (SPEC §6)."""
+    max_labels: int | None = None
+    """N, the decoding steps; None: the largest training label set. Longer gold sets are cut."""
+    label_order: Literal["file", "frequency"] = "file"
+    """Order of gold labels for the cross-entropy baselines: as in the file (Seq2Seq) or by
+    descending training frequency (MLC2Seq, SGM). Ignored by the matching loss."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    hidden_size: int = 512
+    """GRU hidden size, per direction in the encoder."""
+    encoder_layers: int = 2
+    """Stacked bidirectional GRU layers in the encoder."""
+    dropout: float = 0.2
+    """Dropout on embeddings, between encoder layers and before the output layer."""
+    light_conv: bool = True
+    """The lightweight-convolution attention branch (the paper's "+ LC")."""
+    conv_kernels: tuple[int, ...] = (3, 7, 15, 30)
+    """Kernel size of each depth-wise convolution layer."""
+    conv_last_stride: int = 3
+    """Stride of the last convolution layer (4 on Wiki10-31K); the others use 1."""
+    bottleneck: int | None = None
+    """Output bottleneck width b (XML-CNN style); None: a full output layer."""
+    label_embedding_size: int | None = None
+    """Width of randomly initialised label embeddings; None: the processed data's width."""
+    global_embedding: bool = False
+    """SGM's global-embedding gate on the decoder input."""
+    global_embedding_tau: float = 0.1
+    """Softmax temperature of the global embedding."""
+    masked_softmax: bool = False
+    """SGM's masked softmax: a label already generated cannot be generated again."""
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    kind: Literal["matching", "cross-entropy"] = "matching"
+    """`matching`: Hungarian bipartite matching with student forcing (OTSeq2Set, BM rows).
+    `cross-entropy`: teacher forcing on the ordered gold labels plus an end label (Seq2Seq,
+    MLC2Seq, SGM)."""
+    scheme: Literal["all", "first-n"] = "all"
+    """Which steps the gold labels may be matched to: any of the N steps, or the first n."""
+    empty_weight: float = 0.2
+    """λ_∅: weight of the ∅ target in the matching loss."""
+    ot_weight: float = 8.0
+    """λ: weight of the optimal-transport term; 0 disables it."""
+    ot_beta: float = 1.0
+    """IPOT proximal step size β."""
+    ot_iters: int = 50
+    """IPOT outer iterations."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Adam learning rate at the start of the cosine schedule."""
+    min_lr: float = 0.0
+    """Learning rate the cosine schedule ends at."""
+    weight_decay: float = 0.0
+    grad_clip: float = 8.0
+    """Gradient-norm clipping threshold."""
+    seed: int = 0
+    eval_batch_size: int = 64
+    amp: bool = True
+    """bf16 autocast on CUDA (ignored on CPU)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = ""
+    """A short name for the run, shown in logs and saved with the checkpoint."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --- loading -------------------------------------------------------------------------------
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply `KEY=VALUE` overrides, validate, and return it frozen."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"recipe {path} does not exist",
+            "pass a YAML recipe, e.g. recipes/demo.yaml (see `ls recipes/`)",
+        )
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections, found {type(raw).__name__}")
+    return recipe_from_dict(raw, overrides or [], source=str(path))
+
+
+def recipe_from_dict(raw: dict, overrides: list[str] = (), source: str = "recipe") -> Recipe:
+    """Build a Recipe from nested plain data plus overrides; list every problem at once."""
+    raw = _deep_copy(raw)
+    problems: list[str] = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            problems.append(f"override {item!r} is not KEY=VALUE (e.g. train.epochs=3)")
+            continue
+        node = raw
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"override {item!r}: {part} is not a section")
+                break
+            node = child
+        else:
+            node[leaf] = yaml.safe_load(text) if text.strip() else None
+    recipe = _build(Recipe, raw, "", problems)
+    if not problems:
+        problems.extend(_check(recipe))
+    if problems:
+        lines = "\n  ".join(problems)
+        raise ConfigError(
+            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  {lines}",
+            "fix the recipe or the override; `xmtc train RECIPE --dry-run` shows the result",
+        )
+    return recipe
+
+
+def _deep_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _deep_copy(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{prefix.rstrip('.') or 'recipe'} must be a mapping")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        name = str(key)
+        if name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            tip = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            known = ", ".join(prefix + f for f in fields)
+            problems.append(f"unknown key {prefix}{name}{tip}; known here: {known}")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, value if value is not None else {}, f"{prefix}{name}.", problems)
+        else:
+            ok, converted = _coerce(value, hint)
+            if ok:
+                kwargs[name] = converted
+            else:
+                problems.append(f"{prefix}{name}: {value!r} is not {_describe(hint)}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            ok, out = _coerce(value, arg)
+            if ok:
+                return True, out
+        return False, None
+    if hint is type(None):
+        return value is None, None
+    if origin is Literal:
+        return (value in args), value
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(_coerce(v, args[0])[0] for v in value):
+            return True, tuple(_coerce(v, args[0])[1] for v in value)
+        return False, None
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return (isinstance(value, int) and not isinstance(value, bool)), value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, None
+        return False, None
+    if hint is str:
+        return isinstance(value, str), value
+    return False, None
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in args)
+    if hint is type(None):
+        return "null"
+    if origin is Literal:
+        return "one of " + " | ".join(str(a) for a in args)
+    if origin is tuple:
+        return f"a list of {_describe(args[0])}"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        hint, str(hint)
+    )
+
+
+def _check(r: Recipe) -> list[str]:
+    """Cross-field and range checks, beyond types."""
+    p = []
+    if not r.data.dir:
+        p.append("data.dir is required: the folder written by `xmtc preprocess` (or builtin:demo)")
+    positive = {
+        "data.max_src_tokens": r.data.max_src_tokens,
+        "data.max_labels": r.data.max_labels,
+        "model.hidden_size": r.model.hidden_size,
+        "model.encoder_layers": r.model.encoder_layers,
+        "model.conv_last_stride": r.model.conv_last_stride,
+        "model.bottleneck": r.model.bottleneck,
+        "model.label_embedding_size": r.model.label_embedding_size,
+        "train.epochs": r.train.epochs,
+        "train.batch_size": r.train.batch_size,
+        "train.eval_batch_size": r.train.eval_batch_size,
+        "loss.ot_iters": r.loss.ot_iters,
+    }
+    p += [f"{k} must be a positive integer, not {v}" for k, v in positive.items()
+          if v is not None and v < 1]
+    if not 0 <= r.model.dropout < 1:
+        p.append(f"model.dropout must be in [0, 1), not {r.model.dropout}")
+    if not r.model.conv_kernels or any(k < 1 for k in r.model.conv_kernels):
+        p.append("model.conv_kernels must be a non-empty list of positive integers")
+    for key, value in (("loss.empty_weight", r.loss.empty_weight),
+                       ("loss.ot_weight", r.loss.ot_weight), ("train.min_lr", r.train.min_lr),
+                       ("train.weight_decay", r.train.weight_decay)):
+        if value < 0:
+            p.append(f"{key} must be >= 0, not {value}")
+    for key, value in (("loss.ot_beta", r.loss.ot_beta), ("train.lr", r.train.lr),
+                       ("train.grad_clip", r.train.grad_clip),
+                       ("model.global_embedding_tau", r.model.global_embedding_tau)):
+        if value <= 0:
+            p.append(f"{key} must be > 0, not {value}")
+    if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:
+        p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
+                 "loss.kind=cross-entropy")
+    return p
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass (for `--help` and README)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for prev, node in zip(body, body[1:]):
+        if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs

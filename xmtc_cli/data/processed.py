@@ -1,0 +1,206 @@
+"""The processed-data folder: what `xmtc preprocess` writes and `xmtc train` loads.
+
+Layout (FORMAT_VERSION 1)::
+
+    manifest.json          format version, dataset name, options, source checksums, statistics,
+                           tokenizer settings, training defaults; written last
+    tokens.tsv             token<TAB>training count, one per line, line k = token id k;
+                           id 0 is <pad>, id 1 is <unk>
+    labels.tsv             label<TAB>readable name<TAB>training count; line k = label id k.
+                           The first `num_labels` are the training labels (the model's label
+                           vocabulary); any after them occur only in gold sets of other splits
+    embeddings.safetensors "tokens" float32 [tokens, E] (absent without GloVe) and
+                           "labels" float32 [num_labels, E_label]
+    {split}.safetensors    for split in train, valid, test: "token_ids" int32 [all tokens],
+                           "token_offsets" int64 [docs + 1], "label_ids" int32 [all labels],
+                           "label_offsets" int64 [docs + 1]; document i is
+                           token_ids[token_offsets[i]:token_offsets[i + 1]]
+
+Label ids are corpus ids (0..); the decoder's output space adds special symbols in front of
+them (`xmtc_cli.labelspace`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from xmtc_cli.atomic import atomic_dir
+from xmtc_cli.errors import DataError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SPLITS = ("train", "valid", "test")
+PAD, UNK = 0, 1
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split's documents as flat arrays with offsets (a CSR layout)."""
+
+    token_ids: np.ndarray  # int32 [total tokens]
+    token_offsets: np.ndarray  # int64 [docs + 1]
+    label_ids: np.ndarray  # int32 [total labels]
+    label_offsets: np.ndarray  # int64 [docs + 1]
+
+    def __len__(self) -> int:
+        return len(self.token_offsets) - 1
+
+    def tokens(self, i: int) -> np.ndarray:
+        return self.token_ids[self.token_offsets[i] : self.token_offsets[i + 1]]
+
+    def labels(self, i: int) -> np.ndarray:
+        return self.label_ids[self.label_offsets[i] : self.label_offsets[i + 1]]
+
+    @classmethod
+    def from_lists(cls, docs: list[list[int]], labels: list[list[int]]) -> Split:
+        """Pack per-document id lists (used by preprocess and by tests)."""
+        if len(docs) != len(labels):
+            raise ValueError(f"{len(docs)} documents but {len(labels)} label lists")
+        return cls(
+            token_ids=_flat(docs),
+            token_offsets=_offsets(docs),
+            label_ids=_flat(labels),
+            label_offsets=_offsets(labels),
+        )
+
+    def subset(self, indices: np.ndarray) -> Split:
+        """The documents at `indices`, in that order."""
+        return Split.from_lists(
+            [self.tokens(i).tolist() for i in indices], [self.labels(i).tolist() for i in indices]
+        )
+
+
+def _flat(rows: list[list[int]]) -> np.ndarray:
+    if not rows:
+        return np.zeros(0, dtype=np.int32)
+    return np.fromiter((x for row in rows for x in row), dtype=np.int32)
+
+
+def _offsets(rows: list[list[int]]) -> np.ndarray:
+    out = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=out[1:])
+    return out
+
+
+@dataclass(frozen=True)
+class ProcessedData:
+    """Everything training needs from a corpus, loaded from one processed-data folder."""
+
+    tokens: list[str]  # id -> token
+    token_counts: np.ndarray  # int64 [tokens]
+    labels: list[str]  # id -> label (training labels first, then gold-only labels)
+    label_names: list[str]  # id -> readable name (for GloVe means and display)
+    label_counts: np.ndarray  # int64 [labels]: training documents carrying the label
+    num_labels: int  # training labels: the model's label vocabulary
+    splits: dict[str, Split]
+    label_embeddings: np.ndarray  # float32 [num_labels, E_label]
+    token_embeddings: np.ndarray | None = None  # float32 [tokens, E], None without GloVe
+    manifest: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        """Tokenizer settings, for `xmtc_cli.data.tokenize.tokenizer_from_settings`."""
+        return self.manifest["tokenizer"]
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The dataset's training defaults (SPEC §6): max_src_tokens, max_labels, scheme, ..."""
+        return self.manifest.get("defaults", {})
+
+
+def save_processed(data: ProcessedData, dest: str | Path) -> Path:
+    """Write `data` to the folder `dest` atomically (a crash leaves no folder that loads)."""
+    dest = Path(dest)
+    manifest = dict(data.manifest)
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["num_labels"] = data.num_labels
+    manifest["splits"] = {name: len(split) for name, split in data.splits.items()}
+    with atomic_dir(dest) as tmp:
+        with open(tmp / "tokens.tsv", "w", encoding="utf-8") as f:
+            for tok, count in zip(data.tokens, data.token_counts.tolist()):
+                f.write(f"{tok}\t{count}\n")
+        with open(tmp / "labels.tsv", "w", encoding="utf-8") as f:
+            for lab, name, count in zip(data.labels, data.label_names, data.label_counts.tolist()):
+                f.write(f"{lab}\t{name}\t{count}\n")
+        emb = {"labels": np.ascontiguousarray(data.label_embeddings, dtype=np.float32)}
+        if data.token_embeddings is not None:
+            emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
+        save_file(emb, str(tmp / "embeddings.safetensors"))
+        for name, split in data.splits.items():
+            save_file(
+                {
+                    "token_ids": split.token_ids.astype(np.int32, copy=False),
+                    "token_offsets": split.token_offsets.astype(np.int64, copy=False),
+                    "label_ids": split.label_ids.astype(np.int32, copy=False),
+                    "label_offsets": split.label_offsets.astype(np.int64, copy=False),
+                },
+                str(tmp / f"{name}.safetensors"),
+            )
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return dest
+
+
+def load_processed(path: str | Path) -> ProcessedData:
+    """Load a folder written by `save_processed`, refusing anything incomplete or foreign."""
+    path = Path(path)
+    hint = f"run `xmtc preprocess DATASET --out {path}` first"
+    if not path.is_dir():
+        raise DataError(f"processed-data folder {path} does not exist", hint)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(f"{path} is not a processed-data folder (no {MANIFEST})", hint)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"{manifest_path} cannot be read: {exc}", hint) from exc
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(
+            f"{path} holds processed data of format version {version}; "
+            f"this xmtc reads version {FORMAT_VERSION}",
+            f"re-run `xmtc preprocess` with this version of xmtc to rebuild {path}",
+        )
+    try:
+        tokens, token_counts = _read_tsv(path / "tokens.tsv", 2)
+        labels, label_names, label_counts = _read_tsv(path / "labels.tsv", 3)
+        emb = load_file(str(path / "embeddings.safetensors"))
+        splits = {}
+        for name in manifest.get("splits", {}):
+            arrays = load_file(str(path / f"{name}.safetensors"))
+            splits[name] = Split(**arrays)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"processed data in {path} is damaged: {exc}", hint) from exc
+    return ProcessedData(
+        tokens=tokens,
+        token_counts=np.asarray(token_counts, dtype=np.int64),
+        labels=labels,
+        label_names=label_names,
+        label_counts=np.asarray(label_counts, dtype=np.int64),
+        num_labels=int(manifest["num_labels"]),
+        splits=splits,
+        label_embeddings=emb["labels"],
+        token_embeddings=emb.get("tokens"),
+        manifest=manifest,
+        path=path,
+    )
+
+
+def _read_tsv(path: Path, columns: int) -> list[list]:
+    cols: list[list] = [[] for _ in range(columns)]
+    with open(path, encoding="utf-8", newline="\n") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != columns:
+                raise ValueError(f"{path.name} line {len(cols[0]) + 1} has {len(parts)} fields")
+            for col, value in zip(cols, parts):
+                col.append(value)
+    cols[-1] = [int(x) for x in cols[-1]]
+    return cols

@@ -1,0 +1,23 @@
+"""The model's output index space: three special symbols, then the corpus labels.
+
+Processed data numbers labels 0..L-1 (see `xmtc_cli.data.processed`); the decoder predicts over
+V = L + NUM_SPECIALS symbols, where label k is output index k + NUM_SPECIALS.
+"""
+
+from __future__ import annotations
+
+EMPTY = 0  # ∅: a decoding step with no label (the set models' padding target)
+BOS = 1  # start symbol fed to the first decoding step
+EOS = 2  # end of sequence (Seq2Seq baselines only)
+NUM_SPECIALS = 3
+SPECIAL_NAMES = ("<empty>", "<bos>", "<eos>")
+
+
+def to_output(label_id: int) -> int:
+    """Corpus label id -> decoder output index."""
+    return label_id + NUM_SPECIALS
+
+
+def to_label(output_index: int) -> int:
+    """Decoder output index -> corpus label id (negative for a special symbol)."""
+    return output_index - NUM_SPECIALS
