@@ -120,6 +120,40 @@ def _plain(value: Any) -> Any:
     return value
 
 
+# The rows of the paper's Table 3 as recipe overrides: every baseline and ablation is a switch
+# of the one model, applied before the user's own KEY=VALUE overrides (which win).
+METHODS: dict[str, list[str]] = {
+    "seq2seq": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
+                "data.label_order=file", "model.global_embedding=false",
+                "model.masked_softmax=false"],
+    "mlc2seq": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
+                "data.label_order=frequency", "model.global_embedding=false",
+                "model.masked_softmax=false"],
+    "sgm": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
+            "data.label_order=frequency", "model.global_embedding=true",
+            "model.masked_softmax=true"],
+    "seq2seq-lc": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=true",
+                   "data.label_order=file", "model.global_embedding=false",
+                   "model.masked_softmax=false"],
+    "bm": ["loss.kind=matching", "loss.ot_weight=0", "model.light_conv=false"],
+    "bm-lc": ["loss.kind=matching", "loss.ot_weight=0", "model.light_conv=true"],
+    "bm-ot": ["loss.kind=matching", "model.light_conv=false"],
+    "otseq2set": ["loss.kind=matching", "model.light_conv=true"],
+}
+"""Paper method -> overrides. `bm-ot` and `otseq2set` keep the recipe's OT weight (8 in the
+paper's recipes), so a recipe with loss.ot_weight=0 (Amazon-670K) stays without OT."""
+
+
+def method_overrides(method: str) -> list[str]:
+    """The overrides that turn a recipe into one of the paper's methods (Table 3 rows)."""
+    if method not in METHODS:
+        close = difflib.get_close_matches(method, METHODS, n=1)
+        tip = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"unknown method {method!r}{tip}",
+                          "choose one of " + ", ".join(METHODS))
+    return list(METHODS[method])
+
+
 # --- loading -------------------------------------------------------------------------------
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
