@@ -1,0 +1,272 @@
+"""The model: every paper variant's shapes and gradients, masks, the conv branch, decoding, and
+overfitting a tiny corpus."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xmtc_cli.config import LossConfig, ModelConfig
+from xmtc_cli.labelspace import EMPTY, EOS, NUM_SPECIALS
+from xmtc_cli.losses import build_criterion
+from xmtc_cli.model import ModelSizes, build_model, conv_min_length
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds overhead, and thrashes on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SIZES = ModelSizes(vocab_size=30, num_labels=7, max_steps=4, embed_size=6, label_embed_size=5)
+V = SIZES.num_outputs
+
+
+def tiny(kind: str = "matching", **model) -> torch.nn.Module:
+    """A small model of the given loss kind; `model` overrides ModelConfig fields."""
+    cfg = ModelConfig(**{"hidden_size": 8, "dropout": 0.1, **model})
+    loss = LossConfig(kind=kind, ot_weight=8.0 if kind == "matching" else 0.0)
+    return build_model(cfg, loss, SIZES)
+
+
+def ragged_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Documents of lengths 9, 1, 0 and 5 (T = 9, shorter than the conv stack's 52), and gold
+    sets of 2, 1, 0 and 3 labels (output indices, padded with -1)."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([9, 1, 0, 5])
+    src = torch.randint(2, SIZES.vocab_size, (4, 9), generator=g)
+    src[torch.arange(9) >= lengths.unsqueeze(1)] = 0
+    gold = torch.tensor([[3, 5, -1], [9, -1, -1], [-1, -1, -1], [4, 8, 6]])
+    return src, lengths, gold
+
+
+VARIANTS = list(itertools.product(("matching", "cross-entropy"), (True, False), (None, 16),
+                                  (True, False)))
+
+
+@pytest.mark.parametrize("kind,light_conv,bottleneck,sgm", VARIANTS)
+def test_every_variant_trains(kind, light_conv, bottleneck, sgm):
+    torch.manual_seed(0)
+    model = tiny(kind, light_conv=light_conv, bottleneck=bottleneck, global_embedding=sgm,
+                 masked_softmax=sgm)
+    src, lengths, gold = ragged_batch()
+    logits = model(src, lengths, gold)
+    steps = SIZES.max_steps if kind == "matching" else gold.size(1) + 1
+    assert logits.shape == (4, steps, V)
+    assert torch.isfinite(logits).all()
+    loss, _ = build_criterion(LossConfig(kind=kind, ot_weight=8.0 * (kind == "matching")))(
+        logits, gold, model.label_embedding.weight)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    for table in (model.encoder.embedding.weight, model.label_embedding.weight):
+        assert table.grad.abs().sum() > 0
+    model.eval()
+    labels, scores = model.generate(src, lengths)
+    assert labels.shape == scores.shape and labels.size(0) == 4
+    assert labels.size(1) == SIZES.max_steps or kind == "cross-entropy"
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_teacher_forcing_needs_gold():
+    src, lengths, _ = ragged_batch()
+    with pytest.raises(ValueError, match="gold"):
+        tiny("cross-entropy")(src, lengths)
+
+
+@pytest.mark.parametrize("kind,light_conv", itertools.product(("matching", "cross-entropy"),
+                                                               (True, False)))
+def test_padding_is_invisible(kind, light_conv):
+    """A document's logits do not depend on the batch's padding or on what fills it."""
+    torch.manual_seed(0)
+    model = tiny(kind, light_conv=light_conv, global_embedding=True, masked_softmax=True).eval()
+    doc = torch.randint(2, SIZES.vocab_size, (1, 5))
+    gold = torch.tensor([[4, 3, -1]])
+    alone = model(doc, torch.tensor([5]), gold)
+    src = torch.randint(2, SIZES.vocab_size, (2, 70))  # junk in doc's padding region
+    src[0, :5] = doc
+    together = model(src, torch.tensor([5, 70]), torch.tensor([[4, 3, -1], [5, 6, 7]]))
+    torch.testing.assert_close(together[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("light_conv", (True, False))
+def test_empty_documents_read_as_one_pad(light_conv):
+    model = tiny(light_conv=light_conv).eval()
+    junk = torch.randint(2, SIZES.vocab_size, (2, 3))
+    empty = model(junk, torch.tensor([0, 0]))
+    torch.testing.assert_close(empty, model(torch.zeros(2, 0, dtype=torch.long),
+                                            torch.tensor([0, 0])))
+    assert torch.isfinite(empty).all()
+
+
+@pytest.mark.parametrize("light_conv", (True, False))
+def test_keys_projected_once_per_document(light_conv):
+    model = tiny(light_conv=light_conv)
+    calls = []
+    model.attention.U.register_forward_hook(lambda *_: calls.append(1))
+    src, lengths, gold = ragged_batch()
+    model(src, lengths, gold)
+    assert len(calls) == (2 if light_conv else 1)
+
+
+def test_conv_kernels_are_softmax_normalised():
+    conv = tiny(light_conv=True).conv
+    for kernel, width in zip(conv.kernels(), ModelConfig().conv_kernels):
+        assert kernel.shape == (16, 1, width)  # one kernel per channel of h (2H = 16)
+        torch.testing.assert_close(kernel.sum(-1), torch.ones(16, 1))
+
+
+@pytest.mark.parametrize("kernels,strides", [
+    ((3, 7, 15, 30), (1, 1, 1, 3)),
+    ((3, 7, 15, 30), (1, 1, 1, 4)),
+    ((5,), (2,)),
+    ((2, 4, 3), (3, 2, 5)),
+])
+def test_conv_min_length_is_the_shortest_input_that_convolves(kernels, strides):
+    def outputs(length: int) -> int:
+        x = torch.zeros(1, 1, length)
+        for k, s in zip(kernels, strides):
+            if x.size(-1) < k:
+                return 0
+            x = F.conv1d(x, torch.ones(1, 1, k), stride=s)
+        return x.size(-1)
+
+    shortest = next(length for length in range(1, 500) if outputs(length) > 0)
+    assert conv_min_length(kernels, strides) == shortest
+    if kernels == (3, 7, 15, 30) and strides[-1] == 3:
+        assert shortest == 52  # SPEC §2
+
+
+def test_conv_mask_keeps_windows_inside_the_document():
+    conv = tiny(light_conv=True).conv  # windows of 52 inputs, 3 apart
+    h = torch.rand(3, 60, 16)
+    out, valid = conv(h, torch.tensor([60, 52, 1]))
+    assert out.shape == (3, 3, 16)  # 60 -> 58 -> 52 -> 38 -> 3
+    assert valid.tolist() == [[True, True, True], [True, False, False], [True, False, False]]
+
+
+@pytest.mark.parametrize("sgm", (True, False))
+def test_generate_follows_the_training_path(sgm):
+    """Student forcing decodes in training exactly as at inference."""
+    torch.manual_seed(0)
+    model = tiny(global_embedding=sgm, masked_softmax=sgm).eval()
+    src, lengths, _ = ragged_batch()
+    logits = model(src, lengths)
+    labels, scores = model.generate(src, lengths)
+    assert torch.equal(labels, logits.argmax(-1))
+    expected = logits.softmax(-1).gather(2, labels.unsqueeze(2)).squeeze(2)
+    torch.testing.assert_close(scores, expected)
+
+
+@pytest.mark.parametrize("kind", ("matching", "cross-entropy"))
+def test_masked_softmax_never_repeats_a_label(kind):
+    torch.manual_seed(0)
+    model = tiny(kind, masked_softmax=True).eval()
+    model.max_steps = 6
+    with torch.no_grad():  # a decoder that would otherwise repeat label 3, then 4, ...
+        model.output.bias[NUM_SPECIALS:] += 20 - torch.arange(SIZES.num_labels).float()
+    src, lengths, _ = ragged_batch()
+    labels, _ = model.generate(src, lengths)
+    for row in labels.tolist():
+        corpus = [x for x in row if x >= NUM_SPECIALS]
+        assert len(corpus) == len(set(corpus)) >= 5
+
+
+def test_cross_entropy_generation_stops_at_eos():
+    torch.manual_seed(0)
+    model = tiny("cross-entropy").eval()
+    model.max_steps = 8
+    src, lengths, _ = ragged_batch()
+    labels, scores = model.generate(src, lengths)
+    for row, score in zip(labels.tolist(), scores.tolist()):  # untrained: whatever it ends on
+        if EOS in row:
+            end = row.index(EOS)
+            assert all(x == EMPTY for x in row[end + 1:]) and not any(score[end + 1:])
+    with torch.no_grad():
+        model.output.bias[EOS] += 50  # EOS first: decoding stops at the first end check
+    labels, scores = model.generate(src, lengths)
+    assert labels.shape == (4, 4)
+    assert (labels[:, 0] == EOS).all() and (labels[:, 1:] == EMPTY).all()
+    assert (scores[:, 1:] == 0).all()
+    with torch.no_grad():
+        model.output.bias[EOS] -= 100  # never EOS: all N + 1 steps
+    assert model.generate(src, lengths)[0].shape == (4, 9)
+
+
+def test_sizes_round_trip_through_json():
+    sizes = ModelSizes(**json.loads(json.dumps(dataclasses.asdict(SIZES))))
+    assert sizes == SIZES
+    a = tiny(light_conv=True, bottleneck=16, global_embedding=True).state_dict()
+    b = build_model(ModelConfig(hidden_size=8, bottleneck=16, global_embedding=True),
+                    LossConfig(), sizes).state_dict()
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+
+
+def test_pretrained_embeddings_initialise_the_tables():
+    tokens = np.random.default_rng(0).normal(size=(30, 6)).astype(np.float32)
+    labels = np.random.default_rng(1).normal(size=(7, 5)).astype(np.float32)
+    model = build_model(ModelConfig(hidden_size=8), LossConfig(), SIZES, tokens, labels)
+    source = model.encoder.embedding.weight.detach()
+    assert (source[0] == 0).all()  # <pad>
+    torch.testing.assert_close(source[1:], torch.from_numpy(tokens[1:]))
+    torch.testing.assert_close(model.label_embedding.weight[NUM_SPECIALS:].detach(),
+                               torch.from_numpy(labels))
+    random_labels = build_model(ModelConfig(hidden_size=8, label_embedding_size=5), LossConfig(),
+                                SIZES, tokens, labels)
+    assert not torch.equal(random_labels.label_embedding.weight[NUM_SPECIALS:],
+                           torch.from_numpy(labels))
+    with pytest.raises(ValueError, match="token embeddings"):
+        build_model(ModelConfig(hidden_size=8), LossConfig(), SIZES, tokens[:, :4])
+
+
+# --- overfitting a tiny corpus -------------------------------------------------------------
+
+def overfit(kind: str, scheme: str = "all", light_conv: bool = False, seed: int = 0) -> None:
+    """Train on 8 random documents with 1-3 labels each until the decoded sets are the gold."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    sizes = ModelSizes(vocab_size=40, num_labels=10, max_steps=3, embed_size=16,
+                       label_embed_size=16)
+    lengths = torch.from_numpy(rng.integers(4, 13, size=8))
+    src = torch.from_numpy(rng.integers(2, 40, size=(8, 12)))
+    src[torch.arange(12) >= lengths.unsqueeze(1)] = 0
+    gold_sets = [rng.choice(10, size=rng.integers(1, 4), replace=False) + NUM_SPECIALS
+                 for _ in range(8)]
+    gold = torch.full((8, 3), -1)
+    for i, labels in enumerate(gold_sets):
+        gold[i, :len(labels)] = torch.from_numpy(labels)
+    loss_cfg = LossConfig(kind=kind, scheme=scheme, ot_weight=8.0 if kind == "matching" else 0)
+    model = build_model(ModelConfig(hidden_size=32, encoder_layers=1, dropout=0.0,
+                                    light_conv=light_conv), loss_cfg, sizes)
+    criterion = build_criterion(loss_cfg)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss, _ = criterion(model(src, lengths, gold), gold, model.label_embedding.weight)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    labels, _ = model.eval().generate(src, lengths)
+    for row, expected in zip(labels.tolist(), gold_sets):
+        if kind == "cross-entropy":
+            row = row[:row.index(EOS)] if EOS in row else row
+        assert {x for x in row if x >= NUM_SPECIALS} == set(expected.tolist())
+
+
+@pytest.mark.parametrize("scheme,light_conv", [("all", False), ("first-n", False), ("all", True)])
+def test_matching_with_transport_overfits(scheme, light_conv):
+    overfit("matching", scheme, light_conv)
+
+
+@pytest.mark.parametrize("light_conv", (False, True))
+def test_cross_entropy_overfits(light_conv):
+    overfit("cross-entropy", light_conv=light_conv)

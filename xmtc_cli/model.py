@@ -1,0 +1,367 @@
+"""The OTSeq2Set network (SPEC §2, paper §2.2) and the Seq2Seq/SGM baselines that share it.
+
+A bidirectional GRU reads the document; a GRU decoder emits one distribution over the output
+labels per step, attending (Bahdanau) to the encoder states and, with the lightweight-convolution
+branch, to a convolved copy of them. The loss decides how the decoder is fed: its own arg-max for
+exactly N steps (matching loss, "student forcing") or the gold labels (cross-entropy baselines,
+"teacher forcing", greedy until EOS at inference).
+
+Shape legend:
+    B   batch                      T   source tokens (padded)      T'  conv-branch positions
+    N   decoding steps (max_steps) M   gold labels (padded)        S   steps of one decode
+    V   output labels (corpus labels + 3 specials, see labelspace.py)
+    H   hidden size                C   context width, 2H           A   attention width (= H)
+    E   token embedding width      E_l label embedding width
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from xmtc_cli.config import LossConfig, ModelConfig
+from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
+
+PAD = 0  # source token id of <pad> (xmtc_cli.data.processed)
+
+
+@dataclass(frozen=True)
+class ModelSizes:
+    """The sizes that come from the data; saved in the checkpoint to rebuild the model."""
+
+    vocab_size: int
+    """Source tokens, <pad>=0 and <unk>=1 included."""
+    num_labels: int
+    """Corpus labels L; the decoder predicts over V = L + 3 outputs."""
+    max_steps: int
+    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1."""
+    embed_size: int = 300
+    """E: token embedding width (the pretrained vectors' width when there are some)."""
+    label_embed_size: int = 300
+    """E_l: label embedding width."""
+
+    @property
+    def num_outputs(self) -> int:
+        """V: corpus labels plus the special symbols."""
+        return self.num_labels + NUM_SPECIALS
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    loss_cfg: LossConfig,
+    sizes: ModelSizes,
+    token_embeddings: np.ndarray | Tensor | None = None,
+    label_embeddings: np.ndarray | Tensor | None = None,
+) -> Seq2SetModel:
+    """Map a recipe and the data's sizes to a model, initialised from pretrained vectors if given.
+
+    `token_embeddings` [vocab_size, E] initialise the source embedding; `label_embeddings`
+    [num_labels, E_l] the rows of the corpus labels in the label embedding (ignored when the
+    recipe asks for random ones with `model.label_embedding_size`). Pass neither to rebuild a
+    model whose weights a checkpoint will load.
+    """
+    model = Seq2SetModel(
+        vocab_size=sizes.vocab_size,
+        num_outputs=sizes.num_outputs,
+        embed_size=sizes.embed_size,
+        label_embed_size=sizes.label_embed_size,
+        hidden_size=model_cfg.hidden_size,
+        encoder_layers=model_cfg.encoder_layers,
+        dropout=model_cfg.dropout,
+        conv_kernels=model_cfg.conv_kernels if model_cfg.light_conv else None,
+        conv_last_stride=model_cfg.conv_last_stride,
+        bottleneck=model_cfg.bottleneck,
+        global_embedding_tau=(
+            model_cfg.global_embedding_tau if model_cfg.global_embedding else None
+        ),
+        masked_softmax=model_cfg.masked_softmax,
+        teacher_forcing=loss_cfg.kind == "cross-entropy",
+        max_steps=sizes.max_steps,
+    )
+    with torch.no_grad():
+        if token_embeddings is not None:
+            table = model.encoder.embedding.weight
+            table.copy_(_as_table(token_embeddings, tuple(table.shape), "token embeddings"))
+            table[PAD] = 0  # <pad> reads as zeros, as nn.Embedding(padding_idx=0) starts it
+        if label_embeddings is not None and model_cfg.label_embedding_size is None:
+            table = model.label_embedding.weight[NUM_SPECIALS:]  # corpus labels; specials random
+            table.copy_(_as_table(label_embeddings, tuple(table.shape), "label embeddings"))
+    return model
+
+
+def _as_table(values: np.ndarray | Tensor, shape: tuple[int, ...], what: str) -> Tensor:
+    table = torch.as_tensor(values, dtype=torch.float32)
+    if tuple(table.shape) != shape:
+        raise ValueError(f"{what} have shape {tuple(table.shape)}, the model expects {shape}")
+    return table
+
+
+class Encoder(nn.Module):
+    """Reads the source tokens with a stacked bidirectional GRU (SPEC §2 Encoder)."""
+
+    def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int,
+                 dropout: float):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
+        with torch.no_grad():  # SPEC §2: words without a pretrained vector start U(-0.1, 0.1)
+            self.embedding.weight.uniform_(-0.1, 0.1)
+            self.embedding.weight[PAD] = 0
+        self.dropout = nn.Dropout(dropout)
+        self.rnn = nn.GRU(embed_size, hidden_size, num_layers, batch_first=True,
+                          bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
+        self.bridge = nn.Linear(2 * hidden_size, hidden_size)  # W_s
+
+    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """src [B, T], lengths [B] (CPU, in 1..T) -> states h [B, T, C] (zeros past each
+        document) and the decoder's start state s_0 [B, H]."""
+        x = self.dropout(self.embedding(src))  # (B, T, E)
+        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        out, last = self.rnn(packed)  # last: (layers * 2, B, H), in the batch's order
+        h, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, T, C)
+        # s_0 = tanh(W_s [h_fwd_last ; h_bwd_last]) of the top layer (SPEC §2).
+        s0 = torch.tanh(self.bridge(torch.cat([last[-2], last[-1]], dim=-1)))  # (B, H)
+        return h, s0
+
+
+def conv_min_length(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
+    """The shortest input a stack of unpadded 1-D convolutions turns into one output position."""
+    length = 1
+    for kernel, stride in zip(reversed(kernels), reversed(strides)):
+        length = (length - 1) * stride + kernel
+    return length
+
+
+class LightConv(nn.Module):
+    """Depth-wise 1-D convolutions over time with softmax-normalised kernels, each followed by
+    ReLU (Wu et al. 2019; SPEC §2): the "label-level" states ĥ of the + LC branch."""
+
+    def __init__(self, channels: int, kernels: tuple[int, ...], last_stride: int):
+        super().__init__()
+        self.strides = (1,) * (len(kernels) - 1) + (last_stride,)
+        # One kernel per channel (SPEC §2 and the published code: as many heads as channels,
+        # where Wu et al. share one kernel among the channels of a head).
+        self.weights = nn.ParameterList(
+            nn.Parameter(nn.init.xavier_uniform_(torch.empty(channels, 1, k))) for k in kernels
+        )
+        self.min_length = conv_min_length(tuple(kernels), self.strides)  # 52 with the defaults
+        self.jump = math.prod(self.strides)  # input steps between two output positions
+
+    def kernels(self) -> list[Tensor]:
+        """The normalised kernels [C, 1, k]: each channel's weights sum to 1 over the width."""
+        return [torch.softmax(w, dim=-1) for w in self.weights]
+
+    def forward(self, h: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """h [B, T, C] (zeros past each document), lengths [B] in 1..T -> ĥ [B, T', C] and
+        its validity mask [B, T']."""
+        x = h.transpose(1, 2)  # (B, C, T)
+        # Short documents: pad this branch's input only, with zeros (the published code feeds
+        # literal <pad> tokens through the encoder instead; SPEC §9).
+        x = F.pad(x, (0, max(0, self.min_length - x.size(-1))))  # (B, C, max(T, min_length))
+        for kernel, stride in zip(self.kernels(), self.strides):
+            x = F.relu(F.conv1d(x, kernel, stride=stride, groups=x.size(1)))  # (B, C, T_i)
+        # Output j reads inputs j * jump .. j * jump + min_length - 1. It is valid when that
+        # window lies inside the document, which makes a document's ĉ_t independent of what
+        # it is batched with; position 0 always is, reading a short document plus zeros.
+        positions = torch.arange(x.size(-1), device=x.device)  # (T',)
+        ends = positions * self.jump + self.min_length  # (T',)
+        valid = (ends <= lengths.unsqueeze(1)) | (positions == 0)  # (B, T')
+        return x.transpose(1, 2), valid  # (B, T', C), (B, T')
+
+
+class Memory(NamedTuple):
+    """What the decoder attends to, prepared once per document."""
+
+    values: Tensor  # h [B, T, C]
+    keys: Tensor  # U h [B, T, A]
+    padding: Tensor  # bool [B, T], True where no real position
+
+
+class AdditiveAttention(nn.Module):
+    """Bahdanau attention e_ti = vᵀ tanh(W s_{t-1} + U h_i), α = softmax_i(e), c = Σ α h
+    (SPEC §2), over a masked memory whose keys U h are computed once per document."""
+
+    def __init__(self, query_size: int, memory_size: int, attn_size: int):
+        super().__init__()
+        self.W = nn.Linear(query_size, attn_size, bias=False)
+        self.U = nn.Linear(memory_size, attn_size)  # its bias stands for those the paper omits
+        self.v = nn.Linear(attn_size, 1, bias=False)
+
+    def memory(self, values: Tensor, valid: Tensor) -> Memory:
+        """values [B, T, C], valid [B, T] -> the memory with its keys projected once."""
+        return Memory(values, self.U(values), ~valid)  # keys: (B, T, A)
+
+    def forward(self, query: Tensor, memory: Memory) -> Tensor:
+        """query s_{t-1} [B, H] -> context c_t [B, C]."""
+        scores = self.v(torch.tanh(memory.keys + self.W(query).unsqueeze(1))).squeeze(-1)  # (B, T)
+        # Every row keeps a valid position (lengths >= 1, conv position 0): no all -inf row.
+        alpha = torch.softmax(scores.masked_fill(memory.padding, float("-inf")), dim=-1)  # (B, T)
+        return torch.bmm(alpha.unsqueeze(1).to(memory.values.dtype), memory.values).squeeze(1)
+
+
+class GlobalEmbedding(nn.Module):
+    """SGM's global embedding (Yang et al. 2018; SPEC §4): the decoder input becomes
+    G ⊙ e(ŷ) + (1 − G) ⊙ ē, with ē = softmax(o_{t-1} / τ) · E and G = σ(W_1 e(ŷ) + W_2 ē)."""
+
+    def __init__(self, size: int, tau: float):
+        super().__init__()
+        self.tau = tau
+        self.W1 = nn.Linear(size, size)
+        self.W2 = nn.Linear(size, size)
+
+    def forward(self, emb: Tensor, prev_logits: Tensor, table: Tensor) -> Tensor:
+        """emb e(ŷ) [B, E_l], prev_logits o_{t-1} [B, V], table E [V, E_l] -> [B, E_l]."""
+        probs = torch.softmax(prev_logits.float() / self.tau, dim=-1)  # (B, V)
+        mean = probs.to(table.dtype) @ table  # ē: (B, E_l)
+        gate = torch.sigmoid(self.W1(emb) + self.W2(mean))  # (B, E_l)
+        return gate * emb + (1 - gate) * mean
+
+
+class Seq2SetModel(nn.Module):
+    """Encoder, attention (+ LC branch), GRU decoder and output layer of OTSeq2Set (SPEC §2)."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        num_outputs: int,
+        embed_size: int,
+        label_embed_size: int,
+        hidden_size: int,
+        encoder_layers: int,
+        dropout: float,
+        conv_kernels: tuple[int, ...] | None,
+        conv_last_stride: int,
+        bottleneck: int | None,
+        global_embedding_tau: float | None,
+        masked_softmax: bool,
+        teacher_forcing: bool,
+        max_steps: int,
+    ):
+        super().__init__()
+        self.teacher_forcing = teacher_forcing
+        self.masked_softmax = masked_softmax
+        self.max_steps = max_steps
+        context = 2 * hidden_size * (2 if conv_kernels else 1)  # [c_t ; ĉ_t]
+        self.encoder = Encoder(vocab_size, embed_size, hidden_size, encoder_layers, dropout)
+        self.conv = (
+            LightConv(2 * hidden_size, conv_kernels, conv_last_stride) if conv_kernels else None
+        )
+        self.attention = AdditiveAttention(hidden_size, 2 * hidden_size, hidden_size)
+        self.label_embedding = nn.Embedding(num_outputs, label_embed_size)
+        nn.init.uniform_(self.label_embedding.weight, -0.1, 0.1)  # as unknown words (SPEC §2)
+        self.global_embedding = (
+            GlobalEmbedding(label_embed_size, global_embedding_tau)
+            if global_embedding_tau is not None else None
+        )
+        self.cell = nn.GRUCell(label_embed_size + context, hidden_size)
+        self.dropout = nn.Dropout(dropout)
+        z = hidden_size + context + label_embed_size  # [s_t ; c_t ; ĉ_t ; e(ŷ_{t-1})]
+        self.output = (
+            nn.Linear(z, num_outputs) if bottleneck is None
+            # XML-CNN bottleneck (paper Eq. 10): O((V + z) b) parameters instead of O(V z).
+            else nn.Sequential(
+                nn.Linear(z, bottleneck), nn.Tanh(), nn.Linear(bottleneck, num_outputs)
+            )
+        )
+
+    def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None) -> Tensor:
+        """Training logits [B, S, V] for src [B, T] and lengths [B].
+
+        Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
+        ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
+        padded with -1) are fed after BOS, S = M + 1, the last step's target being EOS.
+        """
+        memories, state = self._encode(src, lengths)
+        if not self.teacher_forcing:
+            return torch.stack(list(self._decode(memories, state, self.max_steps)), dim=1)
+        if gold is None:
+            raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
+        gold = gold.to(src.device)
+        bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
+        # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
+        inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
+        steps = self._decode(memories, state, inputs.size(1), inputs)
+        return torch.stack(list(steps), dim=1)  # (B, M + 1, V)
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
+        [B, S], the probability each label had at the step that produced it.
+
+        Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
+        models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
+        score 0, and decoding stops once every document has ended.
+        """
+        memories, state = self._encode(src, lengths)
+        num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
+        ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
+        labels, scores = [], []
+        for t, logits in enumerate(self._decode(memories, state, num_steps)):
+            label = logits.argmax(dim=-1)  # (B,): the label _decode feeds back
+            score = torch.softmax(logits.float(), dim=-1).gather(1, label.unsqueeze(1)).squeeze(1)
+            if self.teacher_forcing:
+                label = label.masked_fill(ended, EMPTY)
+                score = score.masked_fill(ended, 0.0)
+                ended = ended | (label == EOS)
+            labels.append(label)
+            scores.append(score)
+            # Checking for the end waits on the device: do it every few steps only.
+            if self.teacher_forcing and t % 4 == 3 and bool(ended.all()):
+                break
+        return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
+
+    def _encode(self, src: Tensor, lengths: Tensor) -> tuple[list[Memory], Tensor]:
+        """The memories every decoding step attends to, and the start state s_0 [B, H]."""
+        # An empty document is read as one <pad> token (a zero vector), so that the encoder
+        # state is defined and attention always has a position; SPEC §2 keeps such documents.
+        src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD)  # (B, max(T, 1))
+        lengths = lengths.to(src.device)
+        src = src.masked_fill((lengths == 0).unsqueeze(1), PAD)  # (B, T)
+        lengths = lengths.clamp(1, src.size(1))  # (B,)
+        h, state = self.encoder(src, lengths.cpu())  # (B, T, C), (B, H)
+        valid = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, T)
+        memories = [self.attention.memory(h, valid)]
+        if self.conv is not None:  # ĉ_t uses the same W, U, v (paper Eq. 7)
+            memories.append(self.attention.memory(*self.conv(h, lengths)))  # T' positions
+        return memories, state
+
+    def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
+                inputs: Tensor | None = None) -> Iterator[Tensor]:
+        """Yield the logits [B, V] of each step, feeding `inputs` [B, S] if given (teacher
+        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing)."""
+        batch = state.size(0)
+        table = self.label_embedding.weight  # (V, E_l)
+        label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # ŷ_0: (B,)
+        used = torch.zeros(batch, table.size(0), dtype=torch.bool, device=state.device)  # (B, V)
+        # SGM before any prediction: uniform weights, ē = the mean label (the published code).
+        logits = state.new_zeros(batch, table.size(0)) if self.global_embedding else None
+        for t in range(num_steps):
+            if inputs is not None:
+                label = inputs[:, t]  # (B,)
+            emb = self.dropout(self.label_embedding(label))  # e(ŷ_{t-1}): (B, E_l)
+            if self.global_embedding is not None:
+                emb = self.global_embedding(emb, logits, table)  # (B, E_l)
+            # Bahdanau: the contexts of step t attend with s_{t-1}.
+            contexts = [self.attention(state, memory) for memory in memories]  # each (B, C)
+            state = self.cell(torch.cat([emb, *contexts], dim=-1), state)  # s_t: (B, H)
+            z = torch.cat([state, *contexts, emb], dim=-1)  # (B, H + 2C + E_l) with LC
+            logits = self.output(self.dropout(z))  # (B, V)
+            if self.masked_softmax:
+                # SGM: a corpus label fed earlier (generated, or gold under teacher forcing)
+                # cannot come again; ∅ and EOS stay available. Training logits are masked too,
+                # so that they are the distributions decoding samples from (SGM's and the
+                # OTSeq2Set authors' code mask at inference only). A finite floor rather than
+                # -inf gives probability 0 without 0 · (-inf) = NaN in a loss.
+                fed = (label >= NUM_SPECIALS).unsqueeze(1)  # (B, 1)
+                used = used.scatter(1, label.unsqueeze(1), fed)  # (B, V), out of place
+                logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
+            yield logits
+            label = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
