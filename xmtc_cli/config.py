@@ -190,10 +190,11 @@ def recipe_from_dict(raw: dict, overrides: list[str] = (), source: str = "recipe
             continue
         node = raw
         *parents, leaf = key.strip().split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                problems.append(f"override {item!r}: {part} is not a section")
+                section = ".".join(parents[: depth + 1])
+                problems.append(f"override {item!r}: {section} is not a section")
                 break
             node = child
         else:
