@@ -1,0 +1,134 @@
+"""Streaming word vectors: formats, malformed lines, dimension checks, and embedding tables."""
+
+import gzip
+import hashlib
+
+import numpy as np
+import pytest
+
+from xmtc_cli.data.glove import (
+    label_embeddings,
+    name_words,
+    read_word_vectors,
+    token_embeddings,
+)
+from xmtc_cli.errors import DataError
+
+VECTORS = """\
+the 0.1 0.2 0.3
+cat 1 0 0
+dog 0 1 0
+. . . 0.5 0.5 0.5
+at name@domain.com 0.1 0.1 0.1
+bad x 0.2 0.3
+Paris 0 0 1
+paris 0 0 -1
+cat 9 9 9
+space 2 0 0
+travel 0 2 0
+"""
+
+
+@pytest.fixture(params=["txt", "gz"])
+def vector_file(request, tmp_path):
+    if request.param == "gz":
+        path = tmp_path / "vectors.txt.gz"
+        path.write_bytes(gzip.compress(VECTORS.encode()))
+    else:
+        path = tmp_path / "vectors.txt"
+        path.write_text(VECTORS)
+    return path
+
+
+def test_only_wanted_words_are_kept_and_malformed_lines_counted(vector_file):
+    vectors = read_word_vectors(vector_file, ["cat", "dog", "bird"])
+    assert vectors.dim == 3
+    assert set(vectors.vectors) == {"cat", "dog"}
+    np.testing.assert_array_equal(vectors.get("cat"), [1, 0, 0])  # the first duplicate wins
+    assert vectors.get("cat").dtype == np.float32
+    # Words with spaces are malformed; `bad x ...` has the right shape and, being unwanted,
+    # is never parsed.
+    assert vectors.lines == 11 and vectors.malformed == 2
+    assert vectors.sha256 == hashlib.sha256(vector_file.read_bytes()).hexdigest()
+
+
+def test_lookup_falls_back_to_the_lower_case_form(vector_file):
+    vectors = read_word_vectors(vector_file, ["Paris", "Dog", "THE"])
+    np.testing.assert_array_equal(vectors.get("Paris"), [0, 0, 1])  # exact form first
+    np.testing.assert_array_equal(vectors.get("Dog"), [0, 1, 0])
+    np.testing.assert_allclose(vectors.get("THE"), [0.1, 0.2, 0.3])
+    assert vectors.get("Bird") is None
+
+
+def test_a_wanted_word_with_non_numeric_values_is_malformed(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("a 1 2\nb 1 oops\nc 3 4\n")
+    vectors = read_word_vectors(path, ["a", "b", "c"])
+    assert set(vectors.vectors) == {"a", "c"} and vectors.malformed == 1
+
+
+def test_word2vec_header_is_skipped(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("2 3\ncat 1 2 3\ndog 4 5 6\n")
+    vectors = read_word_vectors(path, ["cat", "dog"])
+    assert vectors.dim == 3 and vectors.lines == 2 and vectors.malformed == 0
+
+
+@pytest.mark.parametrize("line, count", [("dog 1 2", 2), ("dog 1 2 3 4", 4)])
+def test_lines_that_disagree_on_the_dimension_are_an_error(tmp_path, line, count):
+    path = tmp_path / "v.txt.gz"
+    path.write_bytes(gzip.compress(f"the 1 2 3\ncat 1 2 3\n{line}\n".encode()))
+    with pytest.raises(DataError) as info:
+        read_word_vectors(path, ["cat"])
+    assert f"{path}:3: {count} values where the file's vectors have 3" in info.value.message
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="word-vector file .*glove.txt does not exist") as info:
+        read_word_vectors(tmp_path / "glove.txt", ["cat"])
+    assert "--glove" in info.value.hint
+
+
+def test_a_truncated_gzip_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "v.txt.gz"
+    path.write_bytes(gzip.compress(("cat 1 2 3\n" * 1000).encode())[:-30])
+    with pytest.raises(DataError, match="is damaged"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_an_empty_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_name_words_split_on_underscores_hyphens_spaces_and_slashes():
+    assert name_words("space_travel") == ["space", "travel"]
+    assert name_words("Money/Foreign Exchange") == ["Money", "Foreign", "Exchange"]
+    assert name_words("l-cattle") == ["l", "cattle"]
+    assert name_words("Arts__Photography") == ["Arts", "Photography"]
+
+
+def test_label_embeddings_are_the_mean_of_known_name_words(vector_file):
+    names = ["space_travel", "Space-Unknownword", "nothing_known", "CAT dog"]
+    vectors = read_word_vectors(vector_file, [w for n in names for w in name_words(n)])
+    table, known = label_embeddings(names, vectors, np.random.default_rng(0))
+    assert table.shape == (4, 3) and table.dtype == np.float32
+    np.testing.assert_allclose(table[0], [1, 1, 0])
+    np.testing.assert_allclose(table[1], [2, 0, 0])  # unknown words are left out of the mean
+    assert np.all(np.abs(table[2]) <= 0.1)  # no word known: U(-0.1, 0.1)
+    np.testing.assert_allclose(table[3], [0.5, 0.5, 0])  # lower-case fallback
+    assert known.tolist() == [True, True, False, True]
+
+
+def test_token_embeddings_use_vectors_random_rows_and_a_zero_pad(vector_file):
+    tokens = ["<pad>", "<unk>", "cat", "zebra", "Dog"]
+    vectors = read_word_vectors(vector_file, tokens[2:])
+    table, known = token_embeddings(tokens, vectors, 0, np.random.default_rng(0))
+    assert table.shape == (5, 3) and table.dtype == np.float32
+    np.testing.assert_array_equal(table[0], 0)
+    np.testing.assert_array_equal(table[2], [1, 0, 0])
+    np.testing.assert_array_equal(table[4], [0, 1, 0])
+    assert np.all(np.abs(table[[1, 3]]) <= 0.1) and np.any(table[[1, 3]] != 0)
+    assert known.tolist() == [False, False, True, False, True]

@@ -1,0 +1,335 @@
+"""`preprocess`, the core of `xmtc preprocess`, on small corpora written by each test."""
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from xmtc_cli.data import preprocess as preprocess_module
+from xmtc_cli.data.catalog import DATA_ENV
+from xmtc_cli.data.preprocess import PreprocessOptions, preprocess
+from xmtc_cli.data.processed import load_processed
+from xmtc_cli.errors import DataError
+
+Docs = list[tuple[str, str]]  # (text, space-separated labels)
+
+TRAIN: Docs = [
+    ("the cat sat on the mat", "pets animals"),
+    ("a dog and a cat", "pets"),
+    ("", "animals"),  # an empty document is legal
+    ("stocks fell sharply", ""),  # so is an empty label line
+    ("the dog barked at the cat", "pets animals"),
+    ("markets and stocks rose", "finance"),
+]
+TEST: Docs = [
+    ("the cat and the zebra", "pets zoo"),  # zebra: unseen word; zoo: unseen label
+    ("stocks", "finance zoo"),
+    ("", ""),
+]
+
+
+def write_corpus(folder: Path, train: Docs = TRAIN, test: Docs = TEST, valid: Docs | None = None,
+                 texts: str = "{split}_texts.txt", encoding: str = "utf-8") -> Path:
+    """Write a corpus in the DIR layout (or another texts-file name) into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": train, "test": test} | ({"valid": valid} if valid is not None else {})
+    for split, docs in splits.items():
+        (folder / texts.format(split=split)).write_bytes(
+            "".join(text + "\n" for text, _ in docs).encode(encoding))
+        (folder / f"{split}_labels.txt").write_bytes(
+            "".join(labels + "\n" for _, labels in docs).encode(encoding))
+    return folder
+
+
+def run(folder: Path, tmp_path: Path, **options):
+    out, summary = preprocess(str(folder), PreprocessOptions(out=tmp_path / "out", **options))
+    return load_processed(out), summary
+
+
+def words(data, split: str, i: int) -> list[str]:
+    return [data.tokens[t] for t in data.splits[split].tokens(i)]
+
+
+def labels(data, split: str, i: int) -> list[str]:
+    return [data.labels[x] for x in data.splits[split].labels(i)]
+
+
+def test_a_dir_corpus_end_to_end(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    data, summary = run(folder, tmp_path, valid_fraction=0.0)
+    assert data.tokens[:4] == ["<pad>", "<unk>", "the", "cat"]  # by count, ties first-seen
+    assert data.token_counts[2] == 4
+    assert data.labels == ["pets", "animals", "finance", "zoo"]
+    assert data.num_labels == 3 and data.label_counts.tolist() == [3, 3, 1, 0]
+    assert {k: len(v) for k, v in data.splits.items()} == {"train": 6, "valid": 0, "test": 3}
+    assert words(data, "train", 1) == ["a", "dog", "and", "a", "cat"]
+    assert words(data, "test", 0) == ["the", "cat", "and", "the", "<unk>"]  # never from test
+    assert labels(data, "test", 1) == ["finance", "zoo"]  # gold-only labels stay in gold sets
+    assert data.token_embeddings is None and data.label_embeddings.shape == (3, 100)
+    assert data.tokenizer == {"kind": "whitespace", "lowercase": False}
+    assert data.defaults["max_labels"] == 2 and data.defaults["max_src_tokens"] == 500
+    assert set(data.manifest["sources"]) == {
+        "train_texts.txt", "train_labels.txt", "test_texts.txt", "test_labels.txt"}
+
+    test = summary.splits["test"]
+    assert (test.unseen_labels, test.unseen_label_occurrences) == (1, 2)
+    assert (test.empty_docs, test.empty_label_sets) == (1, 1)
+    train = summary.splits["train"]
+    assert (train.empty_docs, train.empty_label_sets, train.max_labels) == (1, 1, 2)
+    corpus = summary.corpus
+    assert (corpus.train_docs, corpus.test_docs, corpus.labels) == (6, 3, 3)
+    assert corpus.vocabulary == 15 and corpus.docs_per_label == pytest.approx(7 / 3, abs=0.01)
+    assert summary.gold_only_labels == 1 and summary.coverage is None
+    assert data.manifest["stats"]["corpus"]["train_docs"] == 6
+    json.dumps(summary.to_dict())  # JSON-ready
+
+
+def test_validation_is_a_seeded_deterministic_tenth_of_the_training_file(tmp_path):
+    train = [(f"doc{i} word", f"l{i % 3}") for i in range(50)]
+    folder = write_corpus(tmp_path / "corpus", train=train)
+
+    def valid_docs(seed: int, out: str) -> list[str]:
+        out_dir, _ = preprocess(str(folder), PreprocessOptions(out=tmp_path / out, seed=seed))
+        data = load_processed(out_dir)
+        return [words(data, "valid", i)[0] for i in range(len(data.splits["valid"]))]
+
+    first = valid_docs(0, "a")
+    assert len(first) == 5 and first == valid_docs(0, "b")
+    assert first != valid_docs(1, "c")
+    data = load_processed(tmp_path / "a")
+    assert len(data.splits["train"]) == 45
+    assert data.token_counts[data.tokens.index(first[0])] == 1  # counted: part of the train file
+    kept = {words(data, "train", i)[0] for i in range(45)}
+    assert kept.isdisjoint(first) and len(kept | set(first)) == 50
+
+
+def test_a_shipped_validation_split_is_used_whole_and_not_counted(tmp_path):
+    folder = write_corpus(tmp_path / "corpus", valid=[("the newword", "pets brandnew")])
+    data, summary = run(folder, tmp_path)
+    assert len(data.splits["train"]) == 6 and len(data.splits["valid"]) == 1
+    assert words(data, "valid", 0) == ["the", "<unk>"]
+    assert labels(data, "valid", 0) == ["pets", "brandnew"]
+    assert summary.valid_from == "valid_texts.txt"
+    assert data.manifest["options"]["valid_fraction"] is None
+
+
+def test_vocabulary_cap_tokenizer_and_lowercase_are_applied_and_recorded(tmp_path):
+    folder = write_corpus(tmp_path / "corpus", train=[("The cat. THE cat, the end", "x")])
+    data, _ = run(folder, tmp_path, tokenizer="punct", lowercase=True, max_vocab=2)
+    assert data.tokens == ["<pad>", "<unk>", "the", "cat"]
+    assert data.token_counts.tolist() == [0, 3, 3, 2]  # `.`, `,`, `end` read as <unk>
+    assert data.tokenizer == {"kind": "punct", "lowercase": True}
+    assert data.manifest["options"]["max_vocab"] == 2
+
+
+def test_glove_embeddings_and_coverage(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text("pets\tPet animals\nfinance\tMoney matters\n")
+    glove = tmp_path / "glove.txt.gz"
+    glove.write_bytes(gzip.compress(
+        b"the 1 0\ncat 0 1\nbroken line here 1\nanimals 2 2\npet 4 0\nstocks 1 1\n"))
+    data, summary = run(folder, tmp_path, glove=glove, valid_fraction=0.0)
+    tokens = data.tokens
+    assert data.token_embeddings.shape == (len(tokens), 2)
+    np.testing.assert_array_equal(data.token_embeddings[0], 0)
+    np.testing.assert_array_equal(data.token_embeddings[tokens.index("cat")], [0, 1])
+    np.testing.assert_allclose(data.label_embeddings[0], [3, 1])  # "Pet animals": pet + animals
+    np.testing.assert_allclose(data.label_embeddings[1], [2, 2])  # "animals"
+    assert np.all(np.abs(data.label_embeddings[2]) <= 0.1)  # "Money matters": none known
+    assert data.label_names == ["Pet animals", "animals", "Money matters", "zoo"]
+    coverage = summary.coverage
+    assert coverage.dim == 2 and coverage.malformed_lines == 1
+    assert coverage.token_share == pytest.approx(9 / 24, abs=1e-4)  # the 4, cat 3, stocks 2
+    assert coverage.label_share == pytest.approx(2 / 3, abs=1e-4)
+    assert data.manifest["options"]["glove"] == {"path": str(glove), "dim": 2}
+    assert "glove.txt.gz" in data.manifest["sources"]
+
+
+def test_the_same_input_gives_the_same_output(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    paths = [preprocess(str(folder), PreprocessOptions(out=tmp_path / o))[0] for o in "ab"]
+    for name in ("tokens.tsv", "labels.tsv", "embeddings.safetensors", "train.safetensors",
+                 "valid.safetensors", "test.safetensors", "manifest.json"):
+        assert (paths[0] / name).read_bytes() == (paths[1] / name).read_bytes(), name
+
+
+# --- named datasets --------------------------------------------------------------------------
+
+def test_wiki10_reads_raw_texts_and_label_ids_into_y_txt(tmp_path):
+    raw = write_corpus(tmp_path / "raw", train=[("a b", "1 0"), ("c", "1")],
+                       test=[("a", "2")], texts="{split}_raw_texts.txt")
+    (raw / "Y.txt").write_text("wikipedia\nmachine learning\nart\n")
+    out, _ = preprocess("wiki10", PreprocessOptions(raw=raw, out=tmp_path / "out"))
+    data = load_processed(out)
+    assert data.labels == ["machine_learning", "wikipedia", "art"] and data.num_labels == 2
+    assert data.manifest["dataset"] == "wiki10" and data.manifest["title"] == "Wiki10-31K"
+    assert data.defaults == {
+        "max_src_tokens": 2000, "max_labels": 30, "bottleneck": 300, "scheme": "first-n",
+        "ot_weight": 8.0, "conv_last_stride": 4, "light_conv": True,
+        "label_embedding_size": None,
+    }
+
+
+def test_amazoncat13k_reads_a_latin1_yf_txt(tmp_path):
+    raw = write_corpus(tmp_path / "raw", train=[("a", "0 1")], test=[("b", "1")],
+                       texts="{split}_raw_texts.txt")
+    (raw / "Yf.txt").write_bytes("Caf\xe9\nArts & Photography\n".encode("latin-1"))
+    out, _ = preprocess("amazoncat13k", PreprocessOptions(raw=raw, out=tmp_path / "out"))
+    data = load_processed(out)
+    assert data.labels == ["Café", "Arts_Photography"]
+    assert data.defaults["max_labels"] == 57 and data.defaults["scheme"] == "first-n"
+
+
+def test_amazon670k_label_embeddings_are_random_100d_even_with_glove(tmp_path):
+    raw = write_corpus(tmp_path / "raw", train=[("a b", "123 456")], test=[("b", "456")],
+                       texts="{split}_raw_texts.txt")
+    glove = tmp_path / "g.txt"
+    glove.write_text("a 1 2 3\n123 1 1 1\n")
+    out, summary = preprocess("amazon670k",
+                              PreprocessOptions(raw=raw, out=tmp_path / "out", glove=glove))
+    data = load_processed(out)
+    assert data.label_embeddings.shape == (2, 100) and data.token_embeddings.shape == (4, 3)
+    assert summary.coverage.label_share == 0.0
+    assert data.defaults["ot_weight"] == 0.0 and data.defaults["light_conv"] is False
+    assert data.defaults["label_embedding_size"] == 100 and data.defaults["bottleneck"] == 512
+
+
+def test_eurlex_uses_the_dir_file_names_and_spec_defaults(tmp_path):
+    raw = write_corpus(tmp_path / "raw")
+    out, _ = preprocess("EURLEX", PreprocessOptions(raw=raw, out=tmp_path / "out"))
+    defaults = load_processed(out).defaults
+    assert (defaults["max_src_tokens"], defaults["max_labels"], defaults["scheme"]) == (
+        1000, 24, "all")
+
+
+def test_default_folders_come_from_xmtc_data(tmp_path, monkeypatch):
+    monkeypatch.setenv(DATA_ENV, str(tmp_path / "root"))
+    write_corpus(tmp_path / "root" / "raw" / "eurlex")
+    out, _ = preprocess("eurlex")
+    assert out == tmp_path / "root" / "eurlex" and (out / "manifest.json").is_file()
+
+
+def test_demo_generates_its_corpus_and_uses_its_vectors(tmp_path):
+    raw = tmp_path / "raw"
+    out, summary = preprocess("demo", PreprocessOptions(raw=raw, out=tmp_path / "out"))
+    assert (raw / "vectors.txt").is_file()
+    data = load_processed(out)
+    assert summary.corpus.train_docs == 2000 and summary.corpus.test_docs == 400
+    assert 20 <= data.num_labels <= 30 and summary.coverage.label_share == 1.0
+    assert data.token_embeddings.shape[1] == 50 == data.label_embeddings.shape[1]
+    assert len(data.splits["valid"]) == 200
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def test_mismatched_line_counts_name_both_files_and_counts(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "test_labels.txt").write_text("pets\n")
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert info.value.message == (
+        f"{folder / 'test_texts.txt'} has 3 lines but {folder / 'test_labels.txt'} has 1")
+    assert info.value.hint
+
+
+def test_missing_files_of_a_named_dataset_list_them_and_the_source(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with pytest.raises(DataError) as info:
+        preprocess("wiki10", PreprocessOptions(raw=raw, out=tmp_path / "out"))
+    for name in ("train_raw_texts.txt", "train_labels.txt", "test_raw_texts.txt", "Y.txt"):
+        assert name in info.value.message
+    assert "github.com/yourh/AttentionXML" in info.value.hint and str(raw) in info.value.hint
+
+
+def test_a_missing_raw_folder_says_where_to_get_the_data(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as info:
+        preprocess("eurlex", PreprocessOptions(raw=tmp_path / "none", out=tmp_path / "out"))
+    assert "AttentionXML" in info.value.hint
+
+
+def test_a_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="corpus folder .*nowhere does not exist"):
+        preprocess(str(tmp_path / "nowhere"), PreprocessOptions(out=tmp_path / "out"))
+
+
+def test_raw_is_for_dataset_names_only(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    with pytest.raises(DataError, match="--raw applies to a dataset name"):
+        preprocess(str(folder), PreprocessOptions(raw=folder, out=tmp_path / "out"))
+
+
+def test_an_unknown_name_suggests_the_close_one():
+    with pytest.raises(DataError, match=r"'eurlex-4k' is neither .*did you mean eurlex\?") as info:
+        preprocess("eurlex-4k")
+    assert "amazoncat13k" in info.value.hint
+
+
+def test_non_utf8_bytes_name_the_line_and_latin1_reads_them(tmp_path):
+    folder = write_corpus(tmp_path / "corpus", train=[("plain", "a"), ("café", "b")],
+                          encoding="latin-1")
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert f"{folder / 'train_texts.txt'}:2:" in info.value.message
+    assert "--encoding latin-1" in info.value.hint
+    data, _ = run(folder, tmp_path, encoding="latin-1")
+    assert "café" in data.tokens and data.manifest["options"]["encoding"] == "iso8859-1"
+
+
+def test_an_empty_training_split_is_an_error(tmp_path):
+    folder = write_corpus(tmp_path / "corpus", train=[])
+    with pytest.raises(DataError, match="training split is empty"):
+        run(folder, tmp_path)
+
+
+def test_training_labels_all_empty_is_an_error(tmp_path):
+    folder = write_corpus(tmp_path / "corpus", train=[("text", ""), ("more", "")])
+    with pytest.raises(DataError, match="no line holds a label"):
+        run(folder, tmp_path)
+
+
+def test_a_glove_path_that_does_not_exist(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    with pytest.raises(DataError, match="word-vector file .*missing.txt does not exist"):
+        run(folder, tmp_path, glove=tmp_path / "missing.txt")
+
+
+def test_glove_lines_that_disagree_on_the_dimension(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    glove = tmp_path / "g.txt"
+    glove.write_text("the 1 2\ncat 1 2 3\n")
+    with pytest.raises(DataError, match=r"g.txt:2: 3 values where the file's vectors have 2"):
+        run(folder, tmp_path, glove=glove)
+
+
+def test_an_existing_folder_that_is_not_processed_data_is_never_replaced(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a processed-data folder"):
+        run(folder, tmp_path)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_an_interrupted_run_leaves_no_folder_that_loads(tmp_path, monkeypatch):
+    folder = write_corpus(tmp_path / "corpus")
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("xmtc_cli.data.processed.save_file", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run(folder, tmp_path)
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus"]
+
+
+def test_progress_goes_to_the_callback_and_nothing_is_printed(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    messages = []
+    preprocess(str(folder), PreprocessOptions(out=tmp_path / "out"), progress=messages.append)
+    assert any("train_texts.txt" in m for m in messages)
+    assert capsys.readouterr() == ("", "")
+    assert preprocess_module.__doc__  # the module documents its choices

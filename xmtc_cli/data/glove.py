@@ -1,0 +1,192 @@
+"""Word vectors: stream a GloVe file for the words needed, and build embedding matrices from it.
+
+Format: one `word v1 ... vD` per line, space-separated, `.txt` or gzip-compressed (recognised by
+its magic bytes, whatever its name); a leading word2vec header `COUNT DIM` is skipped. The file
+is never loaded whole (GloVe 840B is 5.6 GB in 2.2 M lines): each line's first field is split
+off and looked up as bytes, and only the lines of wanted words are decoded and parsed. Lines
+with a word containing spaces or with non-numeric values (840B has a few) are skipped and
+counted; a line of a different number of values means the file mixes dimensions, and is an
+error.
+
+Embeddings follow the paper: a word's row is its vector, or U(-0.1, 0.1) where the file has
+none (`<pad>` is zero); a label's row is the mean of the vectors of the words of its name that
+have one (the paper's code averages in a random vector for each unknown word, which only adds
+noise), or U(-0.1, 0.1) where none has. Words are looked up as written, then lower-cased, so
+cased (840B) and lower-cased (6B) vectors both serve cased text.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from xmtc_cli.data.readers import open_checksummed
+from xmtc_cli.errors import DataError, at
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# Label names are `_`-joined (Eurlex), hyphenated or spaced phrases ("Money/Foreign Exchange").
+_NAME_SEPARATORS = re.compile(r"[\s_\-/&,;:()]+")
+INIT_RANGE = 0.1  # U(-0.1, 0.1) for words and labels without a vector
+
+
+@dataclass(frozen=True)
+class WordVectors:
+    """The vectors a word-vector file holds for the words that were asked for."""
+
+    path: Path
+    dim: int
+    vectors: dict[str, np.ndarray]  # word -> float32 [dim]
+    lines: int  # vector lines read (a header excluded)
+    malformed: int  # lines skipped: a word with spaces, a missing or non-numeric value
+    sha256: str  # of the file as stored (compressed or not)
+
+    def get(self, word: str) -> np.ndarray | None:
+        """The vector of `word`, else of its lower-case form (lower-cased vectors: GloVe 6B)."""
+        vector = self.vectors.get(word)
+        return vector if vector is not None else self.vectors.get(word.lower())
+
+
+def read_word_vectors(path: str | Path, words: Iterable[str]) -> WordVectors:
+    """Read the vectors of `words` (and of their lower-case forms) from a GloVe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"word-vector file {path} does not exist",
+            "pass a GloVe .txt or .txt.gz file (e.g. glove.840B.300d.txt), or leave out --glove",
+        )
+    wanted: dict[bytes, str] = {}
+    for word in words:
+        for form in (word, word.lower()):
+            wanted.setdefault(form.encode("utf-8"), form)
+    stream, checksum = open_checksummed(path)
+    with stream:
+        dim, vectors, lines, malformed = _scan(path, _lines(path, stream), wanted)
+    return WordVectors(path, dim, vectors, lines, malformed, checksum.sha256.hexdigest())
+
+
+def _lines(path: Path, stream: io.BufferedReader) -> Iterator[bytes]:
+    """The file's lines, decompressed if it is gzip, with damage reported as a DataError."""
+    source = gzip.GzipFile(fileobj=stream) if stream.peek(2)[:2] == _GZIP_MAGIC else stream
+    try:
+        yield from source
+    except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
+        raise DataError(
+            f"{path} is damaged: {exc}", "download the file again (`gzip -t FILE` checks a .gz)"
+        ) from None
+
+
+def _scan(path: Path, lines: Iterator[bytes],
+          wanted: dict[bytes, str]) -> tuple[int, dict[str, np.ndarray], int, int]:
+    """(dimension, wanted vectors, vector lines, malformed lines) of the file's lines."""
+    dim = 0
+    vectors: dict[str, np.ndarray] = {}
+    count = malformed = 0
+    for lineno, line in enumerate(lines, 1):
+        line = line.rstrip()
+        if not dim:
+            dim = _dimension(path, line)
+            if _is_header(line):
+                continue
+        count += 1
+        word, _, rest = line.partition(b" ")
+        # Fast path: a well-formed line has exactly dim - 1 spaces after the word.
+        if rest.count(b" ") != dim - 1 and not _has_values(path, lineno, rest, dim):
+            malformed += 1
+            continue
+        form = wanted.get(word)
+        if form is None or form in vectors:  # unwanted, or a duplicate: the first one wins
+            continue
+        try:
+            vectors[form] = np.array(rest.split(), dtype=np.float32)
+        except ValueError:
+            malformed += 1
+    if not dim:
+        raise DataError(f"{path} is empty", "pass a GloVe file with one `word v1 ... vD` a line")
+    return dim, vectors, count, malformed
+
+
+def _is_header(line: bytes) -> bool:
+    fields = line.split()
+    return len(fields) == 2 and all(f.isdigit() for f in fields)
+
+
+def _dimension(path: Path, first: bytes) -> int:
+    """The vector size announced by the first line (a word2vec header or a first vector)."""
+    fields = first.split()
+    dim = int(fields[1]) if _is_header(first) else len(fields) - 1
+    if dim < 1:
+        raise DataError(
+            f"{at(path, 1)}: expected `word v1 ... vD`, found {first[:60]!r}",
+            "pass a GloVe text file (.txt or .txt.gz)",
+        )
+    return dim
+
+
+def _has_values(path: Path, lineno: int, rest: bytes, dim: int) -> bool:
+    """Whether an irregularly spaced line still holds `dim` values (else it is malformed).
+
+    A line of only numbers but a different count means the file disagrees with itself on the
+    dimension (mixed or truncated files): that is an error, not a line to skip.
+    """
+    fields = rest.split()
+    if len(fields) == dim:
+        return True
+    if fields and all(_is_number(f) for f in fields):
+        raise DataError(
+            f"{at(path, lineno)}: {len(fields)} values where the file's vectors have {dim}",
+            "the file mixes vectors of different sizes or is cut short: download it again",
+        )
+    return False
+
+
+def _is_number(field: bytes) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def name_words(name: str) -> list[str]:
+    """The words of a label name, for its embedding."""
+    return [word for word in _NAME_SEPARATORS.split(name) if word]
+
+
+def token_embeddings(tokens: list[str], vectors: WordVectors, pad: int,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [tokens, dim] rows from `vectors`, U(-0.1, 0.1) elsewhere, zero for `pad`;
+    and the bool mask of tokens that had a vector."""
+    table = rng.uniform(-INIT_RANGE, INIT_RANGE, (len(tokens), vectors.dim)).astype(np.float32)
+    known = np.zeros(len(tokens), dtype=bool)
+    for i, token in enumerate(tokens):
+        vector = vectors.get(token)
+        if vector is not None:
+            table[i], known[i] = vector, True
+    table[pad] = 0.0
+    known[pad] = False
+    return table, known
+
+
+def label_embeddings(names: list[str], vectors: WordVectors,
+                     rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """float32 [labels, dim]: the mean vector of each name's known words, U(-0.1, 0.1) where
+    no word is known; and the bool mask of labels with a known word."""
+    table = rng.uniform(-INIT_RANGE, INIT_RANGE, (len(names), vectors.dim)).astype(np.float32)
+    known = np.zeros(len(names), dtype=bool)
+    for i, name in enumerate(names):
+        found = [v for v in map(vectors.get, name_words(name)) if v is not None]
+        if found:
+            table[i], known[i] = np.mean(found, axis=0), True
+    return table, known
+
+
+def random_embeddings(rows: int, dim: int, rng: np.random.Generator) -> np.ndarray:
+    """float32 [rows, dim] drawn from U(-0.1, 0.1), for labels whose names carry no meaning."""
+    return rng.uniform(-INIT_RANGE, INIT_RANGE, (rows, dim)).astype(np.float32)

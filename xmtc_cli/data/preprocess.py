@@ -1,0 +1,587 @@
+"""Turn a raw corpus into the processed-data folder that training loads (`xmtc preprocess`).
+
+Steps: find the corpus (a catalog NAME or a folder in AttentionXML's layout), read the training
+file once while numbering words and labels in order of first appearance, rank both by training
+count, hold out a seeded validation split, encode the test (and shipped validation) split with
+the training vocabularies, build embeddings from GloVe, and write everything atomically.
+
+Choices (see also SPEC §5, §9):
+- Vocabularies are counted on the training file: the training documents *and* the 10% held out
+  from them for validation (which is never trained on), never the test split. Counting on the
+  training file keeps every training label in the label vocabulary even when all of its
+  documents fall into the held-out part (Reuters has labels with a single training document).
+  A corpus that ships `valid_*` files is held out whole: its words and labels are not counted.
+- Word ids: 0 `<pad>`, 1 `<unk>`, then words by descending training count, ties in order of
+  first appearance; at most `max_vocab` words, the rest read as `<unk>`.
+- Label ids: training labels by descending number of training documents, ties in order of first
+  appearance; then labels seen only in the gold sets of the validation or test split (in order
+  of appearance), which the model can never predict and which count as misses.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xmtc_cli import __version__
+from xmtc_cli.data import glove
+from xmtc_cli.data.catalog import (
+    DATASETS,
+    DatasetSpec,
+    TrainingDefaults,
+    default_out_dir,
+    default_raw_dir,
+    find_dataset,
+    unknown_dataset,
+)
+from xmtc_cli.data.processed import MANIFEST, PAD, UNK, ProcessedData, Split, save_processed
+from xmtc_cli.data.readers import (
+    CorpusFiles,
+    Layout,
+    check_encoding,
+    iter_lines,
+    locate,
+    read_label_ids,
+    read_label_names,
+    read_labels,
+)
+from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
+from xmtc_cli.data.vocab import (
+    NUM_SPECIAL_TOKENS,
+    FirstSeen,
+    Vocabulary,
+    label_vocabulary,
+    word_vocabulary,
+)
+from xmtc_cli.errors import DataError
+
+RANDOM_LABEL_DIM = 100  # label embeddings without GloVe, or where names carry no meaning
+
+
+@dataclass(frozen=True)
+class PreprocessOptions:
+    """How to read and process a corpus; every field has the documented default."""
+
+    raw: Path | None = None
+    """Folder with a named dataset's raw files; None: `$XMTC_DATA/raw/NAME` (else data/raw/NAME)."""
+    out: Path | None = None
+    """Processed-data folder to write; None: `$XMTC_DATA/NAME` (else data/NAME)."""
+    glove: Path | None = None
+    """GloVe-format word vectors (.txt or .txt.gz); None: random label embeddings, no word
+    embeddings (the demo corpus brings its own vectors)."""
+    tokenizer: TokenizerKind = "whitespace"
+    """`whitespace` (the paper's code) or `punct` (splits punctuation off words)."""
+    lowercase: bool = False
+    """Lower-case text before tokenizing."""
+    max_vocab: int = 500_000
+    """Most frequent training words kept (SPEC §5); `<pad>` and `<unk>` come on top."""
+    valid_fraction: float = 0.1
+    """Share of training documents held out for validation when the corpus ships no valid_*."""
+    seed: int = 0
+    """Seeds the validation split and the random embedding rows."""
+    encoding: str = "utf-8"
+    """Encoding of the text, label and name files."""
+
+    def __post_init__(self) -> None:
+        if self.max_vocab < 1:
+            raise ValueError(f"max_vocab must be positive, not {self.max_vocab}")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be in [0, 1), not {self.valid_fraction}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, not {self.seed}")
+
+
+@dataclass(frozen=True)
+class SplitStats:
+    """Statistics of one split (label counts over the gold sets, unseen labels included)."""
+
+    docs: int
+    words_per_doc: float
+    labels_per_doc: float
+    max_labels: int
+    empty_docs: int
+    empty_label_sets: int
+    unseen_labels: int
+    """Distinct gold labels that are not training labels (they count as misses)."""
+    unseen_label_occurrences: int
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """The paper's Table 1 columns, the training file standing for "train"."""
+
+    train_docs: int
+    test_docs: int
+    vocabulary: int
+    """D: distinct words of the training file (before the `max_vocab` cap)."""
+    labels: int
+    """L: distinct labels of the training file."""
+    labels_per_doc: float
+    max_labels: int
+    docs_per_label: float
+    words_per_doc_train: float
+    words_per_doc_test: float
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the corpus the word vectors know."""
+
+    dim: int
+    token_share: float
+    """Share of training tokens whose word has a vector."""
+    word_share: float
+    """Share of vocabulary words with a vector."""
+    label_share: float
+    """Share of training labels with at least one name word that has a vector."""
+    vector_lines: int
+    malformed_lines: int
+    """GloVe lines skipped as malformed."""
+
+
+@dataclass(frozen=True)
+class PreprocessSummary:
+    """What `preprocess` did: where it wrote, and the statistics it found."""
+
+    dataset: str
+    out: Path
+    corpus: CorpusStats
+    splits: dict[str, SplitStats]
+    valid_from: str
+    """`held-out` (a share of the training file) or the shipped validation file's name."""
+    token_ids: int
+    """Size of the token id space: kept words plus `<pad>` and `<unk>`."""
+    gold_only_labels: int
+    """Labels that occur only in validation or test gold sets."""
+    coverage: Coverage | None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data (paths as strings)."""
+        data = asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+@dataclass(frozen=True)
+class _Encoded:
+    """One split as read: token ids and offsets (CSR), with the label strings of each document."""
+
+    token_ids: np.ndarray  # int32 [tokens]
+    token_offsets: np.ndarray  # int64 [docs + 1]
+    labels: list[list[str]]
+
+
+@dataclass(frozen=True)
+class _Training:
+    """The training file, read: its vocabularies, and all its documents in final ids."""
+
+    split: Split
+    words: Vocabulary
+    labels: Vocabulary
+    distinct_words: int  # D, before the cap
+
+
+Progress = Callable[[str], None]
+
+
+def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
+               progress: Progress = lambda message: None) -> tuple[Path, PreprocessSummary]:
+    """Process the corpus `source` (a catalog name or a folder) into a processed-data folder."""
+    start = time.perf_counter()
+    encoding = check_encoding(options.encoding)
+    spec, name, folder, out = _resolve(source, options, progress)
+    layout = spec.layout if spec else Layout()
+    files = locate(folder, layout, _missing_hint(spec, folder))
+    _check_out(out)
+    settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
+    checksums: dict[str, str] = {}
+    read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
+
+    progress(f"reading {files.texts['train']}")
+    training = _read_training(read, files, options.max_vocab)
+    progress(f"vocabulary: {training.distinct_words:,} words, {len(training.labels):,} labels")
+    splits, all_labels, valid_from = _read_splits(read, files, training, options, progress)
+
+    num_labels = len(training.labels)
+    names = _label_names(files, encoding, checksums, all_labels)
+    vectors = _word_vectors(options, spec, folder, training.words, names[:num_labels], progress)
+    token_table, label_table, coverage = _embeddings(
+        training.words, names[:num_labels], vectors, spec, options.seed
+    )
+    if vectors is not None:
+        checksums[vectors.path.name] = vectors.sha256
+    summary = PreprocessSummary(
+        dataset=name,
+        out=out,
+        corpus=_corpus_stats(training, splits["test"]),
+        splits={split: _split_stats(data, num_labels) for split, data in splits.items()},
+        valid_from=valid_from,
+        token_ids=len(training.words),
+        gold_only_labels=len(all_labels) - num_labels,
+        coverage=coverage,
+    )
+    progress(f"writing {out}")
+    data = ProcessedData(
+        tokens=training.words.items,
+        token_counts=training.words.counts,
+        labels=all_labels,
+        label_names=names,
+        label_counts=np.concatenate(
+            [training.labels.counts, np.zeros(summary.gold_only_labels, dtype=np.int64)]
+        ),
+        num_labels=num_labels,
+        splits=splits,
+        label_embeddings=label_table,
+        token_embeddings=token_table,
+        manifest={
+            "dataset": name,
+            "title": spec.title if spec else name,
+            "tokenizer": settings,
+            "options": _recorded_options(options, encoding, folder, vectors, valid_from, spec),
+            "sources": checksums,
+            "stats": _without_run_details(summary),
+            "defaults": _defaults(spec, summary.corpus.max_labels),
+            "xmtc_version": __version__,
+        },
+    )
+    save_processed(data, out)
+    return out, replace(summary, seconds=round(time.perf_counter() - start, 2))
+
+
+# --- finding the corpus ----------------------------------------------------------------------
+
+def _resolve(source: str, options: PreprocessOptions,
+             progress: Progress) -> tuple[DatasetSpec | None, str, Path, Path]:
+    """(catalog entry or None, dataset name, raw folder, output folder) for `source`.
+
+    A catalog name wins over a folder of the same name; write `./eurlex` for the folder.
+    """
+    spec = find_dataset(source)
+    if spec is not None:
+        folder = options.raw or default_raw_dir(spec.name)
+        if spec.generate is not None and not folder.exists():
+            progress(f"generating the {spec.name} corpus in {folder}")
+            spec.generate(folder)
+        return spec, spec.name, folder, options.out or default_out_dir(spec.name)
+    folder = Path(source)
+    if folder.is_dir():
+        if options.raw is not None:
+            raise DataError(f"--raw applies to a dataset name, and {folder} is a folder",
+                            "leave out --raw, or name a dataset: " + ", ".join(DATASETS))
+        name = folder.resolve().name
+        return None, str(folder), folder, options.out or default_out_dir(name)
+    if folder.exists():
+        raise DataError(f"{folder} is a file; expected a dataset name or a corpus folder")
+    if "/" in source or "\\" in source or source.startswith("."):
+        raise DataError(f"corpus folder {folder} does not exist", _LAYOUT_HINT)
+    raise unknown_dataset(source)
+
+
+_LAYOUT_HINT = (
+    "a corpus folder holds train_texts.txt, train_labels.txt, test_texts.txt and "
+    "test_labels.txt (optionally valid_* and label_names.txt)"
+)
+
+
+def _missing_hint(spec: DatasetSpec | None, folder: Path) -> str:
+    if spec is None:
+        return _LAYOUT_HINT
+    if spec.generate is not None:
+        return f"remove {folder} and run again: xmtc generates the {spec.name} corpus anew"
+    return f"get {spec.source} and put its files in {folder} (or pass --raw DIR)"
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a folder that is not processed data (a typo must not delete files)."""
+    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+        raise DataError(
+            f"{out} exists and is not a processed-data folder; it would be replaced",
+            "pass --out with a new folder or an earlier output of `xmtc preprocess`",
+        )
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out} is a file, not a folder", "pass --out with a folder path")
+
+
+# --- reading splits --------------------------------------------------------------------------
+
+class _SplitReader:
+    """Reads a split's texts and labels, checking that their line counts agree."""
+
+    def __init__(self, files: CorpusFiles, encoding: str, tokenize: Callable[[str], list[str]],
+                 checksums: dict[str, str], layout: Layout):
+        self.files, self.encoding, self.checksums = files, encoding, checksums
+        self.tokenize = tokenize
+        self.id_names = None
+        if files.label_ids is not None:
+            names = read_label_ids(files.label_ids, layout.label_ids_encoding or encoding,
+                                   layout.ampersand_is_space, checksums)
+            self.id_names = (files.label_ids, names)
+
+    def __call__(self, split: str, encode: Callable[[list[str]], list[int]]) -> _Encoded:
+        labels_path, texts_path = self.files.labels[split], self.files.texts[split]
+        labels = read_labels(labels_path, self.encoding, self.checksums, self.id_names)
+        ids, lengths = array("i"), []
+        tokenize = self.tokenize
+        for text in iter_lines(texts_path, self.encoding, self.checksums):
+            row = encode(tokenize(text))
+            ids.extend(row)
+            lengths.append(len(row))
+        if len(lengths) != len(labels):
+            raise DataError(
+                f"{texts_path} has {len(lengths):,} lines but {labels_path} has {len(labels):,}",
+                "line k of a texts file is the document whose labels are on line k of its labels "
+                "file: the two files must have the same number of lines",
+            )
+        token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
+        return _Encoded(token_ids, _offsets(lengths), labels)
+
+
+def _read_training(read: _SplitReader, files: CorpusFiles, max_vocab: int) -> _Training:
+    """Read the training file once, counting words and labels as they first appear."""
+    words, labels = FirstSeen(), FirstSeen()
+    encoded = read(split="train", encode=words.add)
+    if not encoded.labels:
+        raise DataError(
+            f"{files.texts['train']}: no documents (the training split is empty)",
+            f"write one document a line, with its labels on the same line of "
+            f"{files.labels['train'].name}",
+        )
+    label_ids = [labels.add(doc) for doc in encoded.labels]
+    if not labels.index:
+        raise DataError(
+            f"{files.labels['train']}: no line holds a label",
+            "give each training document its labels, space-separated, on its line",
+        )
+    flat_labels = _flat(label_ids)
+    vocab, word_remap = word_vocabulary(words, _counts(encoded.token_ids, words), max_vocab)
+    label_vocab, label_remap = label_vocabulary(labels, _counts(flat_labels, labels))
+    split = Split(
+        token_ids=word_remap[encoded.token_ids],
+        token_offsets=encoded.token_offsets,
+        label_ids=label_remap[flat_labels],
+        label_offsets=_offsets([len(doc) for doc in label_ids]),
+    )
+    return _Training(split, vocab, label_vocab, len(words.index))
+
+
+def _counts(first_seen_ids: np.ndarray, seen: FirstSeen) -> np.ndarray:
+    return np.bincount(first_seen_ids, minlength=len(seen.index)).astype(np.int64)
+
+
+def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
+                 options: PreprocessOptions,
+                 progress: Progress) -> tuple[dict[str, Split], list[str], str]:
+    """(train, valid and test splits; all labels, gold-only ones last; where valid came from)."""
+    gold = _GoldLabels(training.labels)
+    encode = _word_encoder(training.words)
+    if "valid" in files.texts:
+        progress(f"reading {files.texts['valid']}")
+        train, valid = training.split, gold.split(read(split="valid", encode=encode))
+        valid_from = files.texts["valid"].name
+    else:
+        held_out = _held_out(len(training.split), options.valid_fraction, _rng(options.seed, 0))
+        train, valid = _subset(training.split, ~held_out), _subset(training.split, held_out)
+        valid_from = "held-out"
+    progress(f"reading {files.texts['test']}")
+    test = gold.split(read(split="test", encode=encode))
+    return {"train": train, "valid": valid, "test": test}, gold.labels, valid_from
+
+
+def _word_encoder(vocab: Vocabulary) -> Callable[[list[str]], list[int]]:
+    """Words -> final ids, `<unk>` for words outside the vocabulary (held-out splits)."""
+    get = vocab.index.get
+    return lambda words: [get(word, UNK) for word in words]
+
+
+class _GoldLabels:
+    """Label ids for held-out splits: training labels, then gold-only labels as they appear."""
+
+    def __init__(self, label_vocab: Vocabulary):
+        self.index = dict(label_vocab.index)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.index)
+
+    def split(self, encoded: _Encoded) -> Split:
+        index = self.index
+        label_ids = [[index.setdefault(x, len(index)) for x in doc] for doc in encoded.labels]
+        return Split(
+            token_ids=encoded.token_ids,
+            token_offsets=encoded.token_offsets,
+            label_ids=_flat(label_ids),
+            label_offsets=_offsets([len(doc) for doc in label_ids]),
+        )
+
+
+def _flat(rows: list[list[int]]) -> np.ndarray:
+    return np.fromiter((x for row in rows for x in row), dtype=np.int32)
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
+    return out
+
+
+def _rng(seed: int, purpose: int) -> np.random.Generator:
+    """An independent random stream per purpose, so that one use never shifts another."""
+    return np.random.default_rng([purpose, seed])
+
+
+def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """bool [docs]: a seeded random `fraction` of the documents (rounded), for validation."""
+    mask = np.zeros(docs, dtype=bool)
+    mask[rng.permutation(docs)[: int(docs * fraction + 0.5)]] = True
+    return mask
+
+
+def _subset(split: Split, keep: np.ndarray) -> Split:
+    """The documents where `keep` is true, in their order, without a per-document loop."""
+    token_ids, token_offsets = _rows(split.token_ids, split.token_offsets, keep)
+    label_ids, label_offsets = _rows(split.label_ids, split.label_offsets, keep)
+    return Split(token_ids, token_offsets, label_ids, label_offsets)
+
+
+def _rows(values: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    lengths = np.diff(offsets)
+    return values[np.repeat(keep, lengths)], _offsets(lengths[keep].tolist())
+
+
+def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
+                 labels: list[str]) -> list[str]:
+    """Readable name of each label: from label_names.txt where given, else the label."""
+    if files.label_names is None:
+        return list(labels)
+    names = read_label_names(files.label_names, encoding, checksums)
+    return [names.get(label, label) for label in labels]
+
+
+# --- embeddings ------------------------------------------------------------------------------
+
+def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: Path,
+                  vocab: Vocabulary, label_names: list[str],
+                  progress: Progress) -> glove.WordVectors | None:
+    """The vectors of the vocabulary and label-name words, from --glove or the corpus's own."""
+    path = options.glove
+    if path is None and spec is not None and spec.vectors is not None:
+        path = folder / spec.vectors
+    if path is None:
+        return None
+    wanted = vocab.items[NUM_SPECIAL_TOKENS:]
+    if not _random_labels(spec, vectors=True):
+        wanted += [word for name in label_names for word in glove.name_words(name)]
+    progress(f"reading word vectors from {path}")
+    return glove.read_word_vectors(path, wanted)
+
+
+def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVectors | None,
+                spec: DatasetSpec | None,
+                seed: int) -> tuple[np.ndarray | None, np.ndarray, Coverage | None]:
+    """(token embeddings or None, label embeddings, coverage or None)."""
+    label_rng = _rng(seed, 2)
+    if vectors is None:
+        return None, glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng), None
+    token_table, words_known = glove.token_embeddings(vocab.items, vectors, PAD, _rng(seed, 1))
+    if _random_labels(spec, vectors=True):
+        label_table = glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng)
+        labels_known = np.zeros(len(label_names), dtype=bool)
+    else:
+        label_table, labels_known = glove.label_embeddings(label_names, vectors, label_rng)
+    coverage = Coverage(
+        dim=vectors.dim,
+        token_share=_share(vocab.counts[words_known].sum(), vocab.counts.sum()),
+        word_share=_share(words_known.sum(), len(vocab) - NUM_SPECIAL_TOKENS),
+        label_share=_share(labels_known.sum(), len(label_names)),
+        vector_lines=vectors.lines,
+        malformed_lines=vectors.malformed,
+    )
+    return token_table, label_table, coverage
+
+
+def _random_labels(spec: DatasetSpec | None, vectors: bool) -> bool:
+    """Whether label embeddings are random: without vectors, or where names mean nothing."""
+    return not vectors or (spec is not None and spec.random_label_embeddings)
+
+
+# --- statistics and manifest -----------------------------------------------------------------
+
+def _share(part: float, whole: float) -> float:
+    return round(float(part) / float(whole), 4) if whole else 0.0
+
+
+def _mean(total: float, count: int) -> float:
+    return round(float(total) / float(count), 2) if count else 0.0
+
+
+def _split_stats(split: Split, num_labels: int) -> SplitStats:
+    doc_words = np.diff(split.token_offsets)
+    doc_labels = np.diff(split.label_offsets)
+    unseen = split.label_ids[split.label_ids >= num_labels]
+    return SplitStats(
+        docs=len(split),
+        words_per_doc=_mean(doc_words.sum(), len(split)),
+        labels_per_doc=_mean(doc_labels.sum(), len(split)),
+        max_labels=int(doc_labels.max(initial=0)),
+        empty_docs=int((doc_words == 0).sum()),
+        empty_label_sets=int((doc_labels == 0).sum()),
+        unseen_labels=len(np.unique(unseen)),
+        unseen_label_occurrences=len(unseen),
+    )
+
+
+def _corpus_stats(training: _Training, test: Split) -> CorpusStats:
+    split = training.split
+    docs = len(split)
+    return CorpusStats(
+        train_docs=docs,
+        test_docs=len(test),
+        vocabulary=training.distinct_words,
+        labels=len(training.labels),
+        labels_per_doc=_mean(len(split.label_ids), docs),
+        max_labels=int(np.diff(split.label_offsets).max()),
+        docs_per_label=_mean(training.labels.counts.sum(), len(training.labels)),
+        words_per_doc_train=_mean(len(split.token_ids), docs),
+        words_per_doc_test=_mean(len(test.token_ids), len(test)),
+    )
+
+
+def _defaults(spec: DatasetSpec | None, max_labels: int) -> dict[str, Any]:
+    """Training defaults: the dataset's (SPEC §6), N = the largest training label set if unset."""
+    defaults = spec.defaults if spec else TrainingDefaults()
+    if defaults.max_labels is None:
+        defaults = replace(defaults, max_labels=max_labels)
+    return asdict(defaults)
+
+
+def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
+                      vectors: glove.WordVectors | None, valid_from: str,
+                      spec: DatasetSpec | None) -> dict[str, Any]:
+    """The options as the manifest records them (everything needed to re-run the command)."""
+    return {
+        "raw": str(folder),
+        "max_vocab": options.max_vocab,
+        "seed": options.seed,
+        "valid_fraction": options.valid_fraction if valid_from == "held-out" else None,
+        "valid_from": valid_from,
+        "encoding": encoding,
+        "glove": None if vectors is None else {"path": str(vectors.path), "dim": vectors.dim},
+        "label_embeddings": (
+            "random" if _random_labels(spec, vectors is not None) else "mean of name-word vectors"
+        ),
+    }
+
+
+def _without_run_details(summary: PreprocessSummary) -> dict[str, Any]:
+    """The summary as stored in the manifest: statistics only, no output path or timing."""
+    data = summary.to_dict()
+    for key in ("out", "seconds"):
+        data.pop(key)
+    return data

@@ -1,0 +1,190 @@
+"""Read corpora in AttentionXML's text layout, with errors that name the file and the line.
+
+One document per line: `{split}_texts.txt` holds the text, `{split}_labels.txt` the labels,
+space-separated. Labels are either the labels themselves or line numbers (from 0) into a names
+file (`Y.txt`, `Yf.txt`). An optional `label_names.txt` gives readable names as
+`label<TAB>name`. Lines end at `\\n` only, so a stray `\\r` or form feed inside a document never
+splits it in two. Every file is checksummed (sha256) while it is read, for the manifest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from xmtc_cli.errors import DataError, at
+
+SPLIT_NAMES = ("train", "valid", "test")
+REQUIRED_SPLITS = ("train", "test")
+LABEL_NAMES_FILE = "label_names.txt"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The file names of one corpus layout."""
+
+    texts: str = "{split}_texts.txt"
+    """Text file of a split; `{split}` is train, valid or test."""
+    labels: str = "{split}_labels.txt"
+    """Label file of a split."""
+    label_ids: str | None = None
+    """Names file whose line numbers (from 0) the label files hold; None: labels are names."""
+    label_ids_encoding: str | None = None
+    """Encoding of the names file; None: the corpus encoding."""
+    ampersand_is_space: bool = False
+    """Read `&` in the names file as a space (AmazonCat-13K's `Yf.txt`)."""
+
+
+@dataclass(frozen=True)
+class CorpusFiles:
+    """The files of one corpus, found on disk."""
+
+    folder: Path
+    texts: dict[str, Path]  # split -> file; "valid" only where the corpus ships one
+    labels: dict[str, Path]
+    label_ids: Path | None  # Y.txt / Yf.txt
+    label_names: Path | None  # label_names.txt
+
+
+def locate(folder: Path, layout: Layout, hint: str) -> CorpusFiles:
+    """Find a corpus's files in `folder`, listing every missing one in a single error."""
+    if not folder.is_dir():
+        raise DataError(f"corpus folder {folder} does not exist", hint)
+    texts, labels, missing = {}, {}, []
+    for split in SPLIT_NAMES:
+        pair = folder / layout.texts.format(split=split), folder / layout.labels.format(split=split)
+        present = [p.is_file() for p in pair]
+        if all(present) or split in REQUIRED_SPLITS:
+            missing += [p.name for p, ok in zip(pair, present) if not ok]
+            texts[split], labels[split] = pair
+        elif any(present):  # a validation split needs both of its files
+            missing += [p.name for p, ok in zip(pair, present) if not ok]
+    label_ids = folder / layout.label_ids if layout.label_ids else None
+    if label_ids is not None and not label_ids.is_file():
+        missing.append(label_ids.name)
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)}", hint)
+    names = folder / LABEL_NAMES_FILE
+    return CorpusFiles(folder, texts, labels, label_ids, names if names.is_file() else None)
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name, or a DataError for an encoding Python does not know."""
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:
+        raise DataError(
+            f"unknown encoding {encoding!r}", "use a Python codec name, e.g. utf-8 or latin-1"
+        ) from None
+
+
+class ChecksumReader(io.RawIOBase):
+    """A binary file that feeds every byte read through sha256 on the way."""
+
+    def __init__(self, raw: io.RawIOBase):
+        self._raw = raw
+        self.sha256 = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self.sha256.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_checksummed(path: Path) -> tuple[io.BufferedReader, ChecksumReader]:
+    """Open `path` for binary reading; the second value's `sha256` covers what was read."""
+    try:
+        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - the caller closes the stream
+    except FileNotFoundError:
+        raise DataError(f"{path} does not exist") from None
+    except OSError as exc:
+        raise DataError(f"{path} cannot be read: {exc.strerror}") from None
+    reader = ChecksumReader(raw)
+    return io.BufferedReader(reader, buffer_size=1 << 20), reader
+
+
+def iter_lines(path: Path, encoding: str, checksums: dict[str, str]) -> Iterator[str]:
+    """Yield the decoded lines of `path`; once all are read, record its sha256 in `checksums`."""
+    stream, reader = open_checksummed(path)
+    with stream:
+        for lineno, raw in enumerate(stream, 1):
+            try:
+                text = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{at(path, lineno)}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} "
+                    f"is not {encoding} text",
+                    "pass the file's encoding, e.g. --encoding latin-1",
+                ) from None
+            yield text.removeprefix("\ufeff") if lineno == 1 else text
+    checksums[path.name] = reader.sha256.hexdigest()
+
+
+def read_label_ids(path: Path, encoding: str, ampersand_is_space: bool,
+                   checksums: dict[str, str]) -> list[str]:
+    """The labels of a names file (`Y.txt`, `Yf.txt`), one per line, made whitespace-free.
+
+    Inner whitespace becomes `_`, as the paper's code does for AmazonCat-13K, so that a label
+    stays one token of a label line.
+    """
+    names = []
+    for text in iter_lines(path, encoding, checksums):
+        if ampersand_is_space:
+            text = text.replace("&", " ")
+        names.append("_".join(text.split()))
+    return names
+
+
+def read_labels(path: Path, encoding: str, checksums: dict[str, str],
+                id_names: tuple[Path, list[str]] | None = None) -> list[list[str]]:
+    """The label set of each line, duplicates dropped, first occurrences kept in order.
+
+    With `id_names` = (names file, its labels), the lines hold line numbers into that file.
+    """
+    sets = []
+    for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
+        labels = text.split()
+        if id_names is not None:
+            labels = [_label_by_id(token, id_names, path, lineno) for token in labels]
+        sets.append(list(dict.fromkeys(labels)))
+    return sets
+
+
+def _label_by_id(token: str, id_names: tuple[Path, list[str]], path: Path, lineno: int) -> str:
+    names_file, names = id_names
+    if token.isdecimal() and int(token) < len(names):
+        return names[int(token)]
+    raise DataError(
+        f"{at(path, lineno)}: label {token!r} is not a line number of {names_file.name} "
+        f"(0 to {len(names) - 1})",
+        f"label lines of this corpus hold line numbers into {names_file}; check that the two "
+        "files come from the same download",
+    )
+
+
+def read_label_names(path: Path, encoding: str, checksums: dict[str, str]) -> dict[str, str]:
+    """Readable names from `label<TAB>name` lines (blank lines are skipped)."""
+    names = {}
+    for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
+        if not text.strip():
+            continue
+        label, tab, name = text.rstrip("\r\n").partition("\t")
+        if not tab or not label.strip() or len(label.split()) > 1:
+            raise DataError(
+                f"{at(path, lineno)}: expected `label<TAB>name`, found {text.strip()[:60]!r}",
+                f"separate the label from its name with one tab character in {path.name}",
+            )
+        names[label.strip()] = " ".join(name.split()) or label.strip()
+    return names
