@@ -21,6 +21,10 @@ class XmtcError(Exception):
         return self.message
 
 
+class UsageError(XmtcError):
+    """A command called with arguments that do not go together (exit code 2)."""
+
+
 class DataError(XmtcError):
     """Raw or processed data that cannot be read."""
 

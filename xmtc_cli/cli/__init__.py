@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.errors import XmtcError
+from xmtc_cli.errors import UsageError, XmtcError
 
 # Importing a command module registers its command on `app`.
+from xmtc_cli.cli import eval, predict, preprocess, train  # noqa: E402,F401
 
 
 def _debug() -> bool:
@@ -32,15 +33,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
-        sys.exit(1)
-    except click.exceptions.Exit as exc:
+        sys.exit(2 if isinstance(exc, UsageError) else 1)
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
-    except click.ClickException as exc:  # usage errors: bad option, missing argument
-        exc.show(file=sys.stderr)
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: unknown option, bad value, missing argument
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", 2))
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
