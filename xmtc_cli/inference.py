@@ -45,12 +45,21 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]], max_src_tokens: int,
                 device: torch.device, amp: bool = True) -> list[Prediction]:
-    """Label sets for a batch of documents given as token-id arrays."""
+    """Label sets for a batch of documents given as token-id arrays.
+
+    A document with no tokens gets the empty set: there is nothing to read labels from, and
+    the model would otherwise answer with whatever its decoder favours a priori.
+    """
     model.eval()
-    src, lengths = pad_sources(docs, max_src_tokens)
-    with autocast(device, amp):
-        labels, scores = model.generate(src.to(device), lengths.to(device))
-    return decode(labels, scores)
+    out = [Prediction([], []) for _ in docs]
+    filled = [i for i, doc in enumerate(docs) if len(doc)]
+    if filled:
+        src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
+        with autocast(device, amp):
+            labels, scores = model.generate(src.to(device), lengths.to(device))
+        for i, pred in zip(filled, decode(labels, scores)):
+            out[i] = pred
+    return out
 
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
