@@ -17,7 +17,6 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,14 +31,14 @@ from xmtc_cli.atomic import atomic_file, atomic_write_bytes, atomic_write_text
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import Recipe
 from xmtc_cli.data.batching import Batcher, frequency_rank
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.data.processed import ProcessedData
+from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import ConfigError, XmtcError
 from xmtc_cli.inference import predict_split
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.metrics import evaluate
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
-from xmtc_cli.data.builtin import load_data
-from xmtc_cli.device import autocast, resolve_device
 
 STATE_FILE = "train_state.safetensors"
 STATE_FORMAT = 1

@@ -12,11 +12,10 @@ import sys
 
 import typer
 
+# Importing a command module registers its command on `app`.
+from xmtc_cli.cli import eval, predict, preprocess, train  # noqa: F401
 from xmtc_cli.cli.app import app
 from xmtc_cli.errors import UsageError, XmtcError
-
-# Importing a command module registers its command on `app`.
-from xmtc_cli.cli import eval, predict, preprocess, train  # noqa: E402,F401
 
 
 def _debug() -> bool:
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         # `xmtc predict ... | head` closed our stdout: not an error of ours.
         sys.stderr.close()
         sys.exit(0)
-    except Exception as exc:  # noqa: BLE001 - the boundary: nothing unexpected leaks a traceback
+    except Exception as exc:  # the boundary: nothing unexpected leaks a traceback
         if _debug():
             raise
         print(

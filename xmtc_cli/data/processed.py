@@ -125,11 +125,10 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
     manifest["splits"] = {name: len(split) for name, split in data.splits.items()}
     with atomic_dir(dest) as tmp:
         with open(tmp / "tokens.tsv", "w", encoding="utf-8") as f:
-            for tok, count in zip(data.tokens, data.token_counts.tolist()):
-                f.write(f"{tok}\t{count}\n")
+            counts = data.token_counts.tolist()
+            f.writelines(f"{tok}\t{count}\n" for tok, count in zip(data.tokens, counts))
         with open(tmp / "labels.tsv", "w", encoding="utf-8") as f:
-            for lab, name, count in zip(data.labels, data.label_names, data.label_counts.tolist()):
-                f.write(f"{lab}\t{name}\t{count}\n")
+            f.writelines(f"{lab}\t{name}\t{count}\n" for lab, name, count in zip(data.labels, data.label_names, data.label_counts.tolist()))
         emb = {"labels": np.ascontiguousarray(data.label_embeddings, dtype=np.float32)}
         if data.token_embeddings is not None:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
