@@ -128,7 +128,8 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
             counts = data.token_counts.tolist()
             f.writelines(f"{tok}\t{count}\n" for tok, count in zip(data.tokens, counts))
         with open(tmp / "labels.tsv", "w", encoding="utf-8") as f:
-            f.writelines(f"{lab}\t{name}\t{count}\n" for lab, name, count in zip(data.labels, data.label_names, data.label_counts.tolist()))
+            rows = zip(data.labels, data.label_names, data.label_counts.tolist())
+            f.writelines(f"{lab}\t{name}\t{count}\n" for lab, name, count in rows)
         emb = {"labels": np.ascontiguousarray(data.label_embeddings, dtype=np.float32)}
         if data.token_embeddings is not None:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
