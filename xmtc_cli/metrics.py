@@ -95,9 +95,9 @@ def evaluate(
         "micro_precision": _ratio(total_tp, total_tp + total_fp),
         "micro_recall": _ratio(total_tp, total_tp + total_fn),
         "micro_f1": _f1(total_tp, total_fp, total_fn),
-        "macro_f1": _ratio(sum(per_label.values()), len(labels)),
+        "macro_f1": _ratio(math.fsum(per_label.values()), len(labels)),
         "weighted_f1": _ratio(
-            sum(support[label] * per_label[label] for label in labels), sum(support.values())
+            math.fsum(support[label] * per_label[label] for label in labels), sum(support.values())
         ),
         "example_f1": _ratio(example_f1, documents),
         **{f"p@{k}": _ratio(precision_at[k], documents) for k in RANKS},

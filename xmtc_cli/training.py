@@ -240,14 +240,16 @@ def fit(
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, metrics
             save_checkpoint(run_dir / "model.safetensors", model.state_dict(), meta)
         save_checkpoint(run_dir / "last.safetensors", model.state_dict(), meta)
-        state.epoch = epoch
-        _save_state(run_dir / STATE_FILE, state, model, optimizer, recipe)
         report = EpochReport(
             epoch=epoch, train_loss=train_loss, loss_parts=loss_parts, valid=metrics,
             seconds=time.perf_counter() - start, docs_per_second=len(batcher.split) / train_seconds,
             lr=optimizer.param_groups[0]["lr"], best=best,
         )
+        # The metrics line before the state: a kill between the two leaves a line that --resume
+        # drops and redoes, never a finished epoch without its line.
         _append_metrics(run_dir / "metrics.jsonl", report)
+        state.epoch = epoch
+        _save_state(run_dir / STATE_FILE, state, model, optimizer, recipe)
         reports.append(report)
         callback.on_epoch_end(report)
 

@@ -24,8 +24,10 @@ def _debug() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Run `xmtc`, turning every failure into a message and an exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=argv, prog_name="xmtc", standalone_mode=False)
+        # The arguments ride along in the context so `xmtc train` can record its own command.
+        code = app(args=args, prog_name="xmtc", standalone_mode=False, obj={"argv": args})
     except XmtcError as exc:
         if _debug():
             raise

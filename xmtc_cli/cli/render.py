@@ -17,8 +17,10 @@ from rich.table import Table
 
 from xmtc_cli.training import EpochReport, RunInfo
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+# No markup (paths may hold brackets) and no hard wrapping at the console width (80 columns when
+# piped), which would break long paths in logs and long values in `--dry-run` YAML.
+stdout = Console(highlight=False, markup=False, soft_wrap=True)
+stderr = Console(stderr=True, highlight=False, markup=False, soft_wrap=True)
 
 METRIC_ROWS = [
     ("micro_precision", "micro precision"), ("micro_recall", "micro recall"),

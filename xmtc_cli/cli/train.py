@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -30,6 +29,7 @@ class Device(str, Enum):
 
 @app.command()
 def train(
+    ctx: typer.Context,
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/demo.yaml."),
     overrides: Optional[list[str]] = typer.Argument(
         None, help="KEY=VALUE overrides of the recipe, e.g. train.epochs=3 model.light_conv=false."
@@ -63,8 +63,9 @@ def train(
         return
     name = resolved.name or recipe.stem
     run_dir = out or _default_run_dir(Path("runs") / name, resume)
-    command = "xmtc train " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 \
-        else f"xmtc train {recipe}"
+    # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
+    argv = (ctx.obj or {}).get("argv")
+    command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
     display = TrainingDisplay()
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,

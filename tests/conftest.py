@@ -1,0 +1,126 @@
+"""Shared fixtures: a tiny generated corpus, preprocessed once, a model trained on it once, and a
+way to run `xmtc` in-process and read what it printed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from xmtc_cli.cli import main
+from xmtc_cli.data.synthetic import write_demo_corpus
+
+# Small enough that an epoch over the 180 training documents takes a fraction of a second, large
+# enough that the model predicts non-empty, partly right label sets after three epochs.
+TINY_RECIPE = """\
+name: tiny
+data:
+  dir: {data}
+  max_src_tokens: 40
+model:
+  hidden_size: 16
+  encoder_layers: 1
+  light_conv: true
+  conv_kernels: [3, 3]
+loss:
+  ot_weight: 1
+train:
+  epochs: {epochs}
+  batch_size: 16
+  lr: 1.0e-2
+"""
+
+
+def write_recipe(path: Path, data: Path, epochs: int = 3) -> Path:
+    """The tiny recipe over the processed folder `data`, written to `path`."""
+    path.write_text(TINY_RECIPE.format(data=data, epochs=epochs), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def threads(n: int = 1) -> Iterator[None]:
+    """Tiny tensors: a second thread only adds overhead, and thrashes on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def single_thread() -> Iterator[None]:
+    with threads(1):
+        yield
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path, stdin: bytes | None = None) -> CliResult:
+    """Run `xmtc ARGS` in this process (stdin from `stdin`); its exit code, stdout and stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    saved_stdin = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
+    try:
+        with (contextlib.redirect_stdout(out), contextlib.redirect_stderr(err),
+              pytest.raises(SystemExit) as exit_info):
+            main([str(a) for a in args])
+    finally:
+        sys.stdin = saved_stdin
+    code = exit_info.value.code
+    return CliResult(0 if code is None else code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    """`run_cli`, for tests."""
+    return run_cli
+
+
+@dataclass(frozen=True)
+class TinyData:
+    raw: Path  # train/test texts and labels, label_names.txt and vectors.txt
+    processed: Path  # the `xmtc preprocess` output, with a 10% validation split
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> TinyData:
+    """A 200 + 40 document demo corpus, preprocessed with its own word vectors."""
+    root = tmp_path_factory.mktemp("tiny")
+    raw = write_demo_corpus(root / "raw", seed=0, train_docs=200, test_docs=40)
+    result = run_cli("preprocess", raw, "--out", root / "processed", "--glove", raw / "vectors.txt")
+    assert result.code == 0, result.err
+    return TinyData(raw=raw, processed=root / "processed")
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    recipe: Path
+    run: Path  # the run folder
+
+    @property
+    def best(self) -> Path:
+        return self.run / "model.safetensors"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data, tmp_path_factory) -> TinyRun:
+    """The tiny recipe trained for three epochs (tests must not write into its folder)."""
+    root = tmp_path_factory.mktemp("tiny_run")
+    recipe = write_recipe(root / "tiny.yaml", tiny_data.processed)
+    with threads(1):
+        result = run_cli("train", recipe, "--out", root / "run", "--device", "cpu")
+    assert result.code == 0, result.err
+    return TinyRun(recipe=recipe, run=root / "run")
