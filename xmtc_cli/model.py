@@ -123,12 +123,64 @@ class Encoder(nn.Module):
         """src [B, T], lengths [B] (CPU, in 1..T) -> states h [B, T, C] (zeros past each
         document) and the decoder's start state s_0 [B, H]."""
         x = self.dropout(self.embedding(src))  # (B, T, E)
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        out, last = self.rnn(packed)  # last: (layers * 2, B, H), in the batch's order
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))  # (B, T, C)
+        # cuDNN reads packed sequences natively, and without autograd the CPU's packed GRU is
+        # the faster one (no padding computed); training on the CPU avoids it (_padded_gru).
+        if x.is_cuda or not (torch.is_grad_enabled() and x.requires_grad):
+            packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            out, last = self.rnn(packed)  # last: (layers * 2, B, H), in the batch's order
+            h, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
+        else:
+            h, last = _padded_gru(self.rnn, x, lengths)  # (B, T, C), (layers * 2, B, H)
         # s_0 = tanh(W_s [h_fwd_last ; h_bwd_last]) of the top layer (SPEC §2).
         s0 = torch.tanh(self.bridge(torch.cat([last[-2], last[-1]], dim=-1)))  # (B, H)
         return h, s0
+
+
+def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """What `rnn` returns for x packed by `lengths`, computed on padded tensors (CPU).
+
+    x [B, T, E], lengths [B] (CPU, in 1..T) -> out [B, T, C] (zeros past each document) and the
+    last states [layers * 2, B, H]. On the CPU, torch runs a packed GRU one step at a time on
+    slices of the projected input, and the backward of every slice writes a zero tensor of the
+    whole input: quadratic in T (most of a training step at T = 200, worse at 1000). Here each
+    layer and direction runs as one unpacked GRU with the module's own weights; the backward
+    direction reads each document reversed within its length, so padding never reaches a real
+    position. Inter-layer dropout is drawn on the packed layout, as nn.GRU draws it, so that
+    training consumes the same random numbers and drops the same units.
+    """
+    batch, width = x.shape[:2]
+    hidden = rnn.hidden_size
+    lengths = lengths.to(x.device)
+    steps = torch.arange(width, device=x.device)  # (T,)
+    valid = (steps < lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
+    # Reverses each document within its length; positions past it stay where they are.
+    reverse = torch.where(valid.squeeze(2), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
+    last_index = (lengths - 1).view(batch, 1, 1).expand(batch, 1, hidden)  # (B, 1, H)
+    h0 = x.new_zeros(1, batch, hidden)
+    finals, packed_rows = [], None
+    for layer in range(rnn.num_layers):
+        outputs = []
+        for suffix in ("", "_reverse"):
+            weights = [getattr(rnn, f"{name}_l{layer}{suffix}")
+                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+            index = reverse.unsqueeze(2).expand(-1, -1, x.size(2))  # (B, T, in)
+            source = x.gather(1, index) if suffix else x  # (B, T, in)
+            out, _ = torch.gru(source, h0, weights, True, 1, 0.0, rnn.training, False, True)
+            finals.append(out.gather(1, last_index).squeeze(1))  # (B, H)
+            if suffix:
+                out = out.gather(1, reverse.unsqueeze(2).expand(-1, -1, hidden))  # (B, T, H)
+            outputs.append(out)
+        x = torch.cat(outputs, dim=2).masked_fill(~valid, 0.0)  # (B, T, C)
+        if rnn.training and rnn.dropout > 0 and layer < rnn.num_layers - 1:
+            if packed_rows is None:  # row of x.flatten(0, 1) at each packed position
+                packed_rows = pack_padded_sequence(
+                    torch.arange(batch * width).view(batch, width), lengths.cpu(),
+                    batch_first=True, enforce_sorted=False,
+                ).data.to(x.device)  # (sum of lengths,)
+            flat = x.flatten(0, 1)  # (B * T, C)
+            dropped = F.dropout(flat[packed_rows], rnn.dropout, True)  # (sum of lengths, C)
+            x = torch.zeros_like(flat).index_copy(0, packed_rows, dropped).view_as(x)
+    return x, torch.stack(finals)  # (B, T, C), (layers * 2, B, H)
 
 
 def conv_min_length(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
@@ -198,9 +250,12 @@ class AdditiveAttention(nn.Module):
         """values [B, T, C], valid [B, T] -> the memory with its keys projected once."""
         return Memory(values, self.U(values), ~valid)  # keys: (B, T, A)
 
-    def forward(self, query: Tensor, memory: Memory) -> Tensor:
-        """query s_{t-1} [B, H] -> context c_t [B, C]."""
-        scores = self.v(torch.tanh(memory.keys + self.W(query).unsqueeze(1))).squeeze(-1)  # (B, T)
+    def forward(self, query: Tensor, memory: Memory, projected: Tensor | None = None) -> Tensor:
+        """query s_{t-1} [B, H] -> context c_t [B, C]. `projected` is W s_{t-1} [B, A] when the
+        caller has it already (one query attends to two memories with the LC branch)."""
+        if projected is None:
+            projected = self.W(query)  # (B, A)
+        scores = self.v(torch.tanh(memory.keys + projected.unsqueeze(1))).squeeze(-1)  # (B, T)
         # Every row keeps a valid position (lengths >= 1, conv position 0): no all -inf row.
         alpha = torch.softmax(scores.masked_fill(memory.padding, float("-inf")), dim=-1)  # (B, T)
         return torch.bmm(alpha.unsqueeze(1).to(memory.values.dtype), memory.values).squeeze(1)
@@ -350,7 +405,8 @@ class Seq2SetModel(nn.Module):
             if self.global_embedding is not None:
                 emb = self.global_embedding(emb, logits, table)  # (B, E_l)
             # Bahdanau: the contexts of step t attend with s_{t-1}.
-            contexts = [self.attention(state, memory) for memory in memories]  # each (B, C)
+            projected = self.attention.W(state)  # W s_{t-1}, shared by the memories: (B, A)
+            contexts = [self.attention(state, memory, projected) for memory in memories]
             state = self.cell(torch.cat([emb, *contexts], dim=-1), state)  # s_t: (B, H)
             z = torch.cat([state, *contexts, emb], dim=-1)  # (B, H + 2C + E_l) with LC
             logits = self.output(self.dropout(z))  # (B, V)
@@ -364,4 +420,5 @@ class Seq2SetModel(nn.Module):
                 used = used.scatter(1, label.unsqueeze(1), fed)  # (B, V), out of place
                 logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
             yield logits
-            label = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+            if inputs is None:  # teacher forcing reads the next label from `inputs`
+                label = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
