@@ -1,0 +1,440 @@
+"""Benchmark a training step: OTSeq2Set against Seq2Seq, and the matching + OT loss against CE.
+
+    PYTHONPATH=. python benchmarks/bench_train.py [--repeats 5] [--device cpu|cuda|all]
+        [--threads T] [--shapes Reuters Eurlex-4K AmazonCat-13K]
+        [--hidden H] [--batch B] [--steps S] [--no-memory] [--profile]
+
+One training step is what `xmtc_cli.training.fit` does per batch: forward, loss, zero_grad,
+backward, clip_grad_norm_ (8), Adam step, and the device-side running loss sum; the model and
+loss come from `build_model` / `build_criterion` on recipes made with the paper's method
+switches (`xmtc_cli.config.METHODS`). Three contenders, timed interleaved (A, B, C, A, B, C, ...)
+so that load from other jobs hits all three alike:
+  A  OTSeq2Set: BM + OT + LC, student forcing for N steps;
+  B  Seq2Seq: cross-entropy, teacher forcing for M + 1 steps, no LC (the paper's baseline,
+     Table 7), same encoder/decoder sizes;
+  C  A's model and forward with cross-entropy on its N-step logits instead of matching + OT
+     (same architecture, same decoding steps: A / C isolates the loss's own cost).
+Random data at each dataset's shape (SPEC §5-6): document lengths uniform in 0.5-1.5x the mean
+words/doc, cut at max source tokens; gold sets of 1 + Poisson(labels/doc - 1) distinct labels,
+cut at N. Prints step times (median over repeats after warm-up), documents/s, the ratios A / B
+and A / C, and peak memory: on CUDA torch.cuda.max_memory_allocated per contender, on the CPU the
+peak RSS of a fresh subprocess that runs `--steps` steps of one contender alone.
+
+The paper's sizes (H=512, E=300, B=32/64, T=1000/500) take many seconds per step on a small
+CPU: there the Eurlex-4K and AmazonCat-13K defaults are H=128 and B=8 (T, N and V stay the
+dataset's); --hidden / --batch change them, and CUDA runs use the paper's sizes unless told.
+Reuters uses recipes/reuters.yaml (hidden size, batch, max source tokens), read at run time.
+--profile also prints where the time of one step goes (Reuters shape), for A and B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+from xmtc_cli.config import Recipe, method_overrides, recipe_from_dict
+from xmtc_cli.data.batching import Batch, pad_sources
+from xmtc_cli.device import autocast
+from xmtc_cli.labelspace import NUM_SPECIALS
+from xmtc_cli.losses import PAD as GOLD_PAD
+from xmtc_cli.losses import build_criterion, teacher_targets
+from xmtc_cli.model import ModelSizes, build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+REUTERS_RECIPE = ROOT / "recipes" / "reuters.yaml"
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    batch: int
+    steps: int  # N, the dataset's largest label set
+    labels: int  # L (V = L + 3)
+    mean_words: float  # words/doc of the training split (SPEC §5)
+    max_src_tokens: int  # T cap
+    mean_labels: float  # labels/doc
+    scheme: str  # the paper's matching scheme for the dataset
+    embed: int  # E (= label embedding width: GloVe's)
+    hidden: int  # H
+    lr: float
+    vocab: int  # source token ids: the dataset's distinct training words (SPEC §5) + 2
+    cpu_hidden: int | None = None  # smaller CPU defaults, None: as on CUDA
+    cpu_batch: int | None = None
+
+
+def _reuters() -> Shape:
+    """Reuters-21578 with GloVe 6B 50d, sizes from recipes/reuters.yaml."""
+    recipe = yaml.safe_load(REUTERS_RECIPE.read_text()) if REUTERS_RECIPE.is_file() else {}
+    model, data, train = (recipe.get(k, {}) for k in ("model", "data", "train"))
+    return Shape("Reuters", int(train.get("batch_size", 32)), 15, 90, 130.0,
+                 int(data.get("max_src_tokens", 300)), 1.23, "all", 50,
+                 int(model.get("hidden_size", 256)), float(train.get("lr", 1e-3)), 68_672)
+
+
+SHAPES = (
+    _reuters(),
+    Shape("Eurlex-4K", 32, 24, 3956, 1248.58, 1000, 5.30, "all", 300, 512, 1e-3, 186_106,
+          cpu_hidden=128, cpu_batch=8),
+    Shape("AmazonCat-13K", 64, 57, 13330, 246.61, 500, 5.04, "first-n", 300, 512, 5e-4, 203_884,
+          cpu_hidden=128, cpu_batch=8),
+)
+CONTENDERS = ("otseq2set", "seq2seq", "otseq2set+ce")
+LABELS = {"otseq2set": "A OTSeq2Set", "seq2seq": "B Seq2Seq", "otseq2set+ce": "C A-model+CE"}
+
+
+def sized(shape: Shape, device: torch.device, hidden: int | None, batch: int | None) -> Shape:
+    """The shape with the sizes this run uses: flags, else CPU defaults on the CPU."""
+    cpu = device.type == "cpu"
+    return dataclasses.replace(
+        shape,
+        hidden=hidden or (shape.cpu_hidden if cpu and shape.cpu_hidden else shape.hidden),
+        batch=batch or (shape.cpu_batch if cpu and shape.cpu_batch else shape.batch),
+    )
+
+
+def recipe_for(shape: Shape, contender: str) -> Recipe:
+    method = "seq2seq" if contender == "seq2seq" else "otseq2set"
+    raw = {
+        "name": f"bench-{shape.name}",
+        "data": {"dir": "unused", "max_src_tokens": shape.max_src_tokens, "max_labels": shape.steps},
+        "model": {"hidden_size": shape.hidden},
+        "loss": {"scheme": shape.scheme},
+        "train": {"batch_size": shape.batch, "lr": shape.lr},
+    }
+    return recipe_from_dict(raw, method_overrides(method))
+
+
+def make_batches(shape: Shape, count: int, seed: int = 0) -> list[Batch]:
+    """Random batches at the dataset's shape, built as the batcher builds them."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        words = rng.integers(int(0.5 * shape.mean_words), int(1.5 * shape.mean_words) + 1,
+                             shape.batch)
+        docs = [rng.integers(2, shape.vocab, n) for n in words]
+        src, lengths = pad_sources(docs, shape.max_src_tokens)
+        sizes = np.minimum(1 + rng.poisson(shape.mean_labels - 1, shape.batch), shape.steps)
+        gold = np.full((shape.batch, max(int(sizes.max()), 1)), GOLD_PAD, dtype=np.int64)
+        for row, n in enumerate(sizes):
+            gold[row, :n] = rng.choice(shape.labels, n, replace=False) + NUM_SPECIALS
+        out.append(Batch(src, lengths, torch.from_numpy(gold), np.arange(shape.batch)))
+    return out
+
+
+class _CrossEntropyOnSteps(torch.nn.Module):
+    """Contender C's loss: cross-entropy (gold in file order, then EOS) on N-step logits."""
+
+    def forward(self, logits, gold, label_embeddings):
+        steps = logits.size(1)
+        gold = F.pad(gold[:, : steps - 1], (0, max(0, steps - 1 - gold.size(1))), value=GOLD_PAD)
+        targets = teacher_targets(gold)  # (B, N)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                               ignore_index=GOLD_PAD)
+        return loss, {"cross_entropy": loss.detach()}
+
+
+class Trainer:
+    """One contender: model, loss and Adam, stepping exactly as `fit` does."""
+
+    def __init__(self, shape: Shape, contender: str, device: torch.device, amp: bool):
+        torch.manual_seed(0)
+        recipe = recipe_for(shape, contender)
+        sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
+                           embed_size=shape.embed, label_embed_size=shape.embed)
+        self.recipe = recipe
+        self.model = build_model(recipe.model, recipe.loss, sizes).to(device)
+        self.criterion = (_CrossEntropyOnSteps() if contender == "otseq2set+ce"
+                          else build_criterion(recipe.loss))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe.train.lr,
+                                          weight_decay=recipe.train.weight_decay)
+        self.device, self.amp = device, amp
+        self.loss_sum = torch.zeros((), device=device)
+        self.parameters = sum(p.numel() for p in self.model.parameters())
+
+    def step(self, batch: Batch) -> None:
+        model, dev = self.model, self.device
+        model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.recipe.train.lr
+        batch = batch.to(dev)
+        with autocast(dev, self.amp):
+            logits = model(batch.src, batch.lengths, batch.gold)
+            loss, parts = self.criterion(logits, batch.gold, model.label_embedding.weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), self.recipe.train.grad_clip)
+        self.optimizer.step()
+        self.loss_sum += loss.detach().float()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_interleaved(trainers: dict[str, Trainer], batches: list[Batch], repeats: int,
+                     warmup: int, device: torch.device) -> dict[str, list[float]]:
+    """Seconds per step of each contender, contenders alternating within every repeat."""
+    times: dict[str, list[float]] = {k: [] for k in trainers}
+    for r in range(warmup + repeats):
+        batch = batches[r % len(batches)]
+        for key, trainer in trainers.items():
+            sync(device)
+            start = time.perf_counter()
+            trainer.step(batch)
+            sync(device)
+            if r >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return times
+
+
+# --- peak memory ---------------------------------------------------------------------------
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory in MiB.
+
+    VmHWM of /proc/self/status where there is one: ru_maxrss survives exec on Linux, so a
+    subprocess started from a big parent would report the parent's size.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Subprocess entry: run `--steps` steps of one contender, print peak RSS as JSON."""
+    device = torch.device(args.worker_device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = sized(next(s for s in SHAPES if s.name == args.shapes[0]), device, args.hidden,
+                  args.batch)
+    base = peak_rss_mib()
+    batches = make_batches(shape, 2)
+    trainer = Trainer(shape, args.worker, device, amp=not args.no_amp)
+    for i in range(args.steps):
+        trainer.step(batches[i % 2])
+    sync(device)
+    print(json.dumps({"base_mib": base, "peak_mib": peak_rss_mib()}))
+
+
+def cpu_peak_rss(shape_name: str, contender: str, args: argparse.Namespace) -> dict[str, float]:
+    cmd = [sys.executable, __file__, "--worker", contender, "--worker-device", "cpu",
+           "--shapes", shape_name, "--steps", str(args.steps)]
+    for flag, value in (("--hidden", args.hidden), ("--batch", args.batch),
+                        ("--threads", args.threads)):
+        if value:
+            cmd += [flag, str(value)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- profile -------------------------------------------------------------------------------
+
+def profile(shape: Shape, device: torch.device, amp: bool, repeats: int) -> None:
+    """Where one step's time goes, by phase (wall clock, synchronised) and by operator."""
+    import xmtc_cli.losses.criterion as criterion_module
+
+    batches = make_batches(shape, 4, seed=1)
+    for contender in ("otseq2set", "seq2seq"):
+        trainer = Trainer(shape, contender, device, amp)
+        model = trainer.model
+        phases: dict[str, list[float]] = {}
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                sync(device)
+                start = time.perf_counter()
+                out = fn(*a, **k)
+                sync(device)
+                phases.setdefault(name, []).append(time.perf_counter() - start)
+                return out
+            return wrapper
+
+        # Phases of the forward pass and loss: wrap the building blocks, not the model's code.
+        model.encoder.forward = timed("encoder GRU fwd", model.encoder.forward)
+        if model.conv is not None:
+            model.conv.forward = timed("light conv fwd", model.conv.forward)
+        model.attention.forward = timed("attention fwd (per step)", model.attention.forward)
+        model.cell.forward = timed("decoder GRUCell fwd", model.cell.forward)
+        model.output.forward = timed("output layer fwd", model.output.forward)
+        saved = criterion_module.assign, criterion_module.ipot
+        criterion_module.assign = timed("matching (host + scipy)", saved[0])
+        criterion_module.ipot = timed("IPOT", saved[1])
+        forward, criterion = model.forward, trainer.criterion.forward
+        model.forward = timed("forward total", forward)
+        trainer.criterion.forward = timed("loss total", criterion)
+        backward = torch.Tensor.backward
+        torch.Tensor.backward = timed("backward", backward)
+        clip = torch.nn.utils.clip_grad_norm_
+        torch.nn.utils.clip_grad_norm_ = timed("clip", clip)
+        trainer.optimizer.step = timed("Adam", trainer.optimizer.step)
+        try:
+            trainer.step(batches[0])  # warm-up
+            phases.clear()
+            total = []
+            for r in range(repeats):
+                sync(device)
+                start = time.perf_counter()
+                trainer.step(batches[r % len(batches)])
+                sync(device)
+                total.append(time.perf_counter() - start)
+            measured = {name: list(values) for name, values in phases.items()}
+            with torch.profiler.profile() as prof:
+                trainer.step(batches[0])
+        finally:
+            criterion_module.assign, criterion_module.ipot = saved
+            torch.Tensor.backward = backward
+            torch.nn.utils.clip_grad_norm_ = clip
+        step = statistics.median(total)
+        print(f"\n{LABELS[contender]} at {describe(shape)}: step {1e3 * step:.1f} ms "
+              f"(median of {repeats}, phases timed with a sync around each)")
+        for name, values in measured.items():
+            per_step = sum(values) / repeats
+            print(f"  {name:<28} {1e3 * per_step:8.2f} ms  {100 * per_step / step:5.1f} %"
+                  f"  ({len(values) // repeats} call(s) a step)")
+        print("  top operators (torch.profiler, one step, self CPU time):")
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14)
+        print("\n".join("    " + line for line in table.splitlines()))
+
+
+# --- report --------------------------------------------------------------------------------
+
+def describe_machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = (f"torch {torch.__version__}; CPU {cpu}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} torch threads; Python {platform.python_version()}")
+    if torch.cuda.is_available():
+        text += f"; GPU {torch.cuda.get_device_name()}"
+    else:
+        text += "; no GPU"
+    return text
+
+
+def describe(shape: Shape) -> str:
+    return (f"{shape.name} B={shape.batch} T<={shape.max_src_tokens} (~{shape.mean_words:.0f}) "
+            f"N={shape.steps} V={shape.labels + NUM_SPECIALS} H={shape.hidden} E={shape.embed}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--shapes", nargs="+", choices=[s.name for s in SHAPES],
+                        default=[s.name for s in SHAPES])
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="H for every shape (default: the recipe's; 128 on the CPU for "
+                             "Eurlex-4K and AmazonCat-13K)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="B for every shape (default: the recipe's; 8 on the CPU for "
+                             "Eurlex-4K and AmazonCat-13K)")
+    parser.add_argument("--steps", type=int, default=2,
+                        help="training steps of each peak-memory subprocess (CPU)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    parser.add_argument("--no-amp", action="store_true",
+                        help="float32 on CUDA (default: bf16 autocast, as train.amp=true)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also break a Reuters-shape step down by phase and operator")
+    parser.add_argument("--worker", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-device", default="cpu", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+
+    print(describe_machine())
+    print(f"median seconds of {args.repeats} interleaved steps after {args.warmup} warm-up "
+          f"step(s); a step = forward + loss + backward + clip + Adam, as xmtc_cli.training.fit")
+    print("A = OTSeq2Set (BM+OT+LC, N student-forced steps); B = Seq2Seq (CE, teacher forcing, "
+          "no LC); C = A's model with CE on its N steps\n")
+    rows = []
+    for device in devices:
+        for base in SHAPES:
+            if base.name not in args.shapes:
+                continue
+            shape = sized(base, device, args.hidden, args.batch)
+            print(f"[{device.type}] {describe(shape)} ...", file=sys.stderr, flush=True)
+            batches = make_batches(shape, 4)
+            trainers = {c: Trainer(shape, c, device, not args.no_amp) for c in CONTENDERS}
+            times = time_interleaved(trainers, batches, args.repeats, args.warmup, device)
+            memory = {}
+            for c, trainer in trainers.items():
+                if args.no_memory:
+                    memory[c] = None
+                elif device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                    trainer.step(batches[0])
+                    sync(device)
+                    memory[c] = torch.cuda.max_memory_allocated(device) / 2**20
+            del trainers
+            if device.type == "cpu" and not args.no_memory:
+                for c in CONTENDERS:
+                    memory[c] = cpu_peak_rss(shape.name, c, args)["peak_mib"]
+            rows.append((device, shape, {c: statistics.median(t) for c, t in times.items()},
+                         memory))
+
+    print(f"{'shape':<58} {'dev':<4} {'contender':<13} {'s/step':>8} {'docs/s':>8} "
+          f"{'peak MiB':>9} {'params M':>8}")
+    for device, shape, med, memory in rows:
+        for c in CONTENDERS:
+            mem = memory[c]
+            mem_text = "-" if mem is None else f"{mem:.0f}"
+            params = sum(p.numel() for p in build_model(
+                recipe_for(shape, c).model, recipe_for(shape, c).loss,
+                ModelSizes(shape.vocab, shape.labels, shape.steps, shape.embed, shape.embed),
+            ).parameters()) / 1e6
+            print(f"{describe(shape):<58} {device.type:<4} {LABELS[c]:<13} {med[c]:>8.3f} "
+                  f"{shape.batch / med[c]:>8.1f} {mem_text:>9} {params:>8.2f}")
+    print("\nPeak memory: CUDA torch.cuda.max_memory_allocated over one step; CPU the peak RSS "
+          f"(VmHWM) of a subprocess running {args.steps} steps of that contender alone (python "
+          "and torch included).")
+    print("\nRatios of median step time (target on CUDA <= 1.10, on this CPU <= 1.25 for A/B)")
+    print(f"{'shape':<58} {'dev':<4} {'A/B OTSeq2Set/Seq2Seq':>22} {'A/C loss overhead':>18}")
+    for device, shape, med, _ in rows:
+        ab = med["otseq2set"] / med["seq2seq"]
+        target = 1.10 if device.type == "cuda" else 1.25
+        verdict = "met" if ab <= target else "NOT met"
+        print(f"{describe(shape):<58} {device.type:<4} {ab:>15.2f} ({verdict}) "
+              f"{med['otseq2set'] / med['otseq2set+ce']:>18.2f}")
+
+    if args.profile:
+        for device in devices:
+            shape = sized(SHAPES[0], device, args.hidden, args.batch)
+            profile(shape, device, not args.no_amp, max(args.repeats, 5))
+
+
+if __name__ == "__main__":
+    main()
