@@ -242,7 +242,7 @@ def test_an_unexpected_error_asks_for_xmtc_debug(tiny_run, monkeypatch, cli):
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("xmtc_cli.cli.predict.Predictor.from_checkpoint", boom)
+    monkeypatch.setattr("xmtc_cli.inference.Predictor.from_checkpoint", boom)
     result = cli("predict", tiny_run.best, "-", stdin=b"x\n")
     assert result.code == 1 and "Traceback" not in result.err
     assert result.err == ("error: unexpected RuntimeError: boom (re-run with XMTC_DEBUG=1 to "

@@ -56,7 +56,7 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
     if filled:
         src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
         with autocast(device, amp):
-            labels, scores = model.generate(src.to(device), lengths.to(device))
+            labels, scores = model.generate(src.to(device), lengths)  # lengths stay on the host
         for i, pred in zip(filled, decode(labels, scores)):
             out[i] = pred
     return out

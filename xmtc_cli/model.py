@@ -378,10 +378,14 @@ class Seq2SetModel(nn.Module):
         # An empty document is read as one <pad> token (a zero vector), so that the encoder
         # state is defined and attention always has a position; SPEC §2 keeps such documents.
         src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD)  # (B, max(T, 1))
-        lengths = lengths.to(src.device)
-        src = src.masked_fill((lengths == 0).unsqueeze(1), PAD)  # (B, T)
-        lengths = lengths.clamp(1, src.size(1))  # (B,)
-        h, state = self.encoder(src, lengths.cpu())  # (B, T, C), (B, H)
+        # Packing needs the lengths on the host: clamp them there (a no-op copy for the CPU
+        # tensors the batcher makes) and send them to the device, rather than reading them
+        # back from it, which would wait for the device.
+        host_lengths = lengths.cpu()
+        src = src.masked_fill((lengths.to(src.device) == 0).unsqueeze(1), PAD)  # (B, T)
+        host_lengths = host_lengths.clamp(1, src.size(1))  # (B,)
+        lengths = host_lengths.to(src.device, non_blocking=True)  # (B,)
+        h, state = self.encoder(src, host_lengths)  # (B, T, C), (B, H)
         valid = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, T)
         memories = [self.attention.memory(h, valid)]
         if self.conv is not None:  # ĉ_t uses the same W, U, v (paper Eq. 7)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -12,21 +12,26 @@ from xmtc_cli.cli.app import app
 from xmtc_cli.cli.render import metrics_table, stdout
 from xmtc_cli.cli.train import Device
 from xmtc_cli.errors import UsageError
-from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files
 
 
 @app.command("eval")
 def eval_command(
-    checkpoint: Optional[Path] = typer.Argument(None, help="A model.safetensors to evaluate on --data."),
-    data: Optional[Path] = typer.Option(None, help="Processed-data folder (with CHECKPOINT)."),
-    split: str = typer.Option("test", help="Split of --data to evaluate: test or valid."),
-    predictions: Optional[Path] = typer.Option(None, help="Predicted labels, one document a line."),
-    gold: Optional[Path] = typer.Option(None, help="Gold labels, one document a line."),
-    json_output: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    batch_size: int = typer.Option(64, min=1, help="Documents per forward pass."),
-    device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    checkpoint: Annotated[Path | None, typer.Argument(
+        help="A model.safetensors to evaluate on --data.")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="Processed-data folder (with CHECKPOINT).")] = None,
+    split: Annotated[str, typer.Option(
+        help="Split of --data to evaluate: test or valid.")] = "test",
+    predictions: Annotated[Path | None, typer.Option(
+        help="Predicted labels, one document a line.")] = None,
+    gold: Annotated[Path | None, typer.Option(help="Gold labels, one document a line.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 64,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
+    from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
+
     if checkpoint is not None:
         if data is None or predictions or gold:
             raise UsageError("with CHECKPOINT give --data DIR (and no --predictions/--gold)")

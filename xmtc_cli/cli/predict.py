@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Annotated
 
 import typer
 
@@ -18,7 +18,6 @@ from xmtc_cli.cli.app import app
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.cli.train import Device
 from xmtc_cli.errors import DataError
-from xmtc_cli.inference import Predictor, chunks
 
 
 class Format(str, Enum):
@@ -28,15 +27,21 @@ class Format(str, Enum):
 
 @app.command()
 def predict(
-    checkpoint: Path = typer.Argument(..., help="A model.safetensors written by `xmtc train`."),
-    docs: str = typer.Argument(..., help="Text file, one document per line; - for stdin."),
-    out: Optional[Path] = typer.Option(None, help="Write here (atomically) instead of stdout."),
-    format: Format = typer.Option(Format.text, "--format", help="text: labels separated by "
-                                  "spaces; jsonl: {\"labels\": [...], \"scores\": [...]}."),
-    batch_size: int = typer.Option(64, min=1, help="Documents per forward pass."),
-    device: Device = typer.Option(Device.auto, help="Where to run the model."),
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A model.safetensors written by `xmtc train`.")],
+    docs: Annotated[str, typer.Argument(
+        help="Text file, one document per line; - for stdin.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Write here (atomically) instead of stdout.")] = None,
+    format: Annotated[Format, typer.Option(
+        "--format", help='text: labels separated by spaces; jsonl: {"labels": [...], '
+        '"scores": [...]}.')] = Format.text,
+    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 64,
+    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
 ) -> None:
     """Predict a label set for every line of DOCS, in input order."""
+    from xmtc_cli.inference import Predictor, chunks  # torch: only when the command runs
+
     predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
     start, count = time.perf_counter(), 0
     with _lines(docs) as lines, _output(out) as sink:

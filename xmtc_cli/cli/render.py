@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -15,7 +16,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from xmtc_cli.training import EpochReport, RunInfo
+if TYPE_CHECKING:  # importing training pulls in torch: not for `xmtc --help` or preprocess
+    from xmtc_cli.training import EpochReport, RunInfo
 
 # No markup (paths may hold brackets) and no hard wrapping at the console width (80 columns when
 # piped), which would break long paths in logs and long values in `--dry-run` YAML.

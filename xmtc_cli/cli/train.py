@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,9 @@ from xmtc_cli.cli.app import app
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides
 from xmtc_cli.errors import ConfigError
-from xmtc_cli.training import STATE_FILE, fit
+
+# The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
+# start fast.
 
 
 class Scheme(str, Enum):
@@ -30,21 +32,21 @@ class Device(str, Enum):
 @app.command()
 def train(
     ctx: typer.Context,
-    recipe: Path = typer.Argument(..., help="YAML recipe, e.g. recipes/demo.yaml."),
-    overrides: Optional[list[str]] = typer.Argument(
-        None, help="KEY=VALUE overrides of the recipe, e.g. train.epochs=3 model.light_conv=false."
-    ),
-    scheme: Optional[Scheme] = typer.Option(None, help="Shorthand for loss.scheme=..."),
-    method: Optional[str] = typer.Option(
-        None, help="A row of the paper's Table 3: " + ", ".join(METHODS) + " (applied before "
-        "KEY=VALUE overrides)."
-    ),
-    out: Optional[Path] = typer.Option(
-        None, help="Run folder. Default: runs/NAME, or runs/NAME-2, -3... if that holds a run."
-    ),
-    device: Device = typer.Option(Device.auto, help="Where to train."),
-    resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
-    dry_run: bool = typer.Option(False, help="Print the resolved recipe and exit."),
+    recipe: Annotated[Path, typer.Argument(help="YAML recipe, e.g. recipes/demo.yaml.")],
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="KEY=VALUE overrides of the recipe, e.g. train.epochs=3 model.light_conv=false.",
+    )] = None,
+    scheme: Annotated[Scheme | None, typer.Option(help="Shorthand for loss.scheme=...")] = None,
+    method: Annotated[str | None, typer.Option(
+        help="A row of the paper's Table 3: " + ", ".join(METHODS)
+        + " (applied before KEY=VALUE overrides).",
+    )] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="Run folder. Default: runs/NAME, or runs/NAME-2, -3... if that holds a run.",
+    )] = None,
+    device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
+    resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the resolved recipe and exit.")] = False,
 ) -> None:
     """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors."""
     overrides = (method_overrides(method) if method else []) + list(overrides or [])
@@ -61,6 +63,8 @@ def train(
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    from xmtc_cli.training import fit
+
     name = resolved.name or recipe.stem
     run_dir = out or _default_run_dir(Path("runs") / name, resume)
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
@@ -81,6 +85,8 @@ def train(
 
 def _default_run_dir(base: Path, resume: bool) -> Path:
     """runs/NAME, or the first runs/NAME-k that holds no run (the latest one when resuming)."""
+    from xmtc_cli.training import STATE_FILE
+
     candidates = [base] + [base.with_name(f"{base.name}-{k}") for k in range(2, 1000)]
     taken = [c for c in candidates if (c / STATE_FILE).exists()]
     if resume:

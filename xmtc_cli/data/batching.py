@@ -21,15 +21,17 @@ GOLD_PAD = -1
 @dataclass
 class Batch:
     src: torch.Tensor  # (B, T) long, <pad> = 0 after each document's end
-    lengths: torch.Tensor  # (B,) long, tokens kept per document (0 for an empty document)
+    lengths: torch.Tensor  # (B,) long on the host, tokens kept per document (0 when empty)
     gold: torch.Tensor  # (B, M) long, output indices, GOLD_PAD after each gold set
     index: np.ndarray  # (B,) positions of the documents in their split
 
     def to(self, device: torch.device | str) -> Batch:
+        """The batch with `src` and `gold` on `device`; `lengths` stays on the host, where
+        the encoder's packing reads it (reading it back from a GPU would wait for the GPU)."""
         nb = torch.device(device).type == "cuda"
         return Batch(
             self.src.to(device, non_blocking=nb),
-            self.lengths.to(device, non_blocking=nb),
+            self.lengths,
             self.gold.to(device, non_blocking=nb),
             self.index,
         )
