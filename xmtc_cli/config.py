@@ -123,23 +123,21 @@ def _plain(value: Any) -> Any:
 
 # The rows of the paper's Table 3 as recipe overrides: every baseline and ablation is a switch
 # of the one model, applied before the user's own KEY=VALUE overrides (which win).
+_SEQ2SEQ = ["loss.kind=cross-entropy", "loss.ot_weight=0"]
+_SET = ["loss.kind=matching"]
+_PLAIN = ["model.global_embedding=false", "model.masked_softmax=false"]  # SGM's parts off
+_SGM = ["model.global_embedding=true", "model.masked_softmax=true"]
+_LC, _NO_LC = ["model.light_conv=true"], ["model.light_conv=false"]
+_FILE, _FREQ = ["data.label_order=file"], ["data.label_order=frequency"]
 METHODS: dict[str, list[str]] = {
-    "seq2seq": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
-                "data.label_order=file", "model.global_embedding=false",
-                "model.masked_softmax=false"],
-    "mlc2seq": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
-                "data.label_order=frequency", "model.global_embedding=false",
-                "model.masked_softmax=false"],
-    "sgm": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=false",
-            "data.label_order=frequency", "model.global_embedding=true",
-            "model.masked_softmax=true"],
-    "seq2seq-lc": ["loss.kind=cross-entropy", "loss.ot_weight=0", "model.light_conv=true",
-                   "data.label_order=file", "model.global_embedding=false",
-                   "model.masked_softmax=false"],
-    "bm": ["loss.kind=matching", "loss.ot_weight=0", "model.light_conv=false"],
-    "bm-lc": ["loss.kind=matching", "loss.ot_weight=0", "model.light_conv=true"],
-    "bm-ot": ["loss.kind=matching", "model.light_conv=false"],
-    "otseq2set": ["loss.kind=matching", "model.light_conv=true"],
+    "seq2seq": [*_SEQ2SEQ, *_NO_LC, *_FILE, *_PLAIN],
+    "mlc2seq": [*_SEQ2SEQ, *_NO_LC, *_FREQ, *_PLAIN],
+    "sgm": [*_SEQ2SEQ, *_NO_LC, *_FREQ, *_SGM],
+    "seq2seq-lc": [*_SEQ2SEQ, *_LC, *_FILE, *_PLAIN],
+    "bm": [*_SET, "loss.ot_weight=0", *_NO_LC, *_PLAIN],
+    "bm-lc": [*_SET, "loss.ot_weight=0", *_LC, *_PLAIN],
+    "bm-ot": [*_SET, *_NO_LC, *_PLAIN],
+    "otseq2set": [*_SET, *_LC, *_PLAIN],
 }
 """Paper method -> overrides. `bm-ot` and `otseq2set` keep the recipe's OT weight (8 in the
 paper's recipes), so a recipe with loss.ot_weight=0 (Amazon-670K) stays without OT."""
