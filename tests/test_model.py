@@ -84,8 +84,9 @@ def test_teacher_forcing_needs_gold():
         tiny("cross-entropy")(src, lengths)
 
 
-@pytest.mark.parametrize("kind,light_conv", itertools.product(("matching", "cross-entropy"),
-                                                               (True, False)))
+@pytest.mark.parametrize(
+    "kind,light_conv", list(itertools.product(("matching", "cross-entropy"), (True, False)))
+)
 def test_padding_is_invisible(kind, light_conv):
     """A document's logits do not depend on the batch's padding or on what fills it."""
     torch.manual_seed(0)
