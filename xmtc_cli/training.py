@@ -171,7 +171,8 @@ def fit(
     optimizer = torch.optim.Adam(
         model.parameters(), lr=recipe.train.lr, weight_decay=recipe.train.weight_decay
     )
-    rank = frequency_rank(data.label_counts[: data.num_labels]) if recipe.data.label_order == "frequency" else None
+    rank = (frequency_rank(data.label_counts[: data.num_labels])
+            if recipe.data.label_order == "frequency" else None)
     batcher = Batcher(data.splits["train"], recipe.data.max_src_tokens, recipe.data.max_labels,
                       data.num_labels, rank)
     valid = data.splits.get("valid")
@@ -198,37 +199,10 @@ def fit(
     last = state.epoch + (stop_after if stop_after is not None else recipe.train.epochs)
     for epoch in range(state.epoch + 1, min(recipe.train.epochs, last) + 1):
         start = time.perf_counter()
-        model.train()
-        loss_sum = torch.zeros((), device=dev)
-        parts_sum: dict[str, torch.Tensor] = {}
-        for i, batch in enumerate(batcher.epoch(recipe.train.batch_size, seed=_epoch_seed(recipe, epoch))):
-            lr = _cosine(recipe.train.lr, recipe.train.min_lr, state.step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = batch.to(dev)
-            with autocast(dev, recipe.train.amp):
-                logits = model(batch.src, batch.lengths, batch.gold)
-                loss, parts = criterion(logits, batch.gold, model.label_embedding.weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
-            optimizer.step()
-            state.step += 1
-            loss_sum += loss.detach().float()
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0) + v.detach().float()
-            # Reading the loss forces a device sync: only every few steps.
-            shown = loss_sum.item() / (i + 1) if (i + 1) % 10 == 0 or i + 1 == steps_per_epoch else None
-            callback.on_step(epoch, i + 1, len(batch), shown)
+        train_loss, loss_parts = _train_epoch(
+            epoch, model, criterion, optimizer, batcher, recipe, state, total_steps, dev, callback
+        )
         train_seconds = time.perf_counter() - start
-        n = steps_per_epoch
-        train_loss = loss_sum.item() / n
-        loss_parts = {k: v.item() / n for k, v in parts_sum.items()}
-        if not math.isfinite(train_loss):
-            raise XmtcError(
-                f"training diverged at epoch {epoch} (loss {train_loss})",
-                "lower train.lr or train.grad_clip, or set train.amp=false",
-            )
 
         metrics = None
         if valid is not None and len(valid):
@@ -258,6 +232,44 @@ def fit(
         last_checkpoint=run_dir / "last.safetensors", best_epoch=state.best_epoch,
         best_valid=state.best_valid, epochs=reports,
     )
+
+
+def _train_epoch(epoch: int, model: Seq2SetModel, criterion: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer, batcher: Batcher, recipe: Recipe,
+                 state: _TrainState, total_steps: int, device: torch.device,
+                 callback: Callback) -> tuple[float, dict[str, float]]:
+    """One pass over the training split; returns the mean loss and the mean of each part."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    parts_sum: dict[str, torch.Tensor] = {}
+    steps = batcher.num_batches(recipe.train.batch_size)
+    batches = batcher.epoch(recipe.train.batch_size, seed=_epoch_seed(recipe, epoch))
+    for i, batch in enumerate(batches):
+        lr = _cosine(recipe.train.lr, recipe.train.min_lr, state.step, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = batch.to(device)
+        with autocast(device, recipe.train.amp):
+            logits = model(batch.src, batch.lengths, batch.gold)
+            loss, parts = criterion(logits, batch.gold, model.label_embedding.weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
+        optimizer.step()
+        state.step += 1
+        loss_sum += loss.detach().float()
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0) + v.detach().float()
+        # Reading the loss waits for the device: only every few steps.
+        shown = loss_sum.item() / (i + 1) if (i + 1) % 10 == 0 or i + 1 == steps else None
+        callback.on_step(epoch, i + 1, len(batch), shown)
+    train_loss = loss_sum.item() / steps
+    if not math.isfinite(train_loss):
+        raise XmtcError(
+            f"training diverged at epoch {epoch} (loss {train_loss})",
+            "lower train.lr or train.grad_clip, or set train.amp=false",
+        )
+    return train_loss, {k: v.item() / steps for k, v in parts_sum.items()}
 
 
 def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe: Recipe,
