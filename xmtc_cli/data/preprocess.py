@@ -40,7 +40,16 @@ from xmtc_cli.data.catalog import (
     find_dataset,
     unknown_dataset,
 )
-from xmtc_cli.data.processed import MANIFEST, PAD, UNK, ProcessedData, Split, save_processed
+from xmtc_cli.data.processed import (
+    MANIFEST,
+    PAD,
+    UNK,
+    ProcessedData,
+    Split,
+    flatten,
+    offsets,
+    save_processed,
+)
 from xmtc_cli.data.readers import (
     CorpusFiles,
     Layout,
@@ -340,7 +349,7 @@ class _SplitReader:
                 "file: the two files must have the same number of lines",
             )
         token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
-        return _Encoded(token_ids, _offsets(lengths), labels)
+        return _Encoded(token_ids, offsets(lengths), labels)
 
 
 def _read_training(read: _SplitReader, files: CorpusFiles, max_vocab: int) -> _Training:
@@ -359,14 +368,14 @@ def _read_training(read: _SplitReader, files: CorpusFiles, max_vocab: int) -> _T
             f"{files.labels['train']}: no line holds a label",
             "give each training document its labels, space-separated, on its line",
         )
-    flat_labels = _flat(label_ids)
+    flat_labels = flatten(label_ids)
     vocab, word_remap = word_vocabulary(words, _counts(encoded.token_ids, words), max_vocab)
     label_vocab, label_remap = label_vocabulary(labels, _counts(flat_labels, labels))
     split = Split(
         token_ids=word_remap[encoded.token_ids],
         token_offsets=encoded.token_offsets,
         label_ids=label_remap[flat_labels],
-        label_offsets=_offsets([len(doc) for doc in label_ids]),
+        label_offsets=offsets([len(doc) for doc in label_ids]),
     )
     return _Training(split, vocab, label_vocab, len(words.index))
 
@@ -387,7 +396,7 @@ def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
         valid_from = files.texts["valid"].name
     else:
         held_out = _held_out(len(training.split), options.valid_fraction, _rng(options.seed, 0))
-        train, valid = _subset(training.split, ~held_out), _subset(training.split, held_out)
+        train, valid = training.split.select(~held_out), training.split.select(held_out)
         valid_from = "held-out"
     progress(f"reading {files.texts['test']}")
     test = gold.split(read(split="test", encode=encode))
@@ -416,19 +425,9 @@ class _GoldLabels:
         return Split(
             token_ids=encoded.token_ids,
             token_offsets=encoded.token_offsets,
-            label_ids=_flat(label_ids),
-            label_offsets=_offsets([len(doc) for doc in label_ids]),
+            label_ids=flatten(label_ids),
+            label_offsets=offsets([len(doc) for doc in label_ids]),
         )
-
-
-def _flat(rows: list[list[int]]) -> np.ndarray:
-    return np.fromiter((x for row in rows for x in row), dtype=np.int32)
-
-
-def _offsets(lengths: list[int]) -> np.ndarray:
-    out = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=out[1:])
-    return out
 
 
 def _rng(seed: int, purpose: int) -> np.random.Generator:
@@ -441,18 +440,6 @@ def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarra
     mask = np.zeros(docs, dtype=bool)
     mask[rng.permutation(docs)[: int(docs * fraction + 0.5)]] = True
     return mask
-
-
-def _subset(split: Split, keep: np.ndarray) -> Split:
-    """The documents where `keep` is true, in their order, without a per-document loop."""
-    token_ids, token_offsets = _rows(split.token_ids, split.token_offsets, keep)
-    label_ids, label_offsets = _rows(split.label_ids, split.label_offsets, keep)
-    return Split(token_ids, token_offsets, label_ids, label_offsets)
-
-
-def _rows(values: np.ndarray, offsets: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
-    lengths = np.diff(offsets)
-    return values[np.repeat(keep, lengths)], _offsets(lengths[keep].tolist())
 
 
 def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],

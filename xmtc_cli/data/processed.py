@@ -64,29 +64,34 @@ class Split:
         if len(docs) != len(labels):
             raise ValueError(f"{len(docs)} documents but {len(labels)} label lists")
         return cls(
-            token_ids=_flat(docs),
-            token_offsets=_offsets(docs),
-            label_ids=_flat(labels),
-            label_offsets=_offsets(labels),
+            token_ids=flatten(docs),
+            token_offsets=offsets([len(d) for d in docs]),
+            label_ids=flatten(labels),
+            label_offsets=offsets([len(x) for x in labels]),
         )
 
-    def subset(self, indices: np.ndarray) -> Split:
-        """The documents at `indices`, in that order."""
-        return Split.from_lists(
-            [self.tokens(i).tolist() for i in indices], [self.labels(i).tolist() for i in indices]
-        )
+    def select(self, keep: np.ndarray) -> Split:
+        """The documents where the bool mask `keep` [docs] is true, in order, without a loop."""
+        token_ids, token_offsets = _rows(self.token_ids, self.token_offsets, keep)
+        label_ids, label_offsets = _rows(self.label_ids, self.label_offsets, keep)
+        return Split(token_ids, token_offsets, label_ids, label_offsets)
 
 
-def _flat(rows: list[list[int]]) -> np.ndarray:
-    if not rows:
-        return np.zeros(0, dtype=np.int32)
+def flatten(rows: list[list[int]]) -> np.ndarray:
+    """int32 [sum of lengths]: the rows one after the other."""
     return np.fromiter((x for row in rows for x in row), dtype=np.int32)
 
 
-def _offsets(rows: list[list[int]]) -> np.ndarray:
-    out = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=out[1:])
+def offsets(lengths: list[int] | np.ndarray) -> np.ndarray:
+    """int64 [rows + 1]: where each row starts in the flattened array, then the total."""
+    out = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=out[1:])
     return out
+
+
+def _rows(values: np.ndarray, starts: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, ...]:
+    lengths = np.diff(starts)
+    return values[np.repeat(keep, lengths)], offsets(lengths[keep])
 
 
 @dataclass(frozen=True)
