@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from xmtc_cli.data.processed import UNK, load_processed
 from xmtc_cli.errors import DataError
-from xmtc_cli.inference import Predictor, predict_ids
+from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.metrics import evaluate
 
@@ -45,17 +46,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
             "choose --split " + " or --split ".join(data.splits),
         )
     part = data.splits[split]
-    ckpt_ids = predictor.token_ids
-    remap = np.array([ckpt_ids.get(t, UNK) for t in data.tokens], dtype=np.int64)
-    order = np.argsort(-np.diff(part.token_offsets), kind="stable")
-    predicted: list[list[str]] = [[] for _ in range(len(part))]
-    max_src = predictor.recipe.data.max_src_tokens
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        docs = [remap[part.tokens(i)] for i in idx]
-        for i, p in zip(idx, predict_ids(predictor.model, docs, max_src, predictor.device,
-                                         predictor.recipe.train.amp)):
-            predicted[i] = [predictor.labels[k] for k in p.labels]
+    # The data's token ids, read as the checkpoint's: the same tokenizer, maybe another vocabulary.
+    remap = np.array([predictor.token_ids.get(t, UNK) for t in data.tokens], dtype=np.int32)
+    as_checkpoint = dataclasses.replace(part, token_ids=remap[part.token_ids])
+    recipe = predictor.recipe
+    predicted = [
+        [predictor.labels[k] for k in labels]
+        for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
+                                    batch_size, predictor.device, recipe.train.amp)
+    ]
     gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
     metrics = evaluate(predicted, gold)
     metrics["macro_f1_all_labels"] = evaluate(predicted, gold, predictor.labels)["macro_f1"]
