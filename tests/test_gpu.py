@@ -43,8 +43,15 @@ def test_assign_and_ipot_agree_with_the_cpu():
                                atol=1e-6, rtol=1e-5)
 
 
+@pytest.fixture
+def no_tf32(monkeypatch):
+    """Full float32 on the GPU too: cuDNN convolutions and RNNs default to TF32 on Ampere+."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+
+
 @pytest.mark.parametrize("kind", ["matching", "cross-entropy"])
-def test_model_and_loss_match_the_cpu_in_float32(kind):
+def test_model_and_loss_match_the_cpu_in_float32(kind, no_tf32):
     recipe = recipe_from_dict({"data": {"dir": "x"},
                                "model": {"hidden_size": 32, "dropout": 0.0},
                                "loss": {"kind": kind, "ot_weight": 8 if kind == "matching" else 0}})
