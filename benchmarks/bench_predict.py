@@ -36,7 +36,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_train import (  # noqa: E402
-    ROOT, SHAPES, Shape, describe, describe_machine, peak_rss_mib, recipe_for, sized, sync,
+    ROOT, SHAPES, Shape, chosen_devices, describe, describe_machine, peak_rss_mib, recipe_for,
+    sized, sync,
 )
 
 from xmtc_cli.inference import predict_ids  # noqa: E402
@@ -118,11 +119,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
+    devices = chosen_devices(args.device, args.threads)
 
     print(describe_machine())
     print(f"docs/s: median over {args.repeats} batches of {args.batch} after one warm-up "

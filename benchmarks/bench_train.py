@@ -342,6 +342,16 @@ def describe(shape: Shape) -> str:
             f"N={shape.steps} V={shape.labels + NUM_SPECIALS} H={shape.hidden} E={shape.embed}")
 
 
+def chosen_devices(device: str, threads: int | None) -> list[torch.device]:
+    """The devices `--device cpu|cuda|all` asks for (CUDA only where present); sets `--threads`."""
+    if threads:
+        torch.set_num_threads(threads)
+    devices = [torch.device("cpu")] if device in ("cpu", "all") else []
+    if device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    return devices
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -369,11 +379,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    devices = [torch.device("cpu")] if args.device in ("cpu", "all") else []
-    if args.device in ("cuda", "all") and torch.cuda.is_available():
-        devices.append(torch.device("cuda"))
+    devices = chosen_devices(args.device, args.threads)
 
     print(describe_machine())
     print(f"median seconds of {args.repeats} interleaved steps after {args.warmup} warm-up "
