@@ -80,9 +80,9 @@ class Shape:
 def _reuters() -> Shape:
     """Reuters-21578 with GloVe 6B 50d, sizes from recipes/reuters.yaml."""
     recipe = yaml.safe_load(REUTERS_RECIPE.read_text()) if REUTERS_RECIPE.is_file() else {}
-    model, data, train = (recipe.get(k, {}) for k in ("model", "data", "train"))
+    model, data, loss, train = (recipe.get(k, {}) for k in ("model", "data", "loss", "train"))
     return Shape("Reuters", int(train.get("batch_size", 32)), 15, 90, 130.0,
-                 int(data.get("max_src_tokens", 300)), 1.23, "all", 50,
+                 int(data.get("max_src_tokens", 300)), 1.23, str(loss.get("scheme", "all")), 50,
                  int(model.get("hidden_size", 256)), float(train.get("lr", 1e-3)), 68_672)
 
 
