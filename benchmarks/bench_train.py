@@ -23,7 +23,7 @@ peak RSS of a fresh subprocess that runs `--steps` steps of one contender alone.
 The paper's sizes (H=512, E=300, B=32/64, T=1000/500) take many seconds per step on a small
 CPU: there the Eurlex-4K and AmazonCat-13K defaults are H=128 and B=8 (T, N and V stay the
 dataset's); --hidden / --batch change them, and CUDA runs use the paper's sizes unless told.
-Reuters uses recipes/reuters.yaml (hidden size, batch, max source tokens), read at run time.
+Reuters uses recipes/reuters.yaml (hidden size, batch, max source tokens, lr, scheme), loaded at run time.
 --profile also prints where the time of one step goes (Reuters shape), for A and B.
 """
 
@@ -45,9 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
-from xmtc_cli.config import Recipe, method_overrides, recipe_from_dict
+from xmtc_cli.config import Recipe, load_recipe, method_overrides, recipe_from_dict
 from xmtc_cli.data.batching import Batch, pad_sources
 from xmtc_cli.device import autocast
 from xmtc_cli.labelspace import NUM_SPECIALS
@@ -79,11 +78,9 @@ class Shape:
 
 def _reuters() -> Shape:
     """Reuters-21578 with GloVe 6B 50d, sizes from recipes/reuters.yaml."""
-    recipe = yaml.safe_load(REUTERS_RECIPE.read_text()) if REUTERS_RECIPE.is_file() else {}
-    model, data, loss, train = (recipe.get(k, {}) for k in ("model", "data", "loss", "train"))
-    return Shape("Reuters", int(train.get("batch_size", 32)), 15, 90, 130.0,
-                 int(data.get("max_src_tokens", 300)), 1.23, str(loss.get("scheme", "all")), 50,
-                 int(model.get("hidden_size", 256)), float(train.get("lr", 1e-3)), 68_672)
+    r = load_recipe(REUTERS_RECIPE)
+    return Shape("Reuters", r.train.batch_size, 15, 90, 130.0, r.data.max_src_tokens, 1.23,
+                 r.loss.scheme, 50, r.model.hidden_size, r.train.lr, 68_672)
 
 
 SHAPES = (
