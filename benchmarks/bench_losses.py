@@ -3,7 +3,7 @@
     PYTHONPATH=. python benchmarks/bench_losses.py [--repeats 15] [--device cpu|cuda|all]
         [--threads T] [--shapes Eurlex-4K AmazonCat-13K]
 
-For Eurlex-4K and AmazonCat-13K batch shapes (SPEC §5-6) it times, as medians over repeats
+For Eurlex-4K and AmazonCat-13K batch shapes (docs/design.md §5-6) it times, as medians over repeats
 after warm-up:
   * `assign` (one host transfer, scipy per document) against a loop that slices, copies and
     solves one document at a time, as the published code does;
@@ -41,7 +41,7 @@ class Shape:
     steps: int  # N, the dataset's largest label set
     labels: int  # L
     mean_labels: float
-    scheme: str  # the paper's choice for the dataset (SPEC §6)
+    scheme: str  # the paper's choice for the dataset (docs/design.md §6)
 
 
 SHAPES = (
@@ -119,7 +119,8 @@ def per_sample_loss(logits, gold, table, scheme, empty_weight=0.2, ot_weight=8.0
 
 # --- timing -------------------------------------------------------------------------------
 
-def median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 3) -> float:
+def median_ms(fn: Callable[[], object], device: torch.device, repeats: int,
+              warmup: int = 3) -> float:
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -201,7 +202,8 @@ def main() -> None:
                for device in devices for shape in SHAPES if shape.name in args.shapes]
 
     print("Batched against the published per-sample loop (speed-up = per-sample / batched)")
-    head = f"{'shape':<34} {'dev':<5} {'part':<24} {'batched':>9} {'per-sample':>11} {'speed-up':>9}"
+    head = (f"{'shape':<34} {'dev':<5} {'part':<24} {'batched':>9} {'per-sample':>11} "
+            f"{'speed-up':>9}")
     print(head + "\n" + "-" * len(head))
     for shape, device, ms in results:
         parts = (("assign", "assign", "assign_ref"), ("ipot", "ipot", "ipot_ref"),

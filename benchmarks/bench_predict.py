@@ -35,13 +35,21 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_train import (  # noqa: E402
-    ROOT, SHAPES, Shape, chosen_devices, describe, describe_machine, peak_rss_mib, recipe_for,
-    sized, sync,
+from bench_train import (
+    ROOT,
+    SHAPES,
+    Shape,
+    chosen_devices,
+    describe,
+    describe_machine,
+    peak_rss_mib,
+    recipe_for,
+    sized,
+    sync,
 )
 
-from xmtc_cli.inference import predict_ids  # noqa: E402
-from xmtc_cli.model import ModelSizes, build_model  # noqa: E402
+from xmtc_cli.inference import predict_ids
+from xmtc_cli.model import ModelSizes, build_model
 
 METHODS = ("otseq2set", "seq2seq")
 NAMES = {"otseq2set": "OTSeq2Set", "seq2seq": "Seq2Seq"}

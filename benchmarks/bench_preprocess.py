@@ -8,11 +8,11 @@ Writes, under --tmp (never the repository), a synthetic corpus in AttentionXML's
 a 100k-word vocabulary, 1-3 of 500 labels each) and word-vector files of each --lines size with
 --dim values a line (400,000 x 50 is GloVe 6B 50d; 2,200,000 x 300 is 840B), plain and gzip.
 Half of the corpus's words have a vector. Each `python -m xmtc_cli preprocess` runs in its own
-subprocess; its wall time and peak RSS (VmHWM, read by the subprocess itself) are printed side by side. The
-vector file is streamed, so peak memory should not grow with its size: the last column is the
-peak against the smallest file's. When ../shared/data/reuters21578 and glove.6B.50d.txt.gz
-exist, the real Reuters preprocess is timed too. Repeats alternate the files (A, B, C, D, A,
-...) so that load from other jobs hits them alike.
+subprocess; its wall time and peak RSS (VmHWM, read by the subprocess itself) are printed side by
+side. The vector file is streamed, so peak memory should not grow with its size: the last column is
+the peak against the smallest file's. When ../shared/data/reuters21578 and glove.6B.50d.txt.gz
+exist, the real Reuters preprocess is timed too. Repeats alternate the files (A, B, C, D, A, ...) so
+that load from other jobs hits them alike.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> None:
         parser.error("--tmp must lie outside the repository")
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from bench_train import describe_machine  # noqa: E402  (the same machine line)
+    from bench_train import describe_machine
 
     print(describe_machine())
     args.tmp.mkdir(parents=True, exist_ok=True)

@@ -14,16 +14,17 @@ so that load from other jobs hits all three alike:
      Table 7), same encoder/decoder sizes;
   C  A's model and forward with cross-entropy on its N-step logits instead of matching + OT
      (same architecture, same decoding steps: A / C isolates the loss's own cost).
-Random data at each dataset's shape (SPEC §5-6): document lengths uniform in 0.5-1.5x the mean
-words/doc, cut at max source tokens; gold sets of 1 + Poisson(labels/doc - 1) distinct labels,
-cut at N. Prints step times (median over repeats after warm-up), documents/s, the ratios A / B
-and A / C, and peak memory: on CUDA torch.cuda.max_memory_allocated per contender, on the CPU the
-peak RSS of a fresh subprocess that runs `--steps` steps of one contender alone.
+Random data at each dataset's shape (docs/design.md §5-6): document lengths uniform in 0.5-1.5x the
+mean words/doc, cut at max source tokens; gold sets of 1 + Poisson(labels/doc - 1) distinct labels,
+cut at N. Prints step times (median over repeats after warm-up), documents/s, the ratios A / B and A
+/ C, and peak memory: on CUDA torch.cuda.max_memory_allocated per contender, on the CPU the peak RSS
+of a fresh subprocess that runs `--steps` steps of one contender alone.
 
 The paper's sizes (H=512, E=300, B=32/64, T=1000/500) take many seconds per step on a small
 CPU: there the Eurlex-4K and AmazonCat-13K defaults are H=128 and B=8 (T, N and V stay the
 dataset's); --hidden / --batch change them, and CUDA runs use the paper's sizes unless told.
-Reuters uses recipes/reuters.yaml (hidden size, batch, max source tokens, lr, scheme), loaded at run time.
+Reuters uses recipes/reuters.yaml (hidden size, batch, max source tokens, lr, scheme), loaded at
+run time.
 --profile also prints where the time of one step goes (Reuters shape), for A and B.
 """
 
@@ -64,14 +65,14 @@ class Shape:
     batch: int
     steps: int  # N, the dataset's largest label set
     labels: int  # L (V = L + 3)
-    mean_words: float  # words/doc of the training split (SPEC §5)
+    mean_words: float  # words/doc of the training split (docs/design.md §5)
     max_src_tokens: int  # T cap
     mean_labels: float  # labels/doc
     scheme: str  # the paper's matching scheme for the dataset
     embed: int  # E (= label embedding width: GloVe's)
     hidden: int  # H
     lr: float
-    vocab: int  # source token ids: the dataset's distinct training words (SPEC §5) + 2
+    vocab: int  # source token ids: the dataset's distinct training words (docs/design.md §5) + 2
     cpu_hidden: int | None = None  # smaller CPU defaults, None: as on CUDA
     cpu_batch: int | None = None
 
@@ -108,7 +109,8 @@ def recipe_for(shape: Shape, contender: str) -> Recipe:
     method = "seq2seq" if contender == "seq2seq" else "otseq2set"
     raw = {
         "name": f"bench-{shape.name}",
-        "data": {"dir": "unused", "max_src_tokens": shape.max_src_tokens, "max_labels": shape.steps},
+        "data": {"dir": "unused", "max_src_tokens": shape.max_src_tokens,
+                 "max_labels": shape.steps},
         "model": {"hidden_size": shape.hidden},
         "loss": {"scheme": shape.scheme},
         "train": {"batch_size": shape.batch, "lr": shape.lr},
@@ -257,7 +259,7 @@ def profile(shape: Shape, device: torch.device, amp: bool, repeats: int) -> None
         model = trainer.model
         phases: dict[str, list[float]] = {}
 
-        def timed(name, fn):
+        def timed(name, fn, phases=phases):
             def wrapper(*a, **k):
                 sync(device)
                 start = time.perf_counter()

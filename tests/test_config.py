@@ -29,7 +29,8 @@ def test_every_recipe_loads_under_every_method(path, method):
 
 def test_paper_settings_of_table_2():
     wiki = load_recipe(RECIPES[0].parent / "wiki10.yaml")
-    assert (wiki.model.bottleneck, wiki.model.conv_last_stride, wiki.loss.scheme) == (300, 4, "first-n")
+    assert (wiki.model.bottleneck, wiki.model.conv_last_stride, wiki.loss.scheme) == (
+        300, 4, "first-n")
     assert (wiki.train.epochs, wiki.data.max_src_tokens, wiki.data.max_labels) == (15, 2000, 30)
     a670 = load_recipe(RECIPES[0].parent / "amazon670k.yaml")
     assert (a670.loss.ot_weight, a670.model.light_conv, a670.model.bottleneck) == (0, False, 512)
@@ -108,7 +109,8 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_round_trip_through_yaml(tmp_path):
-    r = recipe_from_dict({"data": {"dir": "d"}}, ["model.conv_kernels=[3,7]", "loss.scheme=first-n"])
+    r = recipe_from_dict({"data": {"dir": "d"}},
+                         ["model.conv_kernels=[3,7]", "loss.scheme=first-n"])
     path = tmp_path / "r.yaml"
     path.write_text(r.to_yaml())
     assert load_recipe(path) == r

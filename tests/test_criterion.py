@@ -103,7 +103,7 @@ def test_gradients_flow_to_logits_only(scheme):
     loss, parts = MatchingLoss(scheme=scheme)(logits, gold, table)
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    assert table.grad is None  # the label embeddings enter detached (SPEC §3.2)
+    assert table.grad is None  # the label embeddings enter detached (docs/design.md §3.2)
     assert all(not v.requires_grad and v.dim() == 0 for v in parts.values())
 
 
@@ -161,7 +161,8 @@ def test_gold_longer_than_steps_keeps_the_first_n():
     logits, _, table = random_inputs(7)
     gold = torch.arange(NUM_SPECIALS, NUM_SPECIALS + N + 2).repeat(B, 1)  # (B, N + 2)
     criterion = MatchingLoss()
-    torch.testing.assert_close(criterion(logits, gold, table), criterion(logits, gold[:, :N], table))
+    torch.testing.assert_close(criterion(logits, gold, table),
+                               criterion(logits, gold[:, :N], table))
 
 
 def test_teacher_targets():

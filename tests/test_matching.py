@@ -95,7 +95,8 @@ def test_padding_columns_are_never_read():
     for b, n in enumerate(lengths):
         poisoned[b, :, n:] = 100.0
     for scheme in SCHEMES:
-        torch.testing.assert_close(assign(poisoned, lengths, scheme), assign(scores, lengths, scheme))
+        torch.testing.assert_close(assign(poisoned, lengths, scheme),
+                                   assign(scores, lengths, scheme))
 
 
 def test_empty_documents_and_non_finite_scores():

@@ -145,7 +145,7 @@ def test_conv_min_length_is_the_shortest_input_that_convolves(kernels, strides):
     shortest = next(length for length in range(1, 500) if outputs(length) > 0)
     assert conv_min_length(kernels, strides) == shortest
     if kernels == (3, 7, 15, 30) and strides[-1] == 3:
-        assert shortest == 52  # SPEC §2
+        assert shortest == 52  # docs/design.md §2
 
 
 def test_conv_mask_keeps_windows_inside_the_document():

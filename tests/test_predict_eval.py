@@ -122,7 +122,8 @@ def test_stdin_in_and_atomic_file_out(tiny_run, docs, predicted, tmp_path, cli):
     out.write_text("old content\n")
     result = cli("predict", tiny_run.best, docs, "--out", out)
     assert result.code == 0 and result.out == ""
-    assert result.err.startswith("predicted 40 documents in ") and result.err.endswith(f"-> {out}\n")
+    assert result.err.startswith("predicted 40 documents in ")
+    assert result.err.endswith(f"-> {out}\n")
     assert lines_of(out) == [" ".join(r["labels"]) for r in predicted]
     assert [p.name for p in out.parent.iterdir()] == ["labels.txt"]  # no temporary file left
 

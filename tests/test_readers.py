@@ -64,7 +64,8 @@ def test_label_lines_holding_ids_into_y_txt(tmp_path):
     labels = write(tmp_path / "train_labels.txt", "2 0\n1\n")
     id_names = (names, read_label_ids(names, "utf-8", False, {}))
     assert id_names[1] == ["wikipedia", "machine_learning", "art"]
-    assert read_labels(labels, "utf-8", {}, id_names) == [["art", "wikipedia"], ["machine_learning"]]
+    assert read_labels(labels, "utf-8", {}, id_names) == [
+        ["art", "wikipedia"], ["machine_learning"]]
 
 
 def test_latin1_yf_txt_reads_ampersand_as_space_and_spaces_as_underscores(tmp_path):

@@ -11,7 +11,7 @@ from xmtc_cli.losses import cosine_cost, ipot
 
 
 def naive_ipot(cost: np.ndarray, beta: float = 1.0, iters: int = 50) -> np.ndarray:
-    """SPEC §3.2 on one document's [N, n] block, in float64, loop for loop."""
+    """docs/design.md §3.2 on one document's [N, n] block, in float64, loop for loop."""
     steps, n = cost.shape
     kernel = np.exp(-cost / beta)
     plan = np.ones((steps, n))
@@ -68,11 +68,13 @@ def test_marginals():
             continue
         # b is updated last, so the column marginals are exact up to float32 rounding (observed
         # 2.3e-7 relative) ...
-        torch.testing.assert_close(plan[b, :, :n].sum(0), torch.full((n,), 1 / n, dtype=torch.float64),
+        torch.testing.assert_close(plan[b, :, :n].sum(0),
+                                   torch.full((n,), 1 / n, dtype=torch.float64),
                                    rtol=1e-5, atol=0)
         # ... and the row marginals are 50 iterations from converged: observed within 0.36% of
         # 1/N over 600 random documents (median 0.02%).
-        torch.testing.assert_close(plan[b].sum(1), torch.full((steps,), 1 / steps, dtype=torch.float64),
+        torch.testing.assert_close(plan[b].sum(1),
+                                   torch.full((steps,), 1 / steps, dtype=torch.float64),
                                    rtol=5e-3, atol=0)
         assert (plan[b, :, n:] == 0).all()
 

@@ -28,7 +28,7 @@ class DataConfig:
     """Processed-data folder written by `xmtc preprocess`, or `builtin:demo` for the corpus the
     package generates itself."""
     max_src_tokens: int | None = None
-    """Source tokens kept per document (the rest is cut); None: the dataset's default (SPEC §6)."""
+    """Source tokens kept per document (the rest is cut); None: 500."""
     max_labels: int | None = None
     """N, the decoding steps; None: the largest training label set. Longer gold sets are cut."""
     label_order: Literal["file", "frequency"] = "file"
@@ -233,7 +233,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value if value is not None else {}, f"{prefix}{name}.", problems)
+            section = value if value is not None else {}
+            kwargs[name] = _build(hint, section, f"{prefix}{name}.", problems)
         else:
             ok, converted = _coerce(value, hint)
             if ok:

@@ -43,8 +43,9 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 
 
 @torch.no_grad()
-def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]], max_src_tokens: int,
-                device: torch.device, amp: bool = True) -> list[Prediction]:
+def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
+                max_src_tokens: int, device: torch.device,
+                amp: bool = True) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays.
 
     A document with no tokens gets the empty set: there is nothing to read labels from, and

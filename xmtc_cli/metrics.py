@@ -1,4 +1,4 @@
-"""Metrics over predicted label sets against gold label sets (SPEC §8).
+"""Metrics over predicted label sets against gold label sets (docs/design.md §8).
 
 Pure functions on plain Python containers: a label is any hashable (a label name or id), a
 document's prediction is its labels in generation order and its gold is its labels in any order.
@@ -55,8 +55,8 @@ def evaluate(
     it). With no universe it averages over the occurring labels only. The published OTSeq2Set
     code averages over its whole label vocabulary: pass the model's training labels to match it.
 
-    Example-based F1 scores a document whose predicted and gold sets are both empty 0, as SPEC §8
-    says; some libraries (e.g. scikit-learn with `zero_division=1`) score it 1.
+    Example-based F1 scores a document whose predicted and gold sets are both empty 0, as
+    docs/design.md §8 says; some libraries (e.g. scikit-learn with `zero_division=1`) score it 1.
 
     Raises ValueError when `predictions` and `gold` hold different numbers of documents.
     """

@@ -1,4 +1,4 @@
-"""The OTSeq2Set network (SPEC §2, paper §2.2) and the Seq2Seq/SGM baselines that share it.
+"""The OTSeq2Set network (docs/design.md §2, paper §2.2) and the Seq2Seq/SGM baselines.
 
 A bidirectional GRU reads the document; a GRU decoder emits one distribution over the output
 labels per step, attending (Bahdanau) to the encoder states and, with the lightweight-convolution
@@ -105,13 +105,14 @@ def _as_table(values: np.ndarray | Tensor, shape: tuple[int, ...], what: str) ->
 
 
 class Encoder(nn.Module):
-    """Reads the source tokens with a stacked bidirectional GRU (SPEC §2 Encoder)."""
+    """Reads the source tokens with a stacked bidirectional GRU (docs/design.md §2 Encoder)."""
 
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int,
                  dropout: float):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
-        with torch.no_grad():  # SPEC §2: words without a pretrained vector start U(-0.1, 0.1)
+        # Words without a pretrained vector start U(-0.1, 0.1) (docs/design.md §2).
+        with torch.no_grad():
             self.embedding.weight.uniform_(-0.1, 0.1)
             self.embedding.weight[PAD] = 0
         self.dropout = nn.Dropout(dropout)
@@ -131,7 +132,7 @@ class Encoder(nn.Module):
             h, _ = pad_packed_sequence(out, batch_first=True, total_length=src.size(1))
         else:
             h, last = _padded_gru(self.rnn, x, lengths)  # (B, T, C), (layers * 2, B, H)
-        # s_0 = tanh(W_s [h_fwd_last ; h_bwd_last]) of the top layer (SPEC §2).
+        # s_0 = tanh(W_s [h_fwd_last ; h_bwd_last]) of the top layer (docs/design.md §2).
         s0 = torch.tanh(self.bridge(torch.cat([last[-2], last[-1]], dim=-1)))  # (B, H)
         return h, s0
 
@@ -193,13 +194,13 @@ def conv_min_length(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
 
 class LightConv(nn.Module):
     """Depth-wise 1-D convolutions over time with softmax-normalised kernels, each followed by
-    ReLU (Wu et al. 2019; SPEC §2): the "label-level" states ĥ of the + LC branch."""
+    ReLU (Wu et al. 2019; docs/design.md §2): the "label-level" states ĥ of the + LC branch."""
 
     def __init__(self, channels: int, kernels: tuple[int, ...], last_stride: int):
         super().__init__()
         self.strides = (1,) * (len(kernels) - 1) + (last_stride,)
-        # One kernel per channel (SPEC §2 and the published code: as many heads as channels,
-        # where Wu et al. share one kernel among the channels of a head).
+        # One kernel per channel (docs/design.md §2 and the published code: as many heads as
+        # channels, where Wu et al. share one kernel among the channels of a head).
         self.weights = nn.ParameterList(
             nn.Parameter(nn.init.xavier_uniform_(torch.empty(channels, 1, k))) for k in kernels
         )
@@ -215,7 +216,7 @@ class LightConv(nn.Module):
         its validity mask [B, T']."""
         x = h.transpose(1, 2)  # (B, C, T)
         # Short documents: pad this branch's input only, with zeros (the published code feeds
-        # literal <pad> tokens through the encoder instead; SPEC §9).
+        # literal <pad> tokens through the encoder instead; docs/design.md §9).
         x = F.pad(x, (0, max(0, self.min_length - x.size(-1))))  # (B, C, max(T, min_length))
         for kernel, stride in zip(self.kernels(), self.strides):
             x = F.relu(F.conv1d(x, kernel, stride=stride, groups=x.size(1)))  # (B, C, T_i)
@@ -238,7 +239,7 @@ class Memory(NamedTuple):
 
 class AdditiveAttention(nn.Module):
     """Bahdanau attention e_ti = vᵀ tanh(W s_{t-1} + U h_i), α = softmax_i(e), c = Σ α h
-    (SPEC §2), over a masked memory whose keys U h are computed once per document."""
+    (docs/design.md §2), over a masked memory whose keys U h are computed once per document."""
 
     def __init__(self, query_size: int, memory_size: int, attn_size: int):
         super().__init__()
@@ -262,7 +263,7 @@ class AdditiveAttention(nn.Module):
 
 
 class GlobalEmbedding(nn.Module):
-    """SGM's global embedding (Yang et al. 2018; SPEC §4): the decoder input becomes
+    """SGM's global embedding (Yang et al. 2018; docs/design.md §4): the decoder input becomes
     G ⊙ e(ŷ) + (1 − G) ⊙ ē, with ē = softmax(o_{t-1} / τ) · E and G = σ(W_1 e(ŷ) + W_2 ē)."""
 
     def __init__(self, size: int, tau: float):
@@ -280,7 +281,7 @@ class GlobalEmbedding(nn.Module):
 
 
 class Seq2SetModel(nn.Module):
-    """Encoder, attention (+ LC branch), GRU decoder and output layer of OTSeq2Set (SPEC §2)."""
+    """Encoder, attention (+ LC branch), GRU decoder and output layer (docs/design.md §2)."""
 
     def __init__(
         self,
@@ -311,7 +312,8 @@ class Seq2SetModel(nn.Module):
         )
         self.attention = AdditiveAttention(hidden_size, 2 * hidden_size, hidden_size)
         self.label_embedding = nn.Embedding(num_outputs, label_embed_size)
-        nn.init.uniform_(self.label_embedding.weight, -0.1, 0.1)  # as unknown words (SPEC §2)
+        # Label embeddings start as unknown words do (docs/design.md §2).
+        nn.init.uniform_(self.label_embedding.weight, -0.1, 0.1)
         self.global_embedding = (
             GlobalEmbedding(label_embed_size, global_embedding_tau)
             if global_embedding_tau is not None else None
@@ -376,7 +378,7 @@ class Seq2SetModel(nn.Module):
     def _encode(self, src: Tensor, lengths: Tensor) -> tuple[list[Memory], Tensor]:
         """The memories every decoding step attends to, and the start state s_0 [B, H]."""
         # An empty document is read as one <pad> token (a zero vector), so that the encoder
-        # state is defined and attention always has a position; SPEC §2 keeps such documents.
+        # state is defined and attention always has a position; the paper keeps such documents.
         src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD)  # (B, max(T, 1))
         # Packing needs the lengths on the host: clamp them there (a no-op copy for the CPU
         # tensors the batcher makes) and send them to the device, rather than reading them

@@ -40,7 +40,8 @@ class Batch:
         return len(self.index)
 
 
-def pad_sources(docs: Sequence[np.ndarray | Sequence[int]], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_sources(docs: Sequence[np.ndarray | Sequence[int]],
+                max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each document to `max_tokens` and pad them into one (B, T) tensor with lengths."""
     lengths = [min(len(d), max_tokens) for d in docs]
     width = max(max(lengths, default=0), 1)

@@ -24,7 +24,7 @@ DATA_ENV = "XMTC_DATA"
 
 @dataclass(frozen=True)
 class TrainingDefaults:
-    """Settings a recipe inherits from the data when it leaves them null (SPEC §6)."""
+    """Settings a recipe inherits from the data when it leaves them null (docs/design.md §6)."""
 
     max_src_tokens: int = 500
     """Source tokens kept per document."""

@@ -5,7 +5,7 @@ file once while numbering words and labels in order of first appearance, rank bo
 count, hold out a seeded validation split, encode the test (and shipped validation) split with
 the training vocabularies, build embeddings from GloVe, and write everything atomically.
 
-Choices (see also SPEC §5, §9):
+Choices (see also docs/design.md §5, §9):
 - Vocabularies are counted on the training file: the training documents *and* the 10% held out
   from them for validation (which is never trained on), never the test split. Counting on the
   training file keeps every training label in the label vocabulary even when all of its
@@ -89,7 +89,7 @@ class PreprocessOptions:
     lowercase: bool = False
     """Lower-case text before tokenizing."""
     max_vocab: int = 500_000
-    """Most frequent training words kept (SPEC §5); `<pad>` and `<unk>` come on top."""
+    """Most frequent training words kept (docs/design.md §5); `<pad>` and `<unk>` come on top."""
     valid_fraction: float = 0.1
     """Share of training documents held out for validation when the corpus ships no valid_*."""
     seed: int = 0
@@ -541,7 +541,8 @@ def _corpus_stats(training: _Training, test: Split) -> CorpusStats:
 
 
 def _defaults(spec: DatasetSpec | None, max_labels: int) -> dict[str, Any]:
-    """Training defaults: the dataset's (SPEC §6), N = the largest training label set if unset."""
+    """Training defaults: the dataset's (docs/design.md §6); N = the largest training label set
+    if unset."""
     defaults = spec.defaults if spec else TrainingDefaults()
     if defaults.max_labels is None:
         defaults = replace(defaults, max_labels=max_labels)

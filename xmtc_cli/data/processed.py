@@ -117,7 +117,7 @@ class ProcessedData:
 
     @property
     def defaults(self) -> dict[str, Any]:
-        """The dataset's training defaults (SPEC §6): max_src_tokens, max_labels, scheme, ..."""
+        """The dataset's training defaults (docs/design.md §6): max_src_tokens, max_labels, ..."""
         return self.manifest.get("defaults", {})
 
 

@@ -106,7 +106,7 @@ class ChecksumReader(io.RawIOBase):
 def open_checksummed(path: Path) -> tuple[io.BufferedReader, ChecksumReader]:
     """Open `path` for binary reading; the second value's `sha256` covers what was read."""
     try:
-        raw = open(path, "rb", buffering=0)  # noqa: SIM115 - the caller closes the stream
+        raw = open(path, "rb", buffering=0)
     except FileNotFoundError:
         raise DataError(f"{path} does not exist") from None
     except OSError as exc:

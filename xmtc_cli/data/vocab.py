@@ -76,4 +76,5 @@ def label_vocabulary(seen: FirstSeen, counts: np.ndarray) -> tuple[Vocabulary, n
     remap = np.empty(len(labels), dtype=np.int32)
     remap[order] = np.arange(len(labels), dtype=np.int32)
     items = [labels[i] for i in order.tolist()]
-    return Vocabulary(items, counts[order].astype(np.int64), {x: i for i, x in enumerate(items)}), remap
+    ids = {x: i for i, x in enumerate(items)}
+    return Vocabulary(items, counts[order].astype(np.int64), ids), remap

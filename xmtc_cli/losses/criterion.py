@@ -37,7 +37,7 @@ def teacher_targets(gold: torch.Tensor) -> torch.Tensor:
 
 
 class MatchingLoss(nn.Module):
-    """OTSeq2Set's loss: L_BM + ot_weight * L_OT over N student-forced steps (SPEC §3).
+    """OTSeq2Set's loss: L_BM + ot_weight * L_OT over N student-forced steps (docs/design.md §3).
 
     L_BM: each document's gold labels are matched to steps by the Hungarian method on the cost
     -p_i(y_j) (`assign`, scheme `all` or `first-n`); the other steps target ∅. The loss is the

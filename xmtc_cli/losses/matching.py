@@ -1,4 +1,4 @@
-"""Bipartite matching of decoding steps to gold labels (SPEC §3.1), solved on the host by scipy.
+"""Bipartite matching of decoding steps to gold labels (docs/design.md §3.1), solved on the host.
 
 Shapes: B batch, N decoding steps, M gold slots (gold labels left-aligned, padded to M).
 """

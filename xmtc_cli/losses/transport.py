@@ -1,4 +1,4 @@
-"""Optimal transport between decoding steps and gold labels (SPEC §3.2): cost and IPOT plan.
+"""Optimal transport between decoding steps and gold labels (docs/design.md §3.2): cost, IPOT.
 
 Shapes: B batch, N decoding steps, M gold slots, E embedding width.
 """
