@@ -50,8 +50,7 @@ import torch.nn.functional as F
 from xmtc_cli.config import Recipe, load_recipe, method_overrides, recipe_from_dict
 from xmtc_cli.data.batching import Batch, pad_sources
 from xmtc_cli.device import autocast
-from xmtc_cli.labelspace import NUM_SPECIALS
-from xmtc_cli.losses import PAD as GOLD_PAD
+from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
 from xmtc_cli.losses import build_criterion, teacher_targets
 from xmtc_cli.model import ModelSizes, build_model
 

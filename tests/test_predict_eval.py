@@ -22,7 +22,7 @@ from xmtc_cli.data.processed import load_processed
 from xmtc_cli.errors import CheckpointError
 from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.labelspace import NUM_SPECIALS
-from xmtc_cli.metrics import METRIC_KEYS, evaluate
+from xmtc_cli.metrics import METRIC_KEYS, score_label_sets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -353,7 +353,7 @@ def test_predict_then_eval_files_equals_eval_checkpoint(tiny_run, tiny_data, tmp
     from_checkpoint = json.loads(result.out)
     assert from_files["micro_f1"] > 0.2 and from_files["documents"] == 40
     assert from_checkpoint.pop("macro_f1_all_labels") == pytest.approx(
-        evaluate(read_label_file(predictions), read_label_file(gold),
+        score_label_sets(read_label_file(predictions), read_label_file(gold),
                  read_meta(tiny_run.best).labels)["macro_f1"], abs=1e-12)
     assert_same_metrics(from_checkpoint, from_files)
 

@@ -69,7 +69,6 @@ def test_a_dir_corpus_end_to_end(tmp_path):
     assert labels(data, "test", 1) == ["finance", "zoo"]  # gold-only labels stay in gold sets
     assert data.token_embeddings is None and data.label_embeddings.shape == (3, 100)
     assert data.tokenizer == {"kind": "whitespace", "lowercase": False}
-    assert data.defaults["max_labels"] == 2 and data.defaults["max_src_tokens"] == 500
     assert set(data.manifest["sources"]) == {
         "train_texts.txt", "train_labels.txt", "test_texts.txt", "test_labels.txt"}
 
@@ -165,11 +164,6 @@ def test_wiki10_reads_raw_texts_and_label_ids_into_y_txt(tmp_path):
     data = load_processed(out)
     assert data.labels == ["machine_learning", "wikipedia", "art"] and data.num_labels == 2
     assert data.manifest["dataset"] == "wiki10" and data.manifest["title"] == "Wiki10-31K"
-    assert data.defaults == {
-        "max_src_tokens": 2000, "max_labels": 30, "bottleneck": 300, "scheme": "first-n",
-        "ot_weight": 8.0, "conv_last_stride": 4, "light_conv": True,
-        "label_embedding_size": None,
-    }
 
 
 def test_amazoncat13k_reads_a_latin1_yf_txt(tmp_path):
@@ -179,7 +173,6 @@ def test_amazoncat13k_reads_a_latin1_yf_txt(tmp_path):
     out, _ = preprocess("amazoncat13k", PreprocessOptions(raw=raw, out=tmp_path / "out"))
     data = load_processed(out)
     assert data.labels == ["Café", "Arts_Photography"]
-    assert data.defaults["max_labels"] == 57 and data.defaults["scheme"] == "first-n"
 
 
 def test_amazon670k_label_embeddings_are_random_100d_even_with_glove(tmp_path):
@@ -192,16 +185,6 @@ def test_amazon670k_label_embeddings_are_random_100d_even_with_glove(tmp_path):
     data = load_processed(out)
     assert data.label_embeddings.shape == (2, 100) and data.token_embeddings.shape == (4, 3)
     assert summary.coverage.label_share == 0.0
-    assert data.defaults["ot_weight"] == 0.0 and data.defaults["light_conv"] is False
-    assert data.defaults["label_embedding_size"] == 100 and data.defaults["bottleneck"] == 512
-
-
-def test_eurlex_uses_the_dir_file_names_and_spec_defaults(tmp_path):
-    raw = write_corpus(tmp_path / "raw")
-    out, _ = preprocess("EURLEX", PreprocessOptions(raw=raw, out=tmp_path / "out"))
-    defaults = load_processed(out).defaults
-    assert (defaults["max_src_tokens"], defaults["max_labels"], defaults["scheme"]) == (
-        1000, 24, "all")
 
 
 def test_default_folders_come_from_xmtc_data(tmp_path, monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import itertools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -333,18 +332,3 @@ def _check(r: Recipe) -> list[str]:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")
     return p
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring written under each field of a config dataclass (for `--help` and README)."""
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(cls))
-    body = tree.body[0].body
-    docs = {}
-    for prev, node in itertools.pairwise(body):
-        if (isinstance(prev, ast.AnnAssign) and isinstance(node, ast.Expr)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            docs[prev.target.id] = " ".join(node.value.value.split())
-    return docs

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from xmtc_cli.data.processed import UNK, load_processed
+from xmtc_cli.data.processed import UNK_ID, load_processed
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
-from xmtc_cli.metrics import evaluate
+from xmtc_cli.metrics import score_label_sets
 
 
 def evaluate_files(predictions: str | Path, gold: str | Path) -> dict[str, float]:
@@ -26,7 +26,7 @@ def evaluate_files(predictions: str | Path, gold: str | Path) -> dict[str, float
             f"{predictions} has {len(pred_sets)} lines but {gold} has {len(gold_sets)}",
             "both files need one line per document, in the same order",
         )
-    return evaluate(pred_sets, gold_sets)
+    return score_label_sets(pred_sets, gold_sets)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
@@ -47,7 +47,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         )
     part = data.splits[split]
     # The data's token ids, read as the checkpoint's: the same tokenizer, maybe another vocabulary.
-    remap = np.array([predictor.token_ids.get(t, UNK) for t in data.tokens], dtype=np.int32)
+    remap = np.array([predictor.token_ids.get(t, UNK_ID) for t in data.tokens], dtype=np.int32)
     as_checkpoint = dataclasses.replace(part, token_ids=remap[part.token_ids])
     recipe = predictor.recipe
     predicted = [
@@ -56,6 +56,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                                     batch_size, predictor.device, recipe.train.amp)
     ]
     gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
-    metrics = evaluate(predicted, gold)
-    metrics["macro_f1_all_labels"] = evaluate(predicted, gold, predictor.labels)["macro_f1"]
+    metrics = score_label_sets(predicted, gold)
+    metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels)["macro_f1"]
     return metrics

@@ -11,7 +11,7 @@ import torch
 from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
 from xmtc_cli.config import recipe_from_dict
 from xmtc_cli.data.batching import pad_sources
-from xmtc_cli.data.processed import UNK, Split
+from xmtc_cli.data.processed import UNK_ID, Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
@@ -81,7 +81,7 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
 def encode_texts(texts: Iterable[str], tokenize: Callable[[str], list[str]],
                  token_ids: dict[str, int]) -> list[np.ndarray]:
     """Token-id arrays for raw texts, unknown words mapped to <unk>."""
-    return [np.fromiter((token_ids.get(t, UNK) for t in tokenize(text)), dtype=np.int64)
+    return [np.fromiter((token_ids.get(t, UNK_ID) for t in tokenize(text)), dtype=np.int64)
             for text in texts]
 
 

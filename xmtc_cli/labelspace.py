@@ -10,14 +10,4 @@ EMPTY = 0  # ∅: a decoding step with no label (the set models' padding target)
 BOS = 1  # start symbol fed to the first decoding step
 EOS = 2  # end of sequence (Seq2Seq baselines only)
 NUM_SPECIALS = 3
-SPECIAL_NAMES = ("<empty>", "<bos>", "<eos>")
-
-
-def to_output(label_id: int) -> int:
-    """Corpus label id -> decoder output index."""
-    return label_id + NUM_SPECIALS
-
-
-def to_label(output_index: int) -> int:
-    """Decoder output index -> corpus label id (negative for a special symbol)."""
-    return output_index - NUM_SPECIALS
+GOLD_PAD = -1  # fills gold sets [B, M] after each document's labels, and ignored CE targets

@@ -33,13 +33,13 @@ METRIC_KEYS = (
     *(f"ndcg@{k}" for k in RANKS),
     "documents",
 )
-"""The keys of `evaluate`'s result, in display order."""
+"""The keys of `score_label_sets`'s result, in display order."""
 
 # _DISCOUNTS[i] = 1 / log2(r + 1), the DCG weight of the 1-based rank r = i + 1.
 _DISCOUNTS = [1.0 / math.log2(rank + 1) for rank in range(1, max(RANKS) + 1)]
 
 
-def evaluate(
+def score_label_sets(
     predictions: Sequence[Sequence[Hashable]],
     gold: Sequence[Sequence[Hashable]],
     label_universe: Collection[Hashable] | None = None,

@@ -28,9 +28,8 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from xmtc_cli.config import LossConfig, ModelConfig
+from xmtc_cli.data.processed import PAD_ID
 from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
-
-PAD = 0  # source token id of <pad> (xmtc_cli.data.processed)
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ def build_model(
         if token_embeddings is not None:
             table = model.encoder.embedding.weight
             table.copy_(_as_table(token_embeddings, tuple(table.shape), "token embeddings"))
-            table[PAD] = 0  # <pad> reads as zeros, as nn.Embedding(padding_idx=0) starts it
+            table[PAD_ID] = 0  # <pad> reads as zeros, as nn.Embedding(padding_idx=0) starts it
         if label_embeddings is not None and model_cfg.label_embedding_size is None:
             table = model.label_embedding.weight[NUM_SPECIALS:]  # corpus labels; specials random
             table.copy_(_as_table(label_embeddings, tuple(table.shape), "label embeddings"))
@@ -110,11 +109,11 @@ class Encoder(nn.Module):
     def __init__(self, vocab_size: int, embed_size: int, hidden_size: int, num_layers: int,
                  dropout: float):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD)
+        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD_ID)
         # Words without a pretrained vector start U(-0.1, 0.1) (docs/design.md §2).
         with torch.no_grad():
             self.embedding.weight.uniform_(-0.1, 0.1)
-            self.embedding.weight[PAD] = 0
+            self.embedding.weight[PAD_ID] = 0
         self.dropout = nn.Dropout(dropout)
         self.rnn = nn.GRU(embed_size, hidden_size, num_layers, batch_first=True,
                           bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
@@ -379,12 +378,12 @@ class Seq2SetModel(nn.Module):
         """The memories every decoding step attends to, and the start state s_0 [B, H]."""
         # An empty document is read as one <pad> token (a zero vector), so that the encoder
         # state is defined and attention always has a position; the paper keeps such documents.
-        src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD)  # (B, max(T, 1))
+        src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD_ID)  # (B, max(T, 1))
         # Packing needs the lengths on the host: clamp them there (a no-op copy for the CPU
         # tensors the batcher makes) and send them to the device, rather than reading them
         # back from it, which would wait for the device.
         host_lengths = lengths.cpu()
-        src = src.masked_fill((lengths.to(src.device) == 0).unsqueeze(1), PAD)  # (B, T)
+        src = src.masked_fill((lengths.to(src.device) == 0).unsqueeze(1), PAD_ID)  # (B, T)
         host_lengths = host_lengths.clamp(1, src.size(1))  # (B,)
         lengths = host_lengths.to(src.device, non_blocking=True)  # (B,)
         h, state = self.encoder(src, host_lengths)  # (B, T, C), (B, H)

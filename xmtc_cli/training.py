@@ -37,7 +37,7 @@ from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import ConfigError, XmtcError
 from xmtc_cli.inference import predict_split
 from xmtc_cli.losses import build_criterion
-from xmtc_cli.metrics import evaluate
+from xmtc_cli.metrics import score_label_sets
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 
 STATE_FILE = "train_state.safetensors"
@@ -280,7 +280,7 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
                               amp=recipe.train.amp)
     gold = [part.labels(i).tolist() for i in range(len(part))]
     universe = range(data.num_labels) if label_universe else None
-    return evaluate(predicted, gold, universe)
+    return score_label_sets(predicted, gold, universe)
 
 
 def _epoch_seed(recipe: Recipe, epoch: int) -> int:

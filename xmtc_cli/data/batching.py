@@ -12,10 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xmtc_cli.data.processed import PAD, Split
-from xmtc_cli.labelspace import NUM_SPECIALS
-
-GOLD_PAD = -1
+from xmtc_cli.data.processed import PAD_ID, Split
+from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
 
 
 @dataclass
@@ -45,7 +43,7 @@ def pad_sources(docs: Sequence[np.ndarray | Sequence[int]],
     """Cut each document to `max_tokens` and pad them into one (B, T) tensor with lengths."""
     lengths = [min(len(d), max_tokens) for d in docs]
     width = max(max(lengths, default=0), 1)
-    src = np.full((len(docs), width), PAD, dtype=np.int64)
+    src = np.full((len(docs), width), PAD_ID, dtype=np.int64)
     for row, (doc, n) in enumerate(zip(docs, lengths)):
         src[row, :n] = doc[:n]
     return torch.from_numpy(src), torch.tensor(lengths, dtype=torch.long)

@@ -34,7 +34,6 @@ from xmtc_cli.data import glove
 from xmtc_cli.data.catalog import (
     DATASETS,
     DatasetSpec,
-    TrainingDefaults,
     default_out_dir,
     default_raw_dir,
     find_dataset,
@@ -42,8 +41,8 @@ from xmtc_cli.data.catalog import (
 )
 from xmtc_cli.data.processed import (
     MANIFEST,
-    PAD,
-    UNK,
+    PAD_ID,
+    UNK_ID,
     ProcessedData,
     Split,
     flatten,
@@ -256,7 +255,6 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
             "options": _recorded_options(options, encoding, folder, vectors, valid_from, spec),
             "sources": checksums,
             "stats": _without_run_details(summary),
-            "defaults": _defaults(spec, summary.corpus.max_labels),
             "xmtc_version": __version__,
         },
     )
@@ -406,7 +404,7 @@ def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
 def _word_encoder(vocab: Vocabulary) -> Callable[[list[str]], list[int]]:
     """Words -> final ids, `<unk>` for words outside the vocabulary (held-out splits)."""
     get = vocab.index.get
-    return lambda words: [get(word, UNK) for word in words]
+    return lambda words: [get(word, UNK_ID) for word in words]
 
 
 class _GoldLabels:
@@ -476,7 +474,7 @@ def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVe
     label_rng = _rng(seed, 2)
     if vectors is None:
         return None, glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng), None
-    token_table, words_known = glove.token_embeddings(vocab.items, vectors, PAD, _rng(seed, 1))
+    token_table, words_known = glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, 1))
     if _random_labels(spec, vectors=True):
         label_table = glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng)
         labels_known = np.zeros(len(label_names), dtype=bool)
@@ -538,15 +536,6 @@ def _corpus_stats(training: _Training, test: Split) -> CorpusStats:
         words_per_doc_train=_mean(len(split.token_ids), docs),
         words_per_doc_test=_mean(len(test.token_ids), len(test)),
     )
-
-
-def _defaults(spec: DatasetSpec | None, max_labels: int) -> dict[str, Any]:
-    """Training defaults: the dataset's (docs/design.md §6); N = the largest training label set
-    if unset."""
-    defaults = spec.defaults if spec else TrainingDefaults()
-    if defaults.max_labels is None:
-        defaults = replace(defaults, max_labels=max_labels)
-    return asdict(defaults)
 
 
 def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,

@@ -35,8 +35,7 @@ from xmtc_cli.errors import DataError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-SPLITS = ("train", "valid", "test")
-PAD, UNK = 0, 1
+PAD_ID, UNK_ID = 0, 1  # source token ids of <pad> and <unk>
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
 
@@ -114,11 +113,6 @@ class ProcessedData:
     def tokenizer(self) -> dict[str, Any]:
         """Tokenizer settings, for `xmtc_cli.data.tokenize.tokenizer_from_settings`."""
         return self.manifest["tokenizer"]
-
-    @property
-    def defaults(self) -> dict[str, Any]:
-        """The dataset's training defaults (docs/design.md §6): max_src_tokens, max_labels, ..."""
-        return self.manifest.get("defaults", {})
 
 
 def save_processed(data: ProcessedData, dest: str | Path) -> Path:

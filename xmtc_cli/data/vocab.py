@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmtc_cli.data.processed import PAD_TOKEN, UNK, UNK_TOKEN
+from xmtc_cli.data.processed import PAD_TOKEN, UNK_ID, UNK_TOKEN
 
 NUM_SPECIAL_TOKENS = 2  # <pad>, <unk>
 
@@ -61,7 +61,7 @@ def word_vocabulary(seen: FirstSeen, counts: np.ndarray,
     words = seen.items
     ranked = [i for i in by_count(counts).tolist() if words[i] not in (PAD_TOKEN, UNK_TOKEN)]
     kept = np.asarray(ranked[:max_words], dtype=np.int64)
-    remap = np.full(len(words), UNK, dtype=np.int32)
+    remap = np.full(len(words), UNK_ID, dtype=np.int32)
     remap[kept] = np.arange(NUM_SPECIAL_TOKENS, NUM_SPECIAL_TOKENS + len(kept), dtype=np.int32)
     unk_count = int(counts.sum() - counts[kept].sum())
     items = [PAD_TOKEN, UNK_TOKEN] + [words[i] for i in kept.tolist()]

@@ -1,7 +1,6 @@
 """Training losses: the pure assignment and transport algorithms, and the loss modules on top."""
 
 from xmtc_cli.losses.criterion import (
-    PAD,
     CrossEntropyLoss,
     MatchingLoss,
     build_criterion,
@@ -11,7 +10,6 @@ from xmtc_cli.losses.matching import UNMATCHED, assign
 from xmtc_cli.losses.transport import cosine_cost, ipot
 
 __all__ = [
-    "PAD",
     "UNMATCHED",
     "CrossEntropyLoss",
     "MatchingLoss",

@@ -17,22 +17,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from xmtc_cli.config import LossConfig
-from xmtc_cli.labelspace import EMPTY, EOS
+from xmtc_cli.labelspace import EMPTY, EOS, GOLD_PAD
 from xmtc_cli.losses.matching import assign
 from xmtc_cli.losses.transport import cosine_cost, ipot
 
-PAD = -1  # padding in gold sets (the batcher's GOLD_PAD) and in teacher-forcing targets
-
 
 def teacher_targets(gold: torch.Tensor) -> torch.Tensor:
-    """The cross-entropy targets of each document: its gold labels, then EOS, then PAD (-1).
+    """The cross-entropy targets of each document: its gold labels, then EOS, then GOLD_PAD (-1).
 
-    gold: long [B, M], left-aligned, padded with PAD -> long [B, M + 1]. Row b holds gold[b, :n]
-    at steps 0..n-1, EOS at step n and PAD after it, so every row has at least the EOS target.
+    gold: long [B, M], left-aligned, padded with GOLD_PAD -> long [B, M + 1]. Row b holds
+    gold[b, :n]
+    at steps 0..n-1, EOS at step n and GOLD_PAD after it, so every row has at least the EOS target.
     The model feeds BOS followed by targets[:, :-1] as the teacher-forcing inputs.
     """
-    targets = torch.cat([gold, gold.new_full((gold.size(0), 1), PAD)], 1)  # (B, M + 1)
-    n = (gold != PAD).sum(1, keepdim=True)  # (B, 1)
+    targets = torch.cat([gold, gold.new_full((gold.size(0), 1), GOLD_PAD)], 1)  # (B, M + 1)
+    n = (gold != GOLD_PAD).sum(1, keepdim=True)  # (B, 1)
     return targets.scatter(1, n, EOS)
 
 
@@ -75,7 +74,7 @@ class MatchingLoss(nn.Module):
         with torch.autocast(device_type=logits.device.type, enabled=False):
             steps = logits.size(1)
             gold = gold[:, :steps]  # (B, M) with M <= N
-            valid = gold != PAD  # (B, M)
+            valid = gold != GOLD_PAD  # (B, M)
             log_p = F.log_softmax(logits.float(), dim=-1)  # (B, N, V)
             gold_index = gold.clamp_min(0)  # padding reads column 0 (∅); never used
             # The matching cost is -p_i(y_j): exponentiate only the gathered [B, N, M] entries.
@@ -120,7 +119,7 @@ class CrossEntropyLoss(nn.Module):
             )
         with torch.autocast(device_type=logits.device.type, enabled=False):
             loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), ignore_index=PAD
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=GOLD_PAD
             )  # over the B·(M + 1) targets
         return loss, {"cross_entropy": loss.detach()}
 
