@@ -26,9 +26,8 @@ def teacher_targets(gold: torch.Tensor) -> torch.Tensor:
     """The cross-entropy targets of each document: its gold labels, then EOS, then GOLD_PAD (-1).
 
     gold: long [B, M], left-aligned, padded with GOLD_PAD -> long [B, M + 1]. Row b holds
-    gold[b, :n]
-    at steps 0..n-1, EOS at step n and GOLD_PAD after it, so every row has at least the EOS target.
-    The model feeds BOS followed by targets[:, :-1] as the teacher-forcing inputs.
+    gold[b, :n] at steps 0..n-1, EOS at step n and GOLD_PAD after it, so every row has at least
+    the EOS target. The model feeds BOS followed by targets[:, :-1] as the teacher-forcing inputs.
     """
     targets = torch.cat([gold, gold.new_full((gold.size(0), 1), GOLD_PAD)], 1)  # (B, M + 1)
     n = (gold != GOLD_PAD).sum(1, keepdim=True)  # (B, 1)
