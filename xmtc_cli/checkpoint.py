@@ -7,8 +7,9 @@ model and apply it to raw text, so `xmtc predict model.safetensors docs.txt` nee
     format            "xmtc-checkpoint", what tells our files from other safetensors files
     format_version    CHECKPOINT_FORMAT, as a decimal string
     package_version   the xmtc version that wrote the file
-    recipe, sizes, tokens, tokenizer, labels, label_names, extra
-                      the `CheckpointMeta` fields, each as one JSON string
+    recipe, sizes, tokens, tokenizer, labels, label_names, label_counts, extra
+                      the `CheckpointMeta` fields, each as one JSON string (label_counts may be
+                      absent in files of older versions)
 
 Large vocabularies stay cheap: 500k tokens are one JSON string of a few MB, far below
 safetensors' 100 MB header limit, and `read_meta` reads the header without touching the weights.
@@ -34,7 +35,9 @@ from xmtc_cli.errors import CheckpointError
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
 MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
-_JSON_FIELDS = ("recipe", "sizes", "tokens", "tokenizer", "labels", "label_names", "extra")
+_JSON_FIELDS = ("recipe", "sizes", "tokens", "tokenizer", "labels", "label_names", "label_counts",
+                "extra")
+_OPTIONAL_FIELDS = ("label_counts",)  # absent in checkpoints written before they existed
 _RETRAIN = "copy the file again if it was copied, or re-train it with `xmtc train`"
 _NOT_SAFETENSORS = (
     "xmtc reads the model.safetensors files that `xmtc train` writes; PyTorch pickles "
@@ -63,6 +66,9 @@ class CheckpointMeta:
     """The training labels' identifiers: corpus label id k is `labels[k]`."""
     label_names: list[str] | None = None
     """Readable label names aligned with `labels`, where the dataset has them."""
+    label_counts: list[int] | None = None
+    """Training documents carrying each label, aligned with `labels` (for propensity-scored
+    metrics); None in checkpoints written before xmtc recorded them."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Anything else worth keeping beside the weights (epoch, validation metrics, ...)."""
     format_version: int = CHECKPOINT_FORMAT
@@ -117,7 +123,8 @@ def read_meta(path: str | Path) -> CheckpointMeta:
             f"use xmtc {written_by} for this checkpoint, or re-train it with this version",
         )
     try:
-        fields = {name: json.loads(metadata[name]) for name in _JSON_FIELDS}
+        fields = {name: json.loads(metadata[name]) for name in _JSON_FIELDS
+                  if name in metadata or name not in _OPTIONAL_FIELDS}
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {exc!r}", _RETRAIN) from exc
     return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT, package_version=written_by)

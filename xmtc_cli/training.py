@@ -135,6 +135,7 @@ def checkpoint_meta(recipe: Recipe, sizes: ModelSizes, data: ProcessedData, **ex
         tokenizer=dict(data.tokenizer),
         labels=list(data.labels[: data.num_labels]),
         label_names=list(data.label_names[: data.num_labels]),
+        label_counts=[int(c) for c in data.label_counts[: data.num_labels]],
         extra=extra,
     )
 
