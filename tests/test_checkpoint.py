@@ -8,7 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import xmtc_cli.atomic
-from xmtc_cli import __version__, checkpoint
+from xmtc_cli import __version__, checkpoint, tensorfile
 from xmtc_cli.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointMeta,
@@ -171,13 +171,19 @@ def _assert_only_old_checkpoint(path) -> None:
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
-def test_a_failing_serialiser_leaves_the_old_checkpoint(saved, monkeypatch):
-    def broken(*args, **kwargs):
-        raise RuntimeError("out of memory")
+def test_a_failure_midway_through_the_tensors_leaves_the_old_checkpoint(saved, monkeypatch):
+    original, written = tensorfile._bytes_of, []
 
-    monkeypatch.setattr(checkpoint, "save", broken)
+    def fails_on_the_second(tensor):
+        if written:
+            raise RuntimeError("out of memory")
+        written.append(tensor)
+        return original(tensor)
+
+    monkeypatch.setattr(tensorfile, "_bytes_of", fails_on_the_second)
     with pytest.raises(RuntimeError):
-        save_checkpoint(saved, {"w": torch.ones(2)}, _meta(labels=["new"]))
+        save_checkpoint(saved, {"w": torch.ones(2), "v": torch.ones(3)}, _meta(labels=["new"]))
+    assert len(written) == 1  # the first tensor was already in the temporary file
     _assert_only_old_checkpoint(saved)
 
 

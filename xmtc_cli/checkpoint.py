@@ -26,11 +26,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.atomic import atomic_write_bytes
 from xmtc_cli.errors import CheckpointError
+from xmtc_cli.tensorfile import write_safetensors
 
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
@@ -82,8 +82,9 @@ def save_checkpoint(
 ) -> None:
     """Write weights and metadata to `path` atomically: a failed save leaves any old file intact.
 
-    The file is serialised in memory first (one extra copy of the weights) and then renamed into
-    place, so readers never see a half-written checkpoint.
+    Tensors are streamed to a temporary file one at a time (no second copy of the weights in
+    memory) and the file is renamed into place, so readers never see a half-written checkpoint.
+    Tied weights are stored once per name, so loading fills each parameter from its own copy.
     """
     metadata = {
         "format": FORMAT_MARKER,
@@ -91,7 +92,7 @@ def save_checkpoint(
         "package_version": meta.package_version,
         **{name: json.dumps(getattr(meta, name), ensure_ascii=False) for name in _JSON_FIELDS},
     }
-    atomic_write_bytes(path, save(_storable(state_dict), metadata=metadata))
+    write_safetensors(path, state_dict, metadata)
 
 
 def load_checkpoint(
@@ -128,25 +129,6 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {exc!r}", _RETRAIN) from exc
     return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT, package_version=written_by)
-
-
-def _storable(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Detached, contiguous CPU tensors of which no two share memory (safetensors' demands).
-
-    Tied weights appear once per name in a state dict; every repeat of a storage is cloned, so
-    the file holds each name in full and loading fills each tied parameter from its own copy.
-    """
-    seen: set[tuple[int, int]] = set()
-    tensors = {}
-    for name, tensor in state_dict.items():
-        tensor = tensor.detach().to("cpu").contiguous()
-        storage = tensor.untyped_storage()
-        key = (storage.data_ptr(), storage.nbytes())
-        if storage.nbytes() and key in seen:
-            tensor = tensor.clone()
-        seen.add(key)
-        tensors[name] = tensor
-    return tensors
 
 
 def _read_header(path: Path) -> dict[str, Any]:
