@@ -4,10 +4,10 @@
         [--threads T] [--shapes Reuters Eurlex-4K AmazonCat-13K]
         [--hidden H] [--batch B] [--steps S] [--no-memory] [--profile]
 
-One training step is what `xmtc_cli.training.fit` does per batch: forward, loss, zero_grad,
-backward, clip_grad_norm_ (8), Adam step, and the device-side running loss sum; the model and
-loss come from `build_model` / `build_criterion` on recipes made with the paper's method
-switches (`xmtc_cli.config.METHODS`). Three contenders, timed interleaved (A, B, C, A, B, C, ...)
+One training step is `xmtc_cli.training.Trainer.step`, the step `fit` takes: forward, loss,
+zero_grad, backward, clip_grad_norm_ (8), Adam step; the model and loss come from `build_model` /
+`build_criterion` on recipes made with the paper's method switches (`xmtc_cli.config.METHODS`).
+Three contenders, timed interleaved (A, B, C, A, B, C, ...)
 so that load from other jobs hits all three alike:
   A  OTSeq2Set: BM + OT + LC, student forcing for N steps;
   B  Seq2Seq: cross-entropy, teacher forcing for M + 1 steps, no LC (the paper's baseline,
@@ -49,10 +49,10 @@ import torch.nn.functional as F
 
 from xmtc_cli.config import Recipe, load_recipe, method_overrides, recipe_from_dict
 from xmtc_cli.data.batching import Batch, pad_sources
-from xmtc_cli.device import autocast
 from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
-from xmtc_cli.losses import build_criterion, teacher_targets
+from xmtc_cli.losses import teacher_targets
 from xmtc_cli.model import ModelSizes, build_model
+from xmtc_cli.training import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 REUTERS_RECIPE = ROOT / "recipes" / "reuters.yaml"
@@ -146,38 +146,33 @@ class _CrossEntropyOnSteps(torch.nn.Module):
         return loss, {"cross_entropy": loss.detach()}
 
 
-class Trainer:
-    """One contender: model, loss and Adam, stepping exactly as `fit` does."""
+def make_trainer(shape: Shape, contender: str, device: torch.device, amp: bool) -> Trainer:
+    """One contender: the product's `Trainer` (model, loss, Adam and its step, as `fit` takes
+    it), with C's cross-entropy swapped in for the matching loss."""
+    recipe = recipe_for(shape, contender)
+    recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, amp=amp))
+    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
+                       embed_size=shape.embed, label_embed_size=shape.embed)
+    # A long schedule: the benchmark's few steps run at (nearly) the recipe's learning rate.
+    trainer = Trainer.build(recipe, sizes, device, total_steps=1_000_000)
+    if contender == "otseq2set+ce":
+        trainer = dataclasses.replace(trainer, criterion=_CrossEntropyOnSteps())
+    return trainer
 
-    def __init__(self, shape: Shape, contender: str, device: torch.device, amp: bool):
-        torch.manual_seed(0)
-        recipe = recipe_for(shape, contender)
-        sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
-                           embed_size=shape.embed, label_embed_size=shape.embed)
-        self.recipe = recipe
-        self.model = build_model(recipe.model, recipe.loss, sizes).to(device)
-        self.criterion = (_CrossEntropyOnSteps() if contender == "otseq2set+ce"
-                          else build_criterion(recipe.loss))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=recipe.train.lr,
-                                          weight_decay=recipe.train.weight_decay)
-        self.device, self.amp = device, amp
-        self.loss_sum = torch.zeros((), device=device)
-        self.parameters = sum(p.numel() for p in self.model.parameters())
 
-    def step(self, batch: Batch) -> None:
-        model, dev = self.model, self.device
-        model.train()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.recipe.train.lr
-        batch = batch.to(dev)
-        with autocast(dev, self.amp):
-            logits = model(batch.src, batch.lengths, batch.gold)
-            loss, parts = self.criterion(logits, batch.gold, model.label_embedding.weight)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), self.recipe.train.grad_clip)
-        self.optimizer.step()
-        self.loss_sum += loss.detach().float()
+class _Stepper:
+    """Counts the optimiser steps of one trainer, as fit does, for the learning rate."""
+
+    def __init__(self) -> None:
+        self.steps: dict[int, int] = {}
+
+    def __call__(self, trainer: Trainer, batch: Batch) -> None:
+        step = self.steps.get(id(trainer), 0)
+        trainer.step(batch, step)
+        self.steps[id(trainer)] = step + 1
+
+
+take_step = _Stepper()
 
 
 def sync(device: torch.device) -> None:
@@ -194,7 +189,7 @@ def time_interleaved(trainers: dict[str, Trainer], batches: list[Batch], repeats
         for key, trainer in trainers.items():
             sync(device)
             start = time.perf_counter()
-            trainer.step(batch)
+            take_step(trainer, batch)
             sync(device)
             if r >= warmup:
                 times[key].append(time.perf_counter() - start)
@@ -227,9 +222,9 @@ def worker(args: argparse.Namespace) -> None:
                   args.batch)
     base = peak_rss_mib()
     batches = make_batches(shape, 2)
-    trainer = Trainer(shape, args.worker, device, amp=not args.no_amp)
+    trainer = make_trainer(shape, args.worker, device, amp=not args.no_amp)
     for i in range(args.steps):
-        trainer.step(batches[i % 2])
+        take_step(trainer, batches[i % 2])
     sync(device)
     print(json.dumps({"base_mib": base, "peak_mib": peak_rss_mib()}))
 
@@ -254,7 +249,7 @@ def profile(shape: Shape, device: torch.device, amp: bool, repeats: int) -> None
 
     batches = make_batches(shape, 4, seed=1)
     for contender in ("otseq2set", "seq2seq"):
-        trainer = Trainer(shape, contender, device, amp)
+        trainer = make_trainer(shape, contender, device, amp)
         model = trainer.model
         phases: dict[str, list[float]] = {}
 
@@ -287,18 +282,18 @@ def profile(shape: Shape, device: torch.device, amp: bool, repeats: int) -> None
         torch.nn.utils.clip_grad_norm_ = timed("clip", clip)
         trainer.optimizer.step = timed("Adam", trainer.optimizer.step)
         try:
-            trainer.step(batches[0])  # warm-up
+            take_step(trainer, batches[0])  # warm-up
             phases.clear()
             total = []
             for r in range(repeats):
                 sync(device)
                 start = time.perf_counter()
-                trainer.step(batches[r % len(batches)])
+                take_step(trainer, batches[r % len(batches)])
                 sync(device)
                 total.append(time.perf_counter() - start)
             measured = {name: list(values) for name, values in phases.items()}
             with torch.profiler.profile() as prof:
-                trainer.step(batches[0])
+                take_step(trainer, batches[0])
         finally:
             criterion_module.assign, criterion_module.ipot = saved
             torch.Tensor.backward = backward
@@ -392,7 +387,7 @@ def main() -> None:
             shape = sized(base, device, args.hidden, args.batch)
             print(f"[{device.type}] {describe(shape)} ...", file=sys.stderr, flush=True)
             batches = make_batches(shape, 4)
-            trainers = {c: Trainer(shape, c, device, not args.no_amp) for c in CONTENDERS}
+            trainers = {c: make_trainer(shape, c, device, not args.no_amp) for c in CONTENDERS}
             times = time_interleaved(trainers, batches, args.repeats, args.warmup, device)
             memory = {}
             for c, trainer in trainers.items():
@@ -400,7 +395,7 @@ def main() -> None:
                     memory[c] = None
                 elif device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(device)
-                    trainer.step(batches[0])
+                    take_step(trainer, batches[0])
                     sync(device)
                     memory[c] = torch.cuda.max_memory_allocated(device) / 2**20
             del trainers

@@ -24,7 +24,7 @@ DEMO = Path(__file__).parents[1] / "recipes" / "demo.yaml"
 # The demo recipe shrunk to train for a few seconds on a busy CPU.
 SMALL = ["model.hidden_size=16", "model.conv_kernels=[3,3]", "data.max_src_tokens=40",
          "train.batch_size=16"]
-RUN_FILES = {"recipe.yaml", "metrics.jsonl", "model.safetensors", "last.safetensors",
+RUN_FILES = {".lock", "recipe.yaml", "metrics.jsonl", "model.safetensors", "last.safetensors",
              "train_state.safetensors"}
 
 

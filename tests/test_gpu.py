@@ -5,14 +5,16 @@ Opt-in (`python -m pytest -m gpu`); skipped where torch sees no CUDA device.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from xmtc_cli.config import recipe_from_dict
-from xmtc_cli.device import autocast
+from xmtc_cli.data.batching import Batch
 from xmtc_cli.labelspace import NUM_SPECIALS
 from xmtc_cli.losses import assign, build_criterion, ipot
 from xmtc_cli.model import ModelSizes, build_model
+from xmtc_cli.training import Trainer
 
 pytestmark = [
     pytest.mark.gpu,
@@ -75,16 +77,11 @@ def test_bf16_training_steps_are_finite(kind):
     recipe = recipe_from_dict({"data": {"dir": "x"}, "model": {"hidden_size": 32},
                                "loss": {"kind": kind, "ot_weight": 8 if kind == "matching" else 0}})
     device = torch.device("cuda")
-    model = build_model(recipe.model, recipe.loss, ModelSizes(50, 12, 5, 16, 16)).to(device)
-    criterion = build_criterion(recipe.loss)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for seed in range(3):
-        src, lengths, gold = _batch(device, seed=seed)
-        with autocast(device, True):
-            logits = model(src, lengths, gold)
-            loss, _ = criterion(logits, gold, model.label_embedding.weight)
-        optimizer.zero_grad()
-        loss.backward()
+    trainer = Trainer.build(recipe, ModelSizes(50, 12, 5, 16, 16), device, total_steps=3)
+    assert trainer.train.amp  # bf16 autocast on CUDA: the recipe's default
+    for step in range(3):
+        src, lengths, gold = _batch(device, seed=step)
+        loss, _ = trainer.step(Batch(src, lengths, gold, np.arange(len(src))), step)
         assert torch.isfinite(loss)
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        optimizer.step()
+        assert all(torch.isfinite(p.grad).all() for p in trainer.model.parameters()
+                   if p.grad is not None)

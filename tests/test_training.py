@@ -4,22 +4,36 @@ itself, and the recipe options (--dry-run, --scheme, --method, overrides) resolv
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from conftest import threads, write_recipe
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from xmtc_cli import training
+import xmtc_cli.atomic
 from xmtc_cli.checkpoint import read_meta
+from xmtc_cli.cli.render import TrainingDisplay
 from xmtc_cli.config import load_recipe
-from xmtc_cli.training import STATE_FILE, fit
+from xmtc_cli.run import STATE_FILE, RunFolder, default_run_dir
+from xmtc_cli.training import RunInfo, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 TIMING = ("seconds", "docs_per_second")  # the only fields of a metrics line allowed to differ
+
+
+def safe_open_metadata(path: Path) -> dict[str, str]:
+    with safe_open(str(path), "pt") as f:
+        return f.metadata()
 
 
 def metrics_lines(run: Path) -> list[dict]:
@@ -65,10 +79,28 @@ def test_the_reference_run_learns_and_keeps_its_best_epoch(uninterrupted):
     assert read_meta(uninterrupted / "last.safetensors").extra["epoch"] == 3
 
 
+class StopAfter:
+    """A callback that interrupts the run like Ctrl-C: after an epoch, or at a step of one."""
+
+    def __init__(self, epoch: int, step: int | None = None):
+        self.epoch, self.step = epoch, step
+
+    def on_start(self, info): ...
+    def on_validate(self, done, total): ...
+
+    def on_step(self, epoch, step, docs, loss):
+        if (epoch, step) == (self.epoch, self.step):
+            raise KeyboardInterrupt
+
+    def on_epoch_end(self, report):
+        if self.step is None and report.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 def test_resume_after_a_stop_ends_with_the_same_weights(recipe_file, uninterrupted, tmp_path):
     recipe = load_recipe(recipe_file)
-    first = fit(recipe, tmp_path / "run", device="cpu", stop_after=1)
-    assert [e.epoch for e in first.epochs] == [1]
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run", device="cpu", callback=StopAfter(epoch=1))
     assert [line["epoch"] for line in metrics_lines(tmp_path / "run")] == [1]
     rest = fit(recipe, tmp_path / "run", device="cpu", resume=True)
     assert [e.epoch for e in rest.epochs] == [2, 3]
@@ -76,35 +108,95 @@ def test_resume_after_a_stop_ends_with_the_same_weights(recipe_file, uninterrupt
 
 
 def test_cli_resume_continues_an_interrupted_run(recipe_file, uninterrupted, tmp_path, cli):
-    fit(load_recipe(recipe_file), tmp_path / "run", device="cpu", stop_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(load_recipe(recipe_file), tmp_path / "run", device="cpu", callback=StopAfter(2))
     result = cli("train", recipe_file, "--out", tmp_path / "run", "--device", "cpu", "--resume")
     assert result.code == 0, result.err
     assert "epoch 3/3" in result.err and "epoch 1/3" not in result.err
     assert_same_run(tmp_path / "run", uninterrupted)
 
 
-@pytest.mark.parametrize("write", ["save_checkpoint", "_append_metrics", "_save_state"])
-def test_a_kill_during_any_write_of_an_epoch_resumes_to_the_same_run(
-    write, recipe_file, uninterrupted, tmp_path, monkeypatch
+def test_resume_from_a_save_inside_an_epoch_ends_with_the_same_weights(
+    recipe_file, uninterrupted, tmp_path
 ):
-    """Whichever file of epoch 2 the kill interrupts, --resume redoes what is missing."""
-    original = getattr(training, write)
+    """train.checkpoint_every saves mid-epoch; a stop after it loses only the steps since."""
+    saving = load_recipe(recipe_file, ["train.checkpoint_every=4"])
+    with pytest.raises(KeyboardInterrupt):  # epoch 2 step 6: the last save was at its step 4
+        fit(saving, tmp_path / "run", device="cpu", callback=StopAfter(epoch=2, step=6))
+    state = json.loads(safe_open_metadata(tmp_path / "run" / STATE_FILE)["state"])
+    # The last save: the last multiple of 4 steps in all before epoch 2's step 6.
+    assert state["epoch"] == 1 and 0 < state["batches_done"] <= 6
+    assert state["step"] % 4 == 0 and state["step"] + 4 > state["step"] - state["batches_done"] + 6
+    rest = fit(saving, tmp_path / "run", device="cpu", resume=True)
+    assert [e.epoch for e in rest.epochs] == [2, 3]
+    assert_same_run(tmp_path / "run", uninterrupted)
 
-    def killed_at_epoch_2(*args, **kwargs):
-        epoch = {"save_checkpoint": lambda: args[2].extra["epoch"],
-                 "_append_metrics": lambda: args[1].epoch,
-                 "_save_state": lambda: args[1].epoch}[write]()
-        if epoch == 2:
-            raise KeyboardInterrupt
+
+def test_max_steps_stops_inside_an_epoch_and_a_resume_with_more_finishes_the_run(
+    recipe_file, uninterrupted, tmp_path, cli
+):
+    result = cli("train", recipe_file, "train.max_steps=5", "--out", tmp_path / "run")
+    assert result.code == 0, result.err
+    assert "stopped at train.max_steps=5" in result.err
+    (line,) = metrics_lines(tmp_path / "run")
+    assert (line["epoch"], line["steps"], line["partial"], line["best"]) == (1, 5, True, False)
+    assert read_meta(tmp_path / "run" / "model.safetensors").extra["steps"] == 5  # predictable
+    result = cli("train", recipe_file, "--out", tmp_path / "run", "--resume")
+    assert result.code == 0, result.err
+    assert_same_run(tmp_path / "run", uninterrupted)
+
+
+def _epoch_writes(recipe) -> tuple[int, int]:
+    """The numbers (1-based) of the first and last file replacement of epoch 2 in a run."""
+    count, marks = 0, []
+    original = xmtc_cli.atomic.os.replace
+
+    def counting(*args, **kwargs):
+        nonlocal count
+        count += 1
         return original(*args, **kwargs)
 
+    class Mark(StopAfter):
+        def on_epoch_end(self, report):
+            marks.append(count)
+
+    with pytest.MonkeyPatch.context() as patch, tempfile.TemporaryDirectory() as tmp:
+        patch.setattr(xmtc_cli.atomic.os, "replace", counting)
+        fit(recipe, Path(tmp) / "run", device="cpu", callback=Mark(0))
+    # on_epoch_end comes after the checkpoints and metrics but before the state of its epoch
+    return marks[0] + 2, marks[1] + 1
+
+
+def test_a_kill_at_any_write_of_an_epoch_resumes_to_the_same_run(
+    recipe_file, uninterrupted, tmp_path, monkeypatch
+):
+    """Whichever file of epoch 2 a kill interrupts — leaving its temporary file behind, as a
+    kill -9 does — --resume cleans up and redoes what is missing."""
     recipe = load_recipe(recipe_file)
-    monkeypatch.setattr(training, write, killed_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        fit(recipe, tmp_path / "run", device="cpu")
-    monkeypatch.setattr(training, write, original)
-    fit(recipe, tmp_path / "run", device="cpu", resume=True)
-    assert_same_run(tmp_path / "run", uninterrupted)
+    first, last = _epoch_writes(recipe)
+    assert last - first >= 2  # last, metrics and state at least
+    original = xmtc_cli.atomic.os.replace
+    for kill_at in range(first, last + 1):
+        run = tmp_path / f"run-{kill_at}"
+        count = 0
+
+        def killed(src, dst, *args, kill_at=kill_at, **kwargs):
+            nonlocal count
+            count += 1
+            if count == kill_at:
+                os.link(src, f"{src}.left")  # survives atomic_file's cleanup, as after kill -9
+                os.rename(f"{src}.left", src.replace(".tmp", "x.tmp"))
+                raise KeyboardInterrupt
+            return original(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(xmtc_cli.atomic.os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            fit(recipe, run, device="cpu")
+        monkeypatch.setattr(xmtc_cli.atomic.os, "replace", original)
+        assert any(p.name.endswith(".tmp") for p in run.iterdir())
+        fit(recipe, run, device="cpu", resume=True)
+        assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+        assert_same_run(run, uninterrupted)
 
 
 def test_resuming_a_finished_run_changes_nothing(recipe_file, uninterrupted, tmp_path, cli):
@@ -211,3 +303,68 @@ def test_bad_overrides_are_all_listed_at_once(recipe_file, cli):
 def test_a_bad_option_value_is_a_usage_error(recipe_file, cli):
     result = cli("train", recipe_file, "--scheme", "some", "--dry-run")
     assert result.code == 2 and result.out == ""
+
+
+# --- one run per folder ----------------------------------------------------------------------
+
+def test_a_second_run_on_a_locked_folder_fails_at_once_naming_the_holder(recipe_file, tmp_path,
+                                                                         cli):
+    with RunFolder.create(tmp_path / "run", load_recipe(recipe_file)):
+        for extra in ([], ["--resume"]):
+            result = cli("train", recipe_file, "--out", tmp_path / "run", *extra)
+            assert result.code == 1 and "Traceback" not in result.err
+            assert result.err.splitlines()[0] == (
+                f"error: {tmp_path / 'run'} is in use by another xmtc train (pid {os.getpid()})")
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert before == [".lock", "metrics.jsonl", "recipe.yaml"]
+
+
+def test_default_run_folders_never_reuse_one_that_holds_any_run_file(tmp_path):
+    base = tmp_path / "runs" / "tiny"
+    (base / "last.safetensors").parent.mkdir(parents=True)
+    (base / "last.safetensors").write_bytes(b"a finished run whose train state was deleted")
+    (tmp_path / "runs" / "tiny-2").mkdir()  # empty: free
+    assert default_run_dir(base, resume=False) == tmp_path / "runs" / "tiny-2"
+    assert default_run_dir(base, resume=True) == base
+
+
+def test_a_run_killed_with_sigkill_mid_epoch_resumes_to_the_same_weights(
+    recipe_file, uninterrupted, tmp_path
+):
+    """A real `kill -9` of `xmtc train` as soon as it has saved inside an epoch."""
+    run = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xmtc_cli", "train", str(recipe_file), "train.checkpoint_every=5",
+         "--out", str(run), "--device", "cpu"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    state = run / STATE_FILE
+    deadline = time.monotonic() + 120
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.kill()
+    err = proc.communicate()[1].decode()
+    assert proc.returncode == -signal.SIGKILL, err  # killed, not finished
+    assert len(metrics_lines(run)) < 3
+    fit(load_recipe(recipe_file, ["train.checkpoint_every=5"]), run, device="cpu", resume=True)
+    assert_same_run(run, uninterrupted)
+
+
+# --- progress --------------------------------------------------------------------------------
+
+def test_progress_off_a_terminal_prints_a_line_every_log_every_seconds(capsys):
+    now = [0.0]
+    display = TrainingDisplay(live=False, clock=lambda: now[0])
+    display.on_start(RunInfo(run_dir=Path("r"), device="cpu", epochs=2, start_epoch=1,
+                             start_batch=0, steps_per_epoch=100, train_docs=1600, valid_docs=0,
+                             parameters=10, log_every=60.0))
+    for step in range(1, 101):
+        now[0] += 1.5  # 150 s for the epoch: lines at 60 s and 120 s
+        display.on_step(1, step, 16, 2.0 if step % 10 == 0 else None)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("training on cpu: 1,600 documents")
+    assert lines[1:] == [
+        "epoch 1/2 step 40/100 loss 2.0000, 10.7 docs/s, elapsed 1m00s, epoch ETA 1m30s",
+        "epoch 1/2 step 80/100 loss 2.0000, 10.7 docs/s, elapsed 2m00s, epoch ETA 30s",
+    ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,12 +95,21 @@ class TrainConfig:
     eval_batch_size: int = 64
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps in all (a smoke run, a time-boxed job); the run
+    stays resumable, with a larger value. None: train all epochs."""
+    checkpoint_every: int | None = None
+    """Also save the train state every this many optimiser steps inside an epoch, so that a kill
+    loses at most that much work; --resume continues from the step. None: at epoch ends only."""
+    log_every: float = 60.0
+    """Seconds between progress lines when stderr is not a terminal (a log file, a scheduler)."""
 
 
 @dataclass(frozen=True)
 class Recipe:
     name: str = ""
-    """A short name for the run, shown in logs and saved with the checkpoint."""
+    """A short name for the run (letters, digits, `.`, `_`, `-`): the default run folder is
+    runs/NAME. Empty: the recipe file's name."""
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -150,6 +160,28 @@ def method_overrides(method: str) -> list[str]:
         raise ConfigError(f"unknown method {method!r}{tip}",
                           "choose one of " + ", ".join(METHODS))
     return list(METHODS[method])
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def run_name(recipe: Recipe, path: str | Path) -> str:
+    """The run's name: the recipe's, else the recipe file's stem made safe as a folder name."""
+    if recipe.name:
+        return recipe.name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(path).stem).lstrip(".-_")[:100]
+    return stem or "run"
+
+
+def scheme_override(scheme: str, overrides: list[str]) -> list[str]:
+    """`overrides` plus loss.scheme=SCHEME (the --scheme shorthand); a different
+    loss.scheme among them is an error, not silently overridden."""
+    given = [o.partition("=")[2].strip() for o in overrides if o.startswith("loss.scheme=")]
+    conflicting = [g for g in given if g != scheme]
+    if conflicting:
+        raise ConfigError(f"--scheme {scheme} conflicts with loss.scheme={conflicting[0]}",
+                          "give the scheme once")
+    return [*overrides, f"loss.scheme={scheme}"]
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -297,6 +329,9 @@ def _describe(hint: Any) -> str:
 def _check(r: Recipe) -> list[str]:
     """Cross-field and range checks, beyond types."""
     p = []
+    if r.name and not _NAME.fullmatch(r.name):
+        p.append(f"name {_short(r.name)} must be 1-100 letters, digits, '.', '_' or '-', "
+                 "starting with a letter or digit (it names the run folder)")
     if not r.data.dir:
         p.append("data.dir is required: the folder written by `xmtc preprocess` (or builtin:demo)")
     positive = {
@@ -311,6 +346,8 @@ def _check(r: Recipe) -> list[str]:
         "train.batch_size": r.train.batch_size,
         "train.eval_batch_size": r.train.eval_batch_size,
         "loss.ot_iters": r.loss.ot_iters,
+        "train.max_steps": r.train.max_steps,
+        "train.checkpoint_every": r.train.checkpoint_every,
     }
     p += [f"{k} must be a positive integer, not {v}" for k, v in positive.items()
           if v is not None and v < 1]
@@ -325,10 +362,17 @@ def _check(r: Recipe) -> list[str]:
             p.append(f"{key} must be >= 0, not {value}")
     for key, value in (("loss.ot_beta", r.loss.ot_beta), ("train.lr", r.train.lr),
                        ("train.grad_clip", r.train.grad_clip),
-                       ("model.global_embedding_tau", r.model.global_embedding_tau)):
+                       ("model.global_embedding_tau", r.model.global_embedding_tau),
+                       ("train.log_every", r.train.log_every)):
         if value <= 0:
             p.append(f"{key} must be > 0, not {value}")
     if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")
     return p
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    """repr of `value`, cut to `limit` characters: error messages never echo a huge value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

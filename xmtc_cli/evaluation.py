@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from xmtc_cli.data.processed import UNK_ID, load_processed
+from xmtc_cli.config import Recipe
+from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.metrics import score_label_sets
+from xmtc_cli.model import Seq2SetModel
+
+
+def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe: Recipe,
+                   device: torch.device,
+                   progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Generate label sets for a split of processed data and score them against its gold sets
+    (label ids of the model's own data: training's validation)."""
+    part = data.splits[split]
+    predicted = predict_split(model, part, recipe.data.max_src_tokens,
+                              recipe.train.eval_batch_size, device, amp=recipe.train.amp,
+                              progress=progress)
+    gold = [part.labels(i).tolist() for i in range(len(part))]
+    return score_label_sets(predicted, gold)
 
 
 def evaluate_files(predictions: str | Path, gold: str | Path) -> dict[str, float]:

@@ -64,8 +64,12 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
 
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
-                  device: torch.device, amp: bool = True) -> list[list[int]]:
-    """Predicted corpus label ids, in generation order, for every document of a split."""
+                  device: torch.device, amp: bool = True,
+                  progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Predicted corpus label ids, in generation order, for every document of a split.
+
+    `progress(done, total)` is called after every batch with the documents done so far.
+    """
     # Batching documents of similar length wastes less work on padding; order is restored after.
     lengths = np.diff(split.token_offsets)
     order = np.argsort(-np.minimum(lengths, max_src_tokens), kind="stable")
@@ -75,6 +79,8 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
         preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp)
         for i, p in zip(idx, preds):
             result[i] = p.labels
+        if progress is not None:
+            progress(start + len(idx), len(order))
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from rich.console import Console
@@ -17,7 +18,8 @@ from rich.progress import (
 from rich.table import Table
 
 if TYPE_CHECKING:  # importing training pulls in torch: not for `xmtc --help` or preprocess
-    from xmtc_cli.training import EpochReport, RunInfo
+    from xmtc_cli.run import EpochReport
+    from xmtc_cli.training import RunInfo
 
 # No markup (paths may hold brackets) and no hard wrapping at the console width (80 columns when
 # piped), which would break long paths in logs and long values in `--dry-run` YAML.
@@ -47,19 +49,29 @@ def metrics_table(metrics: dict, title: str | None = None) -> Table:
 
 
 class TrainingDisplay:
-    """Training progress on stderr: a live bar on a terminal, one plain line per epoch otherwise."""
+    """Training progress on stderr: a live bar on a terminal; otherwise (a log file, a
+    scheduler, `nohup`) a plain line every `log_every` seconds and one per epoch."""
 
-    def __init__(self) -> None:
-        self.live = stderr.is_terminal
+    def __init__(self, live: bool | None = None, clock=time.monotonic) -> None:
+        self.live = stderr.is_terminal if live is None else live
+        self.clock = clock
         self.progress: Progress | None = None
         self.task = None
         self.info: RunInfo | None = None
+        self.started = self.last_line = self.epoch_started = 0.0
+        self.epoch_docs = 0
+        self.loss: float | None = None
 
     def on_start(self, info: RunInfo) -> None:
         self.info = info
+        self.started = self.last_line = self.epoch_started = self.clock()
+        resumed = ""
+        if info.start_epoch > 1 or info.start_batch:
+            resumed = f", resuming at epoch {info.start_epoch} step {info.start_batch + 1}"
         stderr.print(
             f"training on {info.device}: {info.train_docs:,} documents, {info.valid_docs:,} "
             f"for validation, {info.parameters / 1e6:.2f} M parameters -> {info.run_dir}"
+            + resumed
         )
         if self.live:
             self.progress = Progress(
@@ -71,33 +83,77 @@ class TrainingDisplay:
             self.progress.start()
 
     def on_step(self, epoch: int, step: int, docs: int, loss: float | None) -> None:
-        if self.progress is None or self.info is None:
+        if self.info is None:
             return
-        if self.task is None or step == 1:
-            if self.task is not None:
-                self.progress.remove_task(self.task)
-            self.task = self.progress.add_task(
-                "train", total=self.info.steps_per_epoch, epoch=epoch, epochs=self.info.epochs,
-                loss="…", rate="…",
-            )
-        task = self.progress.tasks[-1]
-        fields = {}
+        now = self.clock()
+        if self.task is None or self.task[0] != epoch:
+            self.epoch_docs = 0  # the epoch's clock started at on_start or the last epoch's end
+            self._new_bar(epoch, step - 1)
+        self.epoch_docs += docs
         if loss is not None:
-            fields["loss"] = f"{loss:.4f}"
-        if task.elapsed:
-            fields["rate"] = f"{(step * docs) / task.elapsed:,.0f}"
-        self.progress.update(self.task, completed=step, **fields)
+            self.loss = loss
+        rate = self.epoch_docs / (now - self.epoch_started) if now > self.epoch_started else None
+        if self.progress is not None:
+            fields = {"loss": f"{loss:.4f}"} if loss is not None else {}
+            if rate:
+                fields["rate"] = f"{rate:,.0f}"
+            self.progress.update(self.task[1], completed=step, **fields)
+        elif now - self.last_line >= self.info.log_every:
+            self.last_line = now
+            total = self.info.steps_per_epoch
+            eta = ""
+            if rate:
+                batch_rate = rate / max(docs, 1)
+                eta = f", epoch ETA {_duration((total - step) / batch_rate)}"
+            loss_text = f" loss {self.loss:.4f}" if self.loss is not None else ""
+            _line(f"epoch {epoch}/{self.info.epochs} step {step:,}/{total:,}{loss_text}, "
+                  f"{rate or 0:,.1f} docs/s, elapsed {_duration(now - self.started)}{eta}")
+
+    def on_validate(self, done: int, total: int) -> None:
+        now = self.clock()
+        if self.progress is None and self.info is not None and (
+                now - self.last_line >= self.info.log_every):
+            self.last_line = now
+            _line(f"validating: {done:,}/{total:,} documents, "
+                  f"elapsed {_duration(now - self.started)}")
 
     def on_epoch_end(self, report: EpochReport) -> None:
         line = epoch_line(report, self.info.epochs if self.info else report.epoch)
         if self.progress is not None:
             self.progress.console.print(line)
         else:
-            print(line, file=sys.stderr, flush=True)
+            _line(line)
+        self.last_line = self.epoch_started = self.clock()
+
+    def _new_bar(self, epoch: int, done: int) -> None:
+        if self.progress is None:
+            self.task = (epoch, None)
+            return
+        if self.task is not None:
+            self.progress.remove_task(self.task[1])
+        task = self.progress.add_task(
+            "train", total=self.info.steps_per_epoch, completed=done, epoch=epoch,
+            epochs=self.info.epochs, loss="…", rate="…",
+        )
+        self.task = (epoch, task)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """4s, 3m05s, 2h07m: short and unambiguous in a log line."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def epoch_line(report: EpochReport, epochs: int) -> str:
@@ -108,6 +164,8 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
         valid = (f" | valid micro-F1 {100 * v['micro_f1']:.2f} "
                  f"(P {100 * v['micro_precision']:.2f} R {100 * v['micro_recall']:.2f})")
     best = " *" if report.best else ""
+    if report.partial:
+        best += f" (stopped at train.max_steps={report.steps})"
     return (f"epoch {report.epoch}/{epochs} loss {report.train_loss:.4f}"
             f"{' (' + parts + ')' if parts else ''}{valid}{best} "
             f"[{report.seconds:.1f}s, {report.docs_per_second:,.0f} docs/s, lr {report.lr:.2e}]")

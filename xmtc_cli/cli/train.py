@@ -11,8 +11,7 @@ import typer
 
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
-from xmtc_cli.config import METHODS, load_recipe, method_overrides
-from xmtc_cli.errors import ConfigError
+from xmtc_cli.config import METHODS, load_recipe, method_overrides, run_name, scheme_override
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
 # start fast.
@@ -51,22 +50,15 @@ def train(
     """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors."""
     overrides = (method_overrides(method) if method else []) + list(overrides or [])
     if scheme is not None:
-        given = [o.partition("=")[2].strip() for o in overrides if o.startswith("loss.scheme=")]
-        conflicting = [g for g in given if g != scheme.value]
-        if conflicting:
-            raise ConfigError(
-                f"--scheme {scheme.value} conflicts with loss.scheme={conflicting[0]}",
-                "give the scheme once",
-            )
-        overrides.append(f"loss.scheme={scheme.value}")
+        overrides = scheme_override(scheme.value, overrides)
     resolved = load_recipe(recipe, overrides)
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    from xmtc_cli.run import default_run_dir
     from xmtc_cli.training import fit
 
-    name = resolved.name or recipe.stem
-    run_dir = out or _default_run_dir(Path("runs") / name, resume)
+    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume)
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
     command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
@@ -81,14 +73,3 @@ def train(
                                    f"validation, best epoch {result.best_epoch}"))
     stdout.print(f"checkpoint: {result.best_checkpoint}")
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
-
-
-def _default_run_dir(base: Path, resume: bool) -> Path:
-    """runs/NAME, or the first runs/NAME-k that holds no run (the latest one when resuming)."""
-    from xmtc_cli.training import STATE_FILE
-
-    candidates = [base] + [base.with_name(f"{base.name}-{k}") for k in range(2, 1000)]
-    taken = [c for c in candidates if (c / STATE_FILE).exists()]
-    if resume:
-        return taken[-1] if taken else base
-    return next(c for c in candidates if not (c / STATE_FILE).exists())

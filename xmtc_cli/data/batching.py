@@ -84,15 +84,16 @@ class Batcher:
             labels = labels[np.argsort(self.rank[labels], kind="stable")]
         return labels[: self.max_labels].astype(np.int64) + NUM_SPECIALS
 
-    def epoch(self, batch_size: int, seed: int | None) -> Iterator[Batch]:
-        """Batches over the whole split: shuffled by `seed` (None: in order)."""
+    def epoch(self, batch_size: int, seed: int | None, start: int = 0) -> Iterator[Batch]:
+        """Batches over the whole split: shuffled by `seed` (None: in order), from batch
+        `start` on (the same batches an epoch from 0 yields there: resuming inside an epoch)."""
         n = len(self.split)
         if seed is None:
             order = np.arange(n)
         else:
             order = np.random.default_rng(seed).permutation(n)
-        for start in range(0, n, batch_size):
-            yield self.batch(order[start : start + batch_size])
+        for first in range(start * batch_size, n, batch_size):
+            yield self.batch(order[first : first + batch_size])
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.split) // batch_size)

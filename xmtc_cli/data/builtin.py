@@ -1,4 +1,4 @@
-"""Processed data for training: a folder written by `xmtc preprocess`, or a built-in corpus.
+"""Built-in corpora: processed data that needs no download.
 
 `builtin:demo` names the corpus the package generates itself, so that `xmtc train
 recipes/demo.yaml` works on a fresh install with nothing downloaded. It is generated and
@@ -24,10 +24,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "xmtc")
 
 
-def load_data(location: str) -> ProcessedData:
-    """Load the processed data a recipe's `data.dir` names, building a built-in one if needed."""
-    if not location.startswith(PREFIX):
-        return load_processed(location)
+def load_builtin(location: str) -> ProcessedData:
+    """Load the built-in corpus `builtin:NAME`, generating and preprocessing it the first time."""
     name = location[len(PREFIX):]
     if name not in BUILTINS:
         raise ConfigError(

@@ -203,3 +203,13 @@ def _read_tsv(path: Path, columns: int) -> list[list]:
                 col.append(value)
     cols[-1] = [int(x) for x in cols[-1]]
     return cols
+
+
+def load_data(location: str) -> ProcessedData:
+    """The processed data a recipe's `data.dir` names: a folder, or `builtin:NAME`, which is
+    generated and preprocessed on first use (xmtc_cli.data.builtin)."""
+    from xmtc_cli.data.builtin import PREFIX, load_builtin  # builtin imports this module
+
+    if location.startswith(PREFIX):
+        return load_builtin(location)
+    return load_processed(location)
