@@ -16,7 +16,7 @@ from xmtc_cli.evaluation import (
     training_documents,
     training_inverse_propensities,
 )
-from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS, inverse_propensities
+from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS, inverse_propensities, score_label_sets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -47,6 +47,23 @@ def test_processed_data_and_its_raw_training_labels_give_the_same_weights(tiny_d
     assert by_name == from_file and by_name.unseen == from_file.unseen
     assert by_id == {i: by_name[label] for i, label in enumerate(data.labels)}
     assert by_id == inverse_propensities(data.label_counts, 200, 0.55, 1.5)
+
+
+def test_label_ids_score_as_label_names(tiny_data):
+    """The training loop scores label ids with id-keyed weights; `eval` scores names."""
+    data = load_processed(tiny_data.processed)
+    part = data.splits["valid"]
+    rng = np.random.default_rng(0)
+    gold = [part.labels(i).tolist() for i in range(len(part))]
+    predicted = [rng.permutation(g + rng.integers(0, data.num_labels, 3).tolist()).tolist()[:4]
+                 for g in gold]
+    by_id = score_label_sets(predicted, gold, inv_propensity=training_inverse_propensities(data))
+    names = [[data.labels[k] for k in doc] for doc in predicted]
+    gold_names = [[data.labels[k] for k in doc] for doc in gold]
+    by_name = score_label_sets(names, gold_names,
+                               inv_propensity=training_inverse_propensities(data, keys="names"))
+    assert {k: by_id[k] for k in PS_METRIC_KEYS} == {k: by_name[k] for k in PS_METRIC_KEYS}
+    assert 0 < by_id["psp@5"] < 1
 
 
 @pytest.mark.parametrize("dataset, a, b", [
