@@ -16,7 +16,7 @@ import pytest
 from xmtc_cli import __version__
 from xmtc_cli.checkpoint import read_meta
 from xmtc_cli.data.synthetic import write_demo_corpus
-from xmtc_cli.metrics import METRIC_KEYS
+from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -52,7 +52,8 @@ def test_preprocess_train_predict_eval(tmp_path, cli):
     assert header == "# xmtc " + shlex.join(map(str, args))  # a command to paste into a shell
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
-    assert all(set(m["valid"]) == set(METRIC_KEYS) and m["train_loss"] > 0 for m in metrics)
+    assert all(set(m["valid"]) == {*METRIC_KEYS, *PS_METRIC_KEYS} and m["train_loss"] > 0
+               for m in metrics)
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
     assert read_meta(run / "last.safetensors").extra["epoch"] == 2
     assert read_meta(run / "model.safetensors").recipe["name"] == "demo"

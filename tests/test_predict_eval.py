@@ -22,7 +22,7 @@ from xmtc_cli.data.processed import load_processed
 from xmtc_cli.errors import CheckpointError
 from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.labelspace import NUM_SPECIALS
-from xmtc_cli.metrics import METRIC_KEYS, score_label_sets
+from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS, score_label_sets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -331,7 +331,7 @@ def test_eval_checkpoint_on_valid_equals_what_training_recorded(tiny_run, tiny_d
                  "--json")
     assert result.code == 0, result.err
     got = json.loads(result.out)
-    assert set(got) == set(METRIC_KEYS) | {"macro_f1_all_labels"}
+    assert set(got) == set(METRIC_KEYS) | set(PS_METRIC_KEYS) | {"macro_f1_all_labels"}
     epoch = read_meta(tiny_run.best).extra["epoch"]
     recorded = json.loads(lines_of(tiny_run.run / "metrics.jsonl")[epoch - 1])["valid"]
     assert recorded["micro_f1"] > 0.2
@@ -347,6 +347,7 @@ def test_predict_then_eval_files_equals_eval_checkpoint(tiny_run, tiny_data, tmp
     assert cli("predict", tiny_run.best, tiny_data.raw / "test_texts.txt", "--out",
                predictions).code == 0
     from_files = json.loads(cli("eval", "--predictions", predictions, "--gold", gold,
+                                "--train-labels", tiny_data.raw / "train_labels.txt",
                                 "--json").out)
     result = cli("eval", tiny_run.best, "--data", tiny_data.processed, "--json")  # test split
     assert result.code == 0, result.err

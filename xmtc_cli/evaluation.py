@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -14,7 +16,12 @@ from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
-from xmtc_cli.metrics import score_label_sets
+from xmtc_cli.metrics import (
+    InversePropensities,
+    inverse_propensities,
+    propensity_constants,
+    score_label_sets,
+)
 from xmtc_cli.model import Seq2SetModel
 
 
@@ -22,19 +29,81 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
                    device: torch.device,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """Generate label sets for a split of processed data and score them against its gold sets
-    (label ids of the model's own data: training's validation)."""
+    (label ids of the model's own data: training's validation), with the propensity-scored
+    metrics where the training split is large enough for them (3 documents or more)."""
     part = data.splits[split]
     predicted = predict_split(model, part, recipe.data.max_src_tokens,
                               recipe.train.eval_batch_size, device, amp=recipe.train.amp,
                               progress=progress)
     gold = [part.labels(i).tolist() for i in range(len(part))]
-    return score_label_sets(predicted, gold)
+    inv = training_inverse_propensities(data) if training_documents(data) >= 3 else None
+    return score_label_sets(predicted, gold, inv_propensity=inv)
 
 
-def evaluate_files(predictions: str | Path, gold: str | Path) -> dict[str, float]:
+def training_documents(data: ProcessedData) -> int:
+    """N of the propensity formula: the documents `data.label_counts` were counted over.
+
+    Those are the training file's documents, so a validation split held out of it (manifest
+    options.valid_from "held-out") counts as well as the train split.
+    """
+    docs = len(data.splits["train"])
+    if data.manifest.get("options", {}).get("valid_from") == "held-out" and "valid" in data.splits:
+        docs += len(data.splits["valid"])
+    return docs
+
+
+def training_inverse_propensities(data: ProcessedData, a: float | None = None,
+                                  b: float | None = None,
+                                  keys: Literal["ids", "names"] = "ids") -> InversePropensities:
+    """1/p of each of `data`'s labels from its training counts (`metrics.inverse_propensities`).
+
+    Keyed by corpus label id (`keys="ids"`, as the gold sets of `data.splits` are) or by label
+    (`keys="names"`, the strings of `data.labels`). Labels occurring only in held-out gold sets
+    have a count of 0. A and B default to `propensity_constants` of the manifest's dataset.
+    """
+    default_a, default_b = propensity_constants(data.manifest.get("dataset"))
+    counts = data.label_counts.tolist()
+    if keys == "names":
+        counts = dict(zip(data.labels, counts))
+    a = default_a if a is None else a
+    b = default_b if b is None else b
+    try:
+        return inverse_propensities(counts, training_documents(data), a, b)
+    except ValueError as exc:
+        raise DataError(
+            f"no propensity-scored metrics for {data.path}: {exc}",
+            "check the processed data, or --propensity-a/--propensity-b",
+        ) from exc
+
+
+def label_file_inverse_propensities(train_labels: str | Path, a: float | None = None,
+                                    b: float | None = None) -> InversePropensities:
+    """1/p of each label of a training label file (one document a line), by label.
+
+    A and B default to 0.55 and 1.5 (a label file does not say which dataset it is).
+    """
+    documents = read_label_file(train_labels)
+    counts = Counter(label for labels in documents for label in set(labels))
+    default_a, default_b = propensity_constants(None)
+    a = default_a if a is None else a
+    b = default_b if b is None else b
+    try:
+        return inverse_propensities(counts, len(documents), a, b)
+    except ValueError as exc:
+        raise DataError(
+            f"no propensity-scored metrics from {train_labels}: {exc}",
+            "--train-labels takes the training set's labels, one document a line",
+        ) from exc
+
+
+def evaluate_files(predictions: str | Path, gold: str | Path,
+                   train_labels: str | Path | None = None, propensity_a: float | None = None,
+                   propensity_b: float | None = None) -> dict[str, float]:
     """Metrics of a predictions file against a gold file, one document per line each.
 
-    Macro-F1 averages over the labels that occur in either file.
+    Macro-F1 averages over the labels that occur in either file. With `train_labels`, the
+    training set's label file, the result adds PSP@k and PSnDCG@k (`metrics.PS_METRIC_KEYS`)
+    with propensities counted there.
     """
     pred_sets = read_label_file(predictions)
     gold_sets = read_label_file(gold)
@@ -43,17 +112,24 @@ def evaluate_files(predictions: str | Path, gold: str | Path) -> dict[str, float
             f"{predictions} has {len(pred_sets)} lines but {gold} has {len(gold_sets)}",
             "both files need one line per document, in the same order",
         )
-    return score_label_sets(pred_sets, gold_sets)
+    inv = None
+    if train_labels is not None:
+        inv = label_file_inverse_propensities(train_labels, propensity_a, propensity_b)
+    return score_label_sets(pred_sets, gold_sets, inv_propensity=inv)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
-                        device: str = "auto", batch_size: int = 64) -> dict[str, float]:
+                        device: str = "auto", batch_size: int = 64,
+                        propensity_a: float | None = None,
+                        propensity_b: float | None = None) -> dict[str, float]:
     """Metrics of a checkpoint on a split of processed data, compared by label name.
 
     Besides `macro_f1` (over labels in gold or predictions) the result holds
     `macro_f1_all_labels`, averaged over the model's whole label vocabulary as the paper's code
-    does. The data may come from another preprocessing run: tokens and labels are matched by
-    name, so only the tokenizer must agree.
+    does, and PSP@k and PSnDCG@k with the propensities of the data's training label counts
+    (`training_inverse_propensities`; A and B by the data's dataset unless given). The data may
+    come from another preprocessing run: tokens and labels are matched by name, so only the
+    tokenizer must agree.
     """
     predictor = Predictor.from_checkpoint(str(checkpoint), device)
     data = load_processed(data_dir)
@@ -73,6 +149,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                                     batch_size, predictor.device, recipe.train.amp)
     ]
     gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
-    metrics = score_label_sets(predicted, gold)
+    inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
+    metrics = score_label_sets(predicted, gold, inv_propensity=inv)
     metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels)["macro_f1"]
     return metrics

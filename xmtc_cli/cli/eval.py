@@ -25,6 +25,15 @@ def eval_command(
     predictions: Annotated[Path | None, typer.Option(
         help="Predicted labels, one document a line.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Gold labels, one document a line.")] = None,
+    train_labels: Annotated[Path | None, typer.Option(
+        help="With --predictions/--gold: the training set's labels, one document a line, for "
+             "PSP@k and PSnDCG@k (CHECKPOINT --data counts them in the data).")] = None,
+    propensity_a: Annotated[float | None, typer.Option(min=0.0,
+        help="A of the inverse propensities (Jain et al. 2016) of PSP@k and PSnDCG@k: "
+             "0.55, or 0.6 when --data is amazoncat13k or amazon670k, unless given.")] = None,
+    propensity_b: Annotated[float | None, typer.Option(min=0.0,
+        help="B of the inverse propensities: 1.5, or 2.6 when --data is amazoncat13k or "
+             "amazon670k, unless given.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 64,
     device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
@@ -33,12 +42,17 @@ def eval_command(
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
 
     if checkpoint is not None:
-        if data is None or predictions or gold:
-            raise UsageError("with CHECKPOINT give --data DIR (and no --predictions/--gold)")
-        metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size)
+        if data is None or predictions or gold or train_labels:
+            raise UsageError(
+                "with CHECKPOINT give --data DIR (and no --predictions/--gold/--train-labels)"
+            )
+        metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size,
+                                      propensity_a, propensity_b)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
-        metrics = evaluate_files(predictions, gold)
+        if train_labels is None and (propensity_a is not None or propensity_b is not None):
+            raise UsageError("--propensity-a/--propensity-b need --train-labels FILE")
+        metrics = evaluate_files(predictions, gold, train_labels, propensity_a, propensity_b)
         title = f"{predictions} against {gold}"
     else:
         raise UsageError(

@@ -32,6 +32,8 @@ METRIC_ROWS = [
     ("macro_f1_all_labels", "macro F1 (all labels)"), ("weighted_f1", "weighted F1"),
     ("example_f1", "example-based F1"), ("p@1", "P@1"), ("p@3", "P@3"), ("p@5", "P@5"),
     ("ndcg@1", "nDCG@1"), ("ndcg@3", "nDCG@3"), ("ndcg@5", "nDCG@5"),
+    ("psp@1", "PSP@1"), ("psp@3", "PSP@3"), ("psp@5", "PSP@5"),
+    ("psndcg@1", "PSnDCG@1"), ("psndcg@3", "PSnDCG@3"), ("psndcg@5", "PSnDCG@5"),
 ]
 
 
