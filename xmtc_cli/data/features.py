@@ -1,0 +1,88 @@
+"""Side features: one precomputed embedding per document (an image's, another encoder's).
+
+Beyond the paper, after ViXML (Ortego et al. 2025): a user who has, say, a pooled image
+embedding for every item puts it beside the texts as `{split}_features.npy` (or
+`.safetensors` with one tensor named "features"), float [documents, D], row k belonging to line
+k of `{split}_texts.txt`. The model projects it to its own width and attends to it as one more
+memory slot (docs/design.md §2). This module reads and checks such files; nothing here loads
+pickles (`allow_pickle=False`), and a file is checked for shape and finiteness before use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from xmtc_cli.errors import DataError
+
+SUFFIXES = (".npy", ".safetensors")
+MAX_WIDTH = 65_536  # a bound on D: a header claiming more is not an embedding
+
+
+def features_file(folder: Path, split: str) -> Path | None:
+    """`{split}_features.npy` or `.safetensors` in `folder`, if there is one (not both)."""
+    found = [folder / f"{split}_features{suffix}" for suffix in SUFFIXES]
+    found = [path for path in found if path.exists()]
+    if len(found) > 1:
+        raise DataError(f"{folder} has both {found[0].name} and {found[1].name}",
+                        "keep one features file per split")
+    return found[0] if found else None
+
+
+def read_features(path: str | Path, documents: int | None = None,
+                  width: int | None = None) -> np.ndarray:
+    """Read a features file as float32 [documents, D], checking it against what is expected.
+
+    `documents`: the rows the file must have (the split's documents, the lines of DOCS);
+    `width`: the D it must have (a checkpoint's). Errors name the file and the fix.
+    """
+    path = Path(path)
+    if not path.exists() or path.is_dir():
+        raise DataError(f"features file {path} does not exist",
+                        "pass a .npy or .safetensors file of shape [documents, D]")
+    array = _load(path)
+    if array.ndim != 2:
+        raise DataError(f"{path} holds an array of shape {tuple(array.shape)}, not "
+                        "[documents, D]", "save one row per document, e.g. np.save(f, X)")
+    if not 1 <= array.shape[1] <= MAX_WIDTH:
+        raise DataError(f"{path}: a feature width of {array.shape[1]} is out of range",
+                        f"rows of 1 to {MAX_WIDTH:,} numbers")
+    if documents is not None and array.shape[0] != documents:
+        raise DataError(f"{path} has {array.shape[0]:,} rows for {documents:,} documents",
+                        "write one row per document, in the documents' order")
+    if width is not None and array.shape[1] != width:
+        raise DataError(f"{path} has features of width {array.shape[1]}, the model was "
+                        f"trained with {width}", "compute the features as for training")
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype,
+                                                                          np.integer):
+        raise DataError(f"{path} holds {array.dtype} values, not numbers",
+                        "save a float array")
+    out = np.asarray(array, dtype=np.float32)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {row + 1} (document {row + 1}) holds nan or inf",
+                        "replace missing features, e.g. by zeros")
+    return out
+
+
+def _load(path: Path) -> np.ndarray:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import load_file
+
+            tensors = load_file(str(path))
+            if set(tensors) != {"features"}:
+                raise DataError(f"{path} holds {sorted(tensors)[:3]}, not one tensor named "
+                                "'features'", "save {'features': X} with safetensors")
+            return tensors["features"]
+        return np.load(path, allow_pickle=False, mmap_mode="r")
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{path} is not a readable .npy or .safetensors array ({exc})"[:300],
+                        "save the features with numpy.save (no pickled objects)") from exc
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        raise DataError(f"{path} is not a readable safetensors file ({exc})"[:300],
+                        "save the features with safetensors.numpy.save_file") from exc
