@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
+from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption
 from xmtc_cli.cli.render import metrics_table, stdout
-from xmtc_cli.cli.train import Device
 from xmtc_cli.errors import UsageError
 
 
@@ -23,11 +23,12 @@ def eval_command(
     split: Annotated[str, typer.Option(
         help="Split of --data to evaluate: test or valid.")] = "test",
     predictions: Annotated[Path | None, typer.Option(
-        help="Predicted labels, one document a line.")] = None,
+        help="Predicted labels, one document a line (or the jsonl of `xmtc predict`); "
+        "- for stdin.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Gold labels, one document a line.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 64,
-    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    batch_size: BatchSizeOption = 64,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
