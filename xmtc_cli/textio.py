@@ -56,8 +56,8 @@ def open_lines(source: str | Path, encoding: str = "utf-8", what: str = "file",
     if str(source) == "-":
         stdin = sys.stdin
         if stdin is None or stdin.closed:
-            raise DataError(f"{STDIN} is closed, so there is no {what} to read",
-                            f"pipe the {what} in, or pass its path instead of -")
+            raise DataError(f"cannot read {STDIN} (-): it is closed",
+                            f"pipe the {what} in, or give its path instead of -")
         yield decode_lines(getattr(stdin, "buffer", stdin), "<stdin>", encoding, hint)
         return
     with open_source(Path(source), what) as stream:
