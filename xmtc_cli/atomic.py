@@ -3,8 +3,9 @@
 Everything is first written under a temporary name beside its destination, flushed, and then
 renamed into place; a rename within one folder is atomic on POSIX and Windows filesystems. The
 result gets the permissions the user's umask gives a new file or folder (not the 0600 / 0700 of
-a temporary one). A destination that exists and is neither a regular file nor a folder (a
-device such as /dev/stdout, a FIFO) cannot be replaced and is written in place.
+a temporary one), everything inside a written folder included. A destination that exists and
+is neither a regular file nor a folder (a device such as /dev/stdout, a FIFO) cannot be
+replaced and is written in place.
 
 What the operating system refuses (a full disk, a read-only file system, a permission, a folder
 where a file belongs) comes out as an `XmtcError` naming the destination (`fileerrors`), and
@@ -99,6 +100,18 @@ def _in_place(path: Path, mode: str, encoding: str | None) -> Iterator:
         raise
 
 
+def _umask_modes(folder: Path) -> None:
+    """Give `folder` and everything in it the modes the umask gives new files and folders: not
+    mkdtemp's 0700, nor the 0600 that some writers (safetensors' save_file) use."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_file(path, "wb") as handle:
         handle.write(data)
@@ -124,8 +137,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise file_error(exc, "create the folder", path) from None
     old = None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
         yield tmp
+        _umask_modes(tmp)
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")

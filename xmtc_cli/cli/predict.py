@@ -56,7 +56,7 @@ def predict(
                     if stderr.is_terminal:
                         stderr.print(f"\r{count:,} documents", end="")
     seconds = time.perf_counter() - start
-    stderr.print(f"\rpredicted {count:,} documents in {seconds:.1f}s"
+    stderr.print(f"\rpredicted {count:,} document{'' if count == 1 else 's'} in {seconds:.1f}s"
                  + (f" -> {out}" if out else ""))
 
 
