@@ -1,6 +1,7 @@
 """Reading AttentionXML-layout files: label formats, names, encodings, line-numbered errors."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,13 @@ def test_locate_lists_every_missing_file_at_once(tmp_path):
 def test_locate_a_missing_folder(tmp_path):
     with pytest.raises(DataError, match="corpus folder .*nowhere does not exist"):
         locate(tmp_path / "nowhere", Layout(), "hint")
+
+
+def test_locate_accepts_fifos(tmp_path):
+    """`mkfifo train_texts.txt; zcat ... > train_texts.txt &` is a corpus too."""
+    make_layout(tmp_path, "train_labels.txt", "test_texts.txt", "test_labels.txt")
+    os.mkfifo(tmp_path / "train_texts.txt")
+    os.mkfifo(tmp_path / "label_names.txt")
+    files = locate(tmp_path, Layout(), "hint")
+    assert files.texts["train"] == tmp_path / "train_texts.txt"
+    assert files.label_names == tmp_path / "label_names.txt"

@@ -242,3 +242,9 @@ def test_eval_refuses_another_corpus(tiny_run, tmp_path, cli):
     error = one_error(cli("eval", tiny_run.best, "--data", tmp_path / "data"))
     assert error.startswith(f"error: no gold label of the 'test' split of {tmp_path / 'data'} "
                             f"is a label of {tiny_run.best} (they hold 'Sea', 'Space' and ")
+
+
+def test_only_one_side_of_eval_can_be_stdin(cli):
+    result = cli("eval", "--predictions", "-", "--gold", "-", stdin=b"a\n")
+    assert one_error(result, code=2) == (
+        "error: only one of --predictions and --gold can be - (standard input)")

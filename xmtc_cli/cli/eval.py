@@ -39,6 +39,9 @@ def eval_command(
         metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
+        if str(predictions) == str(gold) == "-":
+            raise UsageError("only one of --predictions and --gold can be - (standard input)",
+                             "give the other one as a file")
         metrics = evaluate_files(predictions, gold)
         title = f"{predictions} against {gold}"
     else:

@@ -63,19 +63,24 @@ def locate(folder: Path, layout: Layout, hint: str) -> CorpusFiles:
     texts, labels, missing = {}, {}, []
     for split in SPLIT_NAMES:
         pair = folder / layout.texts.format(split=split), folder / layout.labels.format(split=split)
-        present = [p.is_file() for p in pair]
+        present = [_readable(p) for p in pair]
         if all(present) or split in REQUIRED_SPLITS:
             missing += [p.name for p, ok in zip(pair, present) if not ok]
             texts[split], labels[split] = pair
         elif any(present):  # a validation split needs both of its files
             missing += [p.name for p, ok in zip(pair, present) if not ok]
     label_ids = folder / layout.label_ids if layout.label_ids else None
-    if label_ids is not None and not label_ids.is_file():
+    if label_ids is not None and not _readable(label_ids):
         missing.append(label_ids.name)
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}", hint)
     names = folder / LABEL_NAMES_FILE
-    return CorpusFiles(folder, texts, labels, label_ids, names if names.is_file() else None)
+    return CorpusFiles(folder, texts, labels, label_ids, names if _readable(names) else None)
+
+
+def _readable(path: Path) -> bool:
+    """A file to read lines from: anything but a folder, so a FIFO or a symlink to a pipe too."""
+    return path.exists() and not path.is_dir()
 
 
 class ChecksumReader(io.RawIOBase):
