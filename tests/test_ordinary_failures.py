@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from xmtc_cli import __version__
+from xmtc_cli.atomic import atomic_write_text
+from xmtc_cli.errors import XmtcError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 REPO = Path(__file__).parents[1]  # subprocesses run this checkout, not an installed xmtc
@@ -74,6 +76,17 @@ def test_a_failing_disk_leaves_the_old_file_and_no_temporary_one(tiny_run, docs,
     error = one_error(cli("predict", tiny_run.best, docs, "--out", old_output))
     assert error == f"error: cannot write {old_output}: {reason}"
     assert snapshot(old_output.parent) == before
+
+
+def test_an_explained_os_error_is_still_an_os_error(tmp_path, monkeypatch):
+    """Code that catches OSError around a write keeps working; the boundary gets the message."""
+    monkeypatch.setattr("xmtc_cli.atomic.os.fsync", raising(errno.ENOSPC, "No space"))
+    with pytest.raises(OSError) as info:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    assert isinstance(info.value, XmtcError) and info.value.errno == errno.ENOSPC
+    assert info.value.message == f"cannot write {tmp_path / 'f.txt'}: no space left on the device"
+    assert info.value.filename == str(tmp_path / "f.txt")
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("code,reason,hint", [

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from xmtc_cli.errors import XmtcError
 from xmtc_cli.fileerrors import file_error
 
 
@@ -50,8 +51,8 @@ def _make_parent(path: Path) -> None:
 def _about(exc: BaseException, *paths: str | Path) -> bool:
     """Whether `exc` is an OSError on one of `paths` (or inside them), or on no named file: the
     errors of writing the destination, as opposed to, say, failing to read an input."""
-    if not isinstance(exc, OSError) or isinstance(exc, BrokenPipeError):
-        return False
+    if not isinstance(exc, OSError) or isinstance(exc, (BrokenPipeError, XmtcError)):
+        return False  # not an OS error, a quiet one, or one explained already
     if exc.filename is None:
         return True
     name = os.fspath(exc.filename)

@@ -1,14 +1,16 @@
 """What the operating system says when a file cannot be read or written, as errors a user can fix.
 
 A full disk, a read-only file system, a permission, a folder where a file belongs: these are
-ordinary failures of the machine, not bugs of xmtc. `file_error` turns the `OSError` into an
-`XmtcError` whose message names the path and the reason and whose hint says what to do; the
-write layer (`xmtc_cli.atomic`), the line reader (`xmtc_cli.textio`) and the CLI boundary use it.
+ordinary failures of the machine, not bugs of xmtc. `file_error` turns the `OSError` into a
+`FileError` (an `XmtcError`, and still an `OSError`) whose message names the path and the
+reason and whose hint says what to do; the write layer (`xmtc_cli.atomic`), the line reader
+(`xmtc_cli.textio`) and the CLI boundary use it.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 from pathlib import Path
 
 from xmtc_cli.errors import XmtcError
@@ -37,7 +39,17 @@ _REASONS: dict[int, tuple[str, str]] = {
 }
 
 
-def file_error(exc: OSError, action: str, path: str | Path) -> XmtcError:
+class FileError(XmtcError, OSError):
+    """An `OSError` explained for the user: an `XmtcError` to the CLI boundary, and still an
+    `OSError` (errno, strerror, filename) to code that catches those."""
+
+    def __init__(self, message: str, hint: str, code: int | None, filename: str | Path):
+        XmtcError.__init__(self, message, hint)
+        self.errno, self.filename = code, str(filename)
+        self.strerror = os.strerror(code) if code is not None else None
+
+
+def file_error(exc: OSError, action: str, path: str | Path) -> FileError:
     """`cannot ACTION PATH: reason` with a hint, for an `OSError` raised on `path`.
 
     `action` is a verb phrase such as "write" or "create the folder"; `path` may be `STDOUT` or
@@ -47,9 +59,9 @@ def file_error(exc: OSError, action: str, path: str | Path) -> XmtcError:
     if code in (errno.ENOTDIR, errno.EEXIST):
         blocker = _file_in_the_way(Path(path))
         if blocker is not None:
-            return XmtcError(
+            return FileError(
                 f"cannot {action} {path}: {blocker} is a file, not a folder",
-                f"move {blocker} out of the way, or choose another path",
+                f"move {blocker} out of the way, or choose another path", code, path,
             )
     if code == errno.ENOTDIR:
         reason, hint = "a part of the path is not a folder", "check the path"
@@ -58,7 +70,7 @@ def file_error(exc: OSError, action: str, path: str | Path) -> XmtcError:
     else:
         reason, hint = _REASONS.get(
             code, ((exc.strerror or str(exc)).lower(), "check the path and the device"))
-    return XmtcError(f"cannot {action} {path}: {reason}", hint.format(path=path))
+    return FileError(f"cannot {action} {path}: {reason}", hint.format(path=path), code, path)
 
 
 def _file_in_the_way(path: Path) -> Path | None:

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from xmtc_cli.errors import DataError, at
+from xmtc_cli.errors import DataError, XmtcError, at
 from xmtc_cli.fileerrors import STDIN, file_error
 
 ENCODING_HINT = "pass the file's encoding, e.g. --encoding latin-1"
@@ -94,6 +94,8 @@ def decode_lines(stream: BinaryIO, name: str, encoding: str = "utf-8",
     try:
         yield from lines
     except OSError as exc:
+        if isinstance(exc, XmtcError):
+            raise
         error = file_error(exc, "read", STDIN if name == "<stdin>" else name)
         raise DataError(error.message, error.hint) from None
 

@@ -70,7 +70,7 @@ def _report(exc: BaseException) -> int:
         else:
             print(f"error: {exc.format_message()}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
-    if isinstance(exc, OSError) and exc.errno is not None:  # not caught nearer to the file
+    if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, XmtcError):
         exc = _os_error(exc)
     if isinstance(exc, XmtcError):
         print(f"error: {exc.message}", file=sys.stderr)

@@ -17,6 +17,7 @@ from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
 from xmtc_cli.cli.render import stderr
+from xmtc_cli.errors import XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
 from xmtc_cli.textio import open_lines
 
@@ -84,6 +85,6 @@ def _output(out: Path | None) -> Iterator[IO[str]]:
     except BrokenPipeError:
         raise
     except OSError as exc:
-        if exc.filename is not None:
+        if exc.filename is not None or isinstance(exc, XmtcError):
             raise
         raise file_error(exc, "write to", STDOUT) from None
