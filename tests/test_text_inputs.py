@@ -175,7 +175,10 @@ def test_malformed_jsonl_is_refused_at_its_line(tmp_path, cli):
     (tmp_path / "g.txt").write_text("a\nb\n")
     error = one_error(cli("eval", "--predictions", predictions, "--gold", tmp_path / "g.txt"))
     assert error == (f"error: {predictions}:2: expected a JSON object with \"labels\": [...] "
-                     "(the file's first line is one), found '{\"labels\": \"b\"}'")
+                     "(the file's first line is JSON), found '{\"labels\": \"b\"}'")
+    predictions.write_text('{"epoch": 1, "loss": 0.5}\n{"epoch": 2, "loss": 0.4}\n')
+    error = one_error(cli("eval", "--predictions", predictions, "--gold", tmp_path / "g.txt"))
+    assert error.startswith(f"error: {predictions}:1: expected a JSON object with \"labels\"")
 
 
 @pytest.mark.parametrize("predicted,gold,message", [

@@ -23,16 +23,17 @@ def read_label_file(path: str | Path) -> list[list[str]]:
     """Read a UTF-8 label file (or `-`, standard input) into one list of labels per line.
 
     Any run of whitespace separates labels, so stray spaces and Windows line ends are harmless.
-    A file whose first line is a JSON object with "labels" is read as JSON lines, one object a
-    line. Raises DataError naming the file (and line) when it is missing, not valid UTF-8 or a
-    malformed JSON line; warns (logging) when labels hold commas, a likely wrong separator.
+    A file whose first line is a JSON object is read as JSON lines: one object a line, each
+    with "labels". Raises DataError naming the file (and line) when it is missing, not valid
+    UTF-8 or a malformed JSON line; warns (logging) when labels hold commas, a likely wrong
+    separator.
     """
     name = "<stdin>" if str(path) == "-" else str(path)
     with open_lines(path, "utf-8", what="label file", hint=UTF8_HINT) as lines:
         documents: list[list[str]] = []
         commas = CommaLabels(name)
         for number, line in enumerate(lines, start=1):
-            if number == 1 and _is_json_labels(line):
+            if number == 1 and _is_json_object(line):
                 return [_json_labels(line, name, 1), *_json_lines(lines, name)]
             labels = line.split()
             commas.check(number, labels)
@@ -41,14 +42,14 @@ def read_label_file(path: str | Path) -> list[list[str]]:
     return documents
 
 
-def _is_json_labels(line: str) -> bool:
+def _is_json_object(line: str) -> bool:
+    """Whether a first line makes the file JSON lines (then every line needs "labels")."""
     if not line.lstrip().startswith("{"):
         return False
     try:
-        row = json.loads(line)
+        return isinstance(json.loads(line), dict)
     except ValueError:
         return False
-    return isinstance(row, dict) and "labels" in row
 
 
 def _json_lines(lines, name: str) -> list[list[str]]:
@@ -65,7 +66,7 @@ def _json_labels(line: str, name: str, number: int) -> list[str]:
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise DataError(
             f"{at(name, number)}: expected a JSON object with \"labels\": [...] (the file's "
-            f"first line is one), found {line.strip()[:40]!r}",
+            f"first line is JSON), found {line.strip()[:40]!r}",
             "give one JSON object a line, as `xmtc predict --format jsonl` writes, or plain "
             "lines of space-separated labels",
         )

@@ -58,7 +58,8 @@ def _report(exc: BaseException) -> int:
     if isinstance(exc, BrokenPipeError):  # the reader of our stdout is gone: not an error of ours
         _silence_stdout()
         return 0
-    if _debug():
+    debug = _debug()
+    if debug:
         traceback.print_exception(exc, file=sys.stderr)
     if isinstance(exc, (typer.Abort, KeyboardInterrupt)):
         print("error: interrupted", file=sys.stderr)
@@ -77,7 +78,7 @@ def _report(exc: BaseException) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 2 if isinstance(exc, UsageError) else 1
-    advice = ("please report it, with the traceback above" if _debug() else
+    advice = ("please report it, with the traceback above" if debug else
               "re-run with XMTC_DEBUG=1 to see the traceback, and please report it")
     print(f"error: unexpected {type(exc).__name__}: {exc} ({advice})", file=sys.stderr)
     return 1
