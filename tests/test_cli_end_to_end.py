@@ -83,7 +83,8 @@ def test_the_demo_as_a_user_runs_it(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     env = {**os.environ, "XMTC_CACHE": str(tmp_path / "cache"), "HOME": str(home),
-           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).parents[1])}  # this checkout, not an installed xmtc
     env.pop("XMTC_DEBUG", None)
 
     def xmtc(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:

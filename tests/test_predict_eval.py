@@ -16,15 +16,14 @@ import pytest
 from conftest import run_cli, threads
 
 from xmtc_cli.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from xmtc_cli.cli import main
 from xmtc_cli.config import load_recipe
 from xmtc_cli.data.processed import load_processed
-from xmtc_cli.errors import CheckpointError
 from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.labelspace import NUM_SPECIALS
 from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS, score_label_sets
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+REPO = Path(__file__).parents[1]  # subprocesses run this checkout, not an installed xmtc
 
 
 def lines_of(path: Path) -> list[str]:
@@ -182,12 +181,16 @@ def test_documents_that_are_not_utf8_name_their_line(tiny_run, tmp_path, cli):
     out = tmp_path / "out.txt"
     result = cli("predict", tiny_run.best, bad, "--out", out)
     assert result.code == 1 and "Traceback" not in result.err
-    assert result.err.splitlines()[0] == (
-        f"error: {bad}:2: not UTF-8 (invalid continuation byte at byte 3)"
-    )
+    assert result.err.splitlines() == [
+        f"error: {bad}:2: byte 0xe9 at column 4 is not utf-8 text",
+        "hint: pass the file's encoding, e.g. --encoding latin-1",
+    ]
     assert not out.exists() and list(tmp_path.iterdir()) == [bad]  # nothing half-written
     from_stdin = cli("predict", tiny_run.best, "-", stdin=b"ok\n\xff\n")
-    assert from_stdin.code == 1 and from_stdin.err.startswith("error: <stdin>:2: not UTF-8")
+    assert from_stdin.code == 1
+    assert from_stdin.err.startswith("error: <stdin>:2: byte 0xff at column 1 is not utf-8")
+    latin1 = cli("predict", tiny_run.best, bad, "--encoding", "latin-1")
+    assert latin1.code == 0 and len(latin1.out.splitlines()) == 2
 
 
 def test_a_missing_documents_file(tiny_run, tmp_path, cli):
@@ -228,7 +231,7 @@ def test_broken_checkpoints_are_refused_cleanly(command, kind, message, tiny_run
 
 
 def test_xmtc_debug_shows_the_traceback(tmp_path):
-    env = {**os.environ, "XMTC_DEBUG": "1"}
+    env = {**os.environ, "XMTC_DEBUG": "1", "PYTHONPATH": str(REPO)}
     missing = tmp_path / "missing.safetensors"
     proc = subprocess.run([sys.executable, "-m", "xmtc_cli", "predict", str(missing), "-"],
                           input=b"", capture_output=True, env=env, timeout=120,
@@ -248,13 +251,18 @@ def test_an_unexpected_error_asks_for_xmtc_debug(tiny_run, monkeypatch, cli):
     assert result.code == 1 and "Traceback" not in result.err
     assert result.err == ("error: unexpected RuntimeError: boom (re-run with XMTC_DEBUG=1 to "
                           "see the traceback, and please report it)\n")
-    monkeypatch.setenv("XMTC_DEBUG", "1")
-    with pytest.raises(RuntimeError, match="boom"):
-        main(["predict", str(tiny_run.best), "-"])
+    monkeypatch.setenv("XMTC_DEBUG", "1")  # the traceback, then the same line and exit code
+    result = cli("predict", tiny_run.best, "-", stdin=b"x\n")
+    assert result.code == 1 and result.err.startswith("Traceback (most recent call last):")
+    assert result.err.splitlines()[-2:] == [
+        "RuntimeError: boom",
+        "error: unexpected RuntimeError: boom (please report it, with the traceback above)"]
     monkeypatch.undo()
-    monkeypatch.setenv("XMTC_DEBUG", "1")
-    with pytest.raises(CheckpointError):  # known errors too
-        main(["predict", str(tiny_run.best.with_name("nope.safetensors")), "-"])
+    monkeypatch.setenv("XMTC_DEBUG", "1")  # known errors too
+    result = cli("predict", tiny_run.best.with_name("nope.safetensors"), "-")
+    assert result.code == 1 and result.err.startswith("Traceback (most recent call last):")
+    assert "xmtc_cli.errors.CheckpointError: checkpoint" in result.err
+    assert result.err.splitlines()[-2].startswith("error: checkpoint ")
 
 
 # --- eval from files ------------------------------------------------------------------------
@@ -295,7 +303,10 @@ def test_a_gold_file_that_is_not_utf8(tmp_path, cli):
     (tmp_path / "g.txt").write_bytes(b"a\n\xe9\n")
     result = cli("eval", "--predictions", tmp_path / "p.txt", "--gold", tmp_path / "g.txt")
     assert result.code == 1
-    assert result.err.startswith(f"error: {tmp_path / 'g.txt'}:2 is not valid UTF-8")
+    assert result.err.splitlines() == [
+        f"error: {tmp_path / 'g.txt'}:2: byte 0xe9 at column 1 is not utf-8 text",
+        "hint: convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`",
+    ]
 
 
 @pytest.mark.parametrize("args", [

@@ -1,6 +1,7 @@
 """Reading AttentionXML-layout files: label formats, names, encodings, line-numbered errors."""
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,38 @@ def test_lines_end_at_newline_only_and_files_are_checksummed(tmp_path):
     assert checksums == {"t.txt": hashlib.sha256(data.encode()).hexdigest()}
 
 
-def test_a_leading_byte_order_mark_is_dropped(tmp_path):
-    path = write(tmp_path / "t.txt", "\ufeffword\n")
-    assert list(iter_lines(path, "utf-8", {})) == ["word\n"]
+def test_lines_lose_their_line_end_and_a_leading_byte_order_mark(tmp_path):
+    path = write(tmp_path / "t.txt", "\ufeffword\r\nnext\n\ufeffkept\nlast")
+    assert list(iter_lines(path, "utf-8", {})) == ["word", "next", "\ufeffkept", "last"]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_any_unicode_encoding_with_or_without_a_byte_order_mark(tmp_path, encoding):
+    text = "Café crème\r\nmoney-fx\u2028still line two\n\nlast"
+    for bom in ("", "\ufeff"):
+        path = write(tmp_path / "t.txt", (bom + text).encode(encoding))
+        checksums = {}
+        assert list(iter_lines(path, encoding, checksums)) == [
+            "Café crème", "money-fx\u2028still line two", "", "last"]
+        assert checksums["t.txt"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_utf16_read_as_utf8_is_refused_at_line_1_with_the_fix(tmp_path):
+    for data in ("doc one\ndoc two\n".encode("utf-16"), "doc one\n".encode("utf-16-le")):
+        path = write(tmp_path / "t.txt", data)
+        with pytest.raises(DataError, match=f"{path}:1: .* so it is not utf-8 text") as info:
+            list(iter_lines(path, "utf-8", {}))
+        assert "--encoding utf-16" in info.value.hint
+
+
+def test_bad_utf16_names_its_line_and_column(tmp_path):
+    data = "line one\nline two\nab".encode("utf-16-le") + b"\x00\xd8" + "c\n".encode("utf-16-le")
+    path = write(tmp_path / "t.txt", data)
+    with pytest.raises(DataError, match=f"{path}:3: bytes 00 d8 at column 3 are not utf-16-le"):
+        list(iter_lines(path, "utf-16-le", {}))
+    path = write(tmp_path / "t.txt", "one\ntwo".encode("utf-16-le")[:-1])
+    with pytest.raises(DataError, match=f"{path}:2: the file ends inside a character"):
+        list(iter_lines(path, "utf-16-le", {}))
 
 
 def test_bytes_that_are_not_utf8_name_the_line_and_the_fix(tmp_path):
@@ -52,11 +82,23 @@ def test_unknown_encoding_is_a_clear_error():
     assert check_encoding("LATIN-1") == "iso8859-1"
     with pytest.raises(DataError, match="unknown encoding 'klingon'"):
         check_encoding("klingon")
+    with pytest.raises(DataError, match="'rot13' is not a text encoding"):
+        check_encoding("rot13")
 
 
-def test_label_lines_hold_names_with_duplicates_dropped_and_empty_lines_kept(tmp_path):
+def test_label_lines_hold_names_with_duplicates_dropped_and_empty_lines_kept(tmp_path, caplog):
     path = write(tmp_path / "train_labels.txt", "b a b\n\n  c \n")
     assert read_labels(path, "utf-8", {}) == [["b", "a"], [], ["c"]]
+    assert caplog.records == []
+
+
+def test_labels_with_commas_are_kept_with_one_warning_naming_the_first_line(tmp_path, caplog):
+    path = write(tmp_path / "train_labels.txt", "a b\na,b c\nd\ne, f\n")
+    assert read_labels(path, "utf-8", {}) == [["a", "b"], ["a,b", "c"], ["d"], ["e,", "f"]]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}:2: label 'a,b' holds a comma (and 1 more line); labels are separated by "
+        "spaces, so it counts as one label"]
+    assert caplog.records[0].levelname == "WARNING"
 
 
 def test_label_lines_holding_ids_into_y_txt(tmp_path):
@@ -132,3 +174,13 @@ def test_locate_lists_every_missing_file_at_once(tmp_path):
 def test_locate_a_missing_folder(tmp_path):
     with pytest.raises(DataError, match="corpus folder .*nowhere does not exist"):
         locate(tmp_path / "nowhere", Layout(), "hint")
+
+
+def test_locate_accepts_fifos(tmp_path):
+    """`mkfifo train_texts.txt; zcat ... > train_texts.txt &` is a corpus too."""
+    make_layout(tmp_path, "train_labels.txt", "test_texts.txt", "test_labels.txt")
+    os.mkfifo(tmp_path / "train_texts.txt")
+    os.mkfifo(tmp_path / "label_names.txt")
+    files = locate(tmp_path, Layout(), "hint")
+    assert files.texts["train"] == tmp_path / "train_texts.txt"
+    assert files.label_names == tmp_path / "label_names.txt"

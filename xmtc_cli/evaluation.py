@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
+from xmtc_cli.data.processed import UNK_ID, ProcessedData, Split, load_processed
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
@@ -112,6 +112,7 @@ def evaluate_files(predictions: str | Path, gold: str | Path,
             f"{predictions} has {len(pred_sets)} lines but {gold} has {len(gold_sets)}",
             "both files need one line per document, in the same order",
         )
+    check_label_sets(pred_sets, gold_sets, str(predictions), str(gold))
     inv = None
     if train_labels is not None:
         inv = label_file_inverse_propensities(train_labels, propensity_a, propensity_b)
@@ -139,6 +140,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
             "choose --split " + " or --split ".join(data.splits),
         )
     part = data.splits[split]
+    check_checkpoint_data(predictor, data, part, split, checkpoint, data_dir)
     # The data's token ids, read as the checkpoint's: the same tokenizer, maybe another vocabulary.
     remap = np.array([predictor.token_ids.get(t, UNK_ID) for t in data.tokens], dtype=np.int32)
     as_checkpoint = dataclasses.replace(part, token_ids=remap[part.token_ids])
@@ -153,3 +155,79 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     metrics = score_label_sets(predicted, gold, inv_propensity=inv)
     metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels)["macro_f1"]
     return metrics
+
+
+def check_label_sets(predicted: list[list[str]], gold: list[list[str]], predictions_name: str,
+                     gold_name: str) -> None:
+    """Refuse to score what could only give zeros that mean nothing.
+
+    No documents, no gold label at all, or predicted labels none of which occurs in the gold
+    sets: the last almost always means the two sides name labels differently (line numbers
+    into Y.txt against names, another corpus), not a model that is wrong every time.
+    """
+    if not gold:
+        raise DataError(f"{gold_name} holds no documents: there is nothing to score",
+                        "check the paths: give files with one line per document")
+    _check_gold_labels(gold, gold_name)
+    predicted_labels = {label for labels in predicted for label in labels}
+    gold_labels = {label for labels in gold for label in labels}
+    if predicted_labels and not predicted_labels & gold_labels:
+        raise DataError(
+            f"no label of {predictions_name} occurs in {gold_name} (they hold "
+            f"{_examples(predicted_labels)} and {_examples(gold_labels)}): every metric would "
+            "be 0",
+            "both files must name labels the same way, for the same corpus: label names, not "
+            "line numbers into a names file such as Y.txt",
+        )
+
+
+def check_checkpoint_data(predictor: Predictor, data: ProcessedData, part: Split, split: str,
+                          checkpoint: str | Path, data_dir: str | Path) -> None:
+    """Refuse data the checkpoint cannot be scored on: text tokenized another way (its token
+    ids would be read as other words), an empty split, no gold label, or gold labels none of
+    which the model knows (another corpus)."""
+    ours, theirs = predictor.meta.tokenizer, data.tokenizer
+    if dict(ours) != dict(theirs):
+        raise DataError(
+            f"{checkpoint} was trained on text tokenized with {_tokenizer_flags(ours)}, but "
+            f"{data_dir} was preprocessed with {_tokenizer_flags(theirs)}",
+            f"preprocess the corpus again with {_tokenizer_flags(ours)} (and a new --out), or "
+            "evaluate a checkpoint trained on this data",
+        )
+    where = f"the {split!r} split of {data_dir}"
+    if len(part) == 0:
+        raise DataError(f"{where} holds no documents: there is nothing to score",
+                        "choose another --split")
+    gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
+    _check_gold_labels(gold, where)
+    gold_labels = {label for labels in gold for label in labels}
+    if not gold_labels & set(predictor.labels):
+        raise DataError(
+            f"no gold label of {where} is a label of {checkpoint} (they hold "
+            f"{_examples(gold_labels)} and {_examples(set(predictor.labels))}): every metric "
+            "would be 0",
+            "evaluate the checkpoint on the corpus it was trained on",
+        )
+
+
+def _check_gold_labels(gold: list[list[str]], gold_name: str) -> None:
+    if not any(gold):
+        raise DataError(
+            f"{gold_name} holds {len(gold):,} documents but no label: every metric would be 0",
+            "check that this is the gold side: one line per document, its labels separated by "
+            "spaces",
+        )
+
+
+def _examples(labels: set[str]) -> str:
+    shown = sorted(labels)[:2]
+    return ", ".join(repr(label[:30]) for label in shown) + (", ..." if len(labels) > 2 else "")
+
+
+def _tokenizer_flags(settings: dict) -> str:
+    """Tokenizer settings as the `xmtc preprocess` options that produce them."""
+    flags = f"--tokenizer {settings.get('kind')}"
+    if "lowercase" in settings:
+        flags += " --lowercase" if settings["lowercase"] else " --keep-case"
+    rest = {k: v for k, v in settings.items() if k not in ("kind", "lowercase")}
+    return f"`{flags}`" + (f" ({rest})" if rest else "")

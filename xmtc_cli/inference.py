@@ -129,3 +129,15 @@ class Predictor:
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
                            self.recipe.train.amp)
+
+
+def label_lines(predictor: Predictor, texts: Iterable[str],
+                batch_size: int) -> Iterator[tuple[list[str], list[float]]]:
+    """(label names, scores) for each text, in input order, predicted `batch_size` at a time.
+
+    Texts are read lazily, one batch ahead at most, so memory stays flat however many come in
+    and a reader of the output sees a batch's labels before the next batch is read.
+    """
+    for chunk in chunks(texts, batch_size):
+        for pred in predictor.predict_texts(chunk):
+            yield [predictor.labels[k] for k in pred.labels], pred.scores

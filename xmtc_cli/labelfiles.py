@@ -1,35 +1,101 @@
 """Label files: one document per line, its labels separated by spaces (AttentionXML's format).
 
 `xmtc eval --predictions FILE --gold FILE` reads both sides with `read_label_file`; an empty line
-is a document with no labels, so line k is always document k.
+is a document with no labels, so line k is always document k. The JSON lines that
+`xmtc predict --format jsonl` writes (`{"labels": [...], "scores": [...]}`) read as well.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 from xmtc_cli.errors import DataError, at
+from xmtc_cli.textio import open_lines
+
+log = logging.getLogger(__name__)
+
+UTF8_HINT = "convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`"
 
 
 def read_label_file(path: str | Path) -> list[list[str]]:
-    """Read a UTF-8 label file into one list of labels per line, in file order.
+    """Read a UTF-8 label file (or `-`, standard input) into one list of labels per line.
 
     Any run of whitespace separates labels, so stray spaces and Windows line ends are harmless.
-    Raises DataError naming the file (and line) when it is missing or not valid UTF-8.
+    A file whose first line is a JSON object is read as JSON lines: one object a line, each
+    with "labels". Raises DataError naming the file (and line) when it is missing, not valid
+    UTF-8 or a malformed JSON line; warns (logging) when labels hold commas, a likely wrong
+    separator.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"label file {path} does not exist", "check the path")
-    documents = []
-    # Binary lines so that only "\n" ends a line and a bad byte can be traced to its line.
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{at(path, number)} is not valid UTF-8 (byte {exc.start + 1} of the line)",
-                    "convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`",
-                ) from exc
-            documents.append(line.split())
+    name = "<stdin>" if str(path) == "-" else str(path)
+    with open_lines(path, "utf-8", what="label file", hint=UTF8_HINT) as lines:
+        documents: list[list[str]] = []
+        commas = CommaLabels(name)
+        for number, line in enumerate(lines, start=1):
+            if number == 1 and _is_json_object(line):
+                return [_json_labels(line, name, 1), *_json_lines(lines, name)]
+            labels = line.split()
+            commas.check(number, labels)
+            documents.append(labels)
+    commas.report()
     return documents
+
+
+def _is_json_object(line: str) -> bool:
+    """Whether a first line makes the file JSON lines (then every line needs "labels")."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _json_lines(lines, name: str) -> list[list[str]]:
+    return [_json_labels(line, name, number) for number, line in enumerate(lines, start=2)]
+
+
+def _json_labels(line: str, name: str, number: int) -> list[str]:
+    """The "labels" of one JSON line, or a DataError at its line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    labels = row.get("labels") if isinstance(row, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise DataError(
+            f"{at(name, number)}: expected a JSON object with \"labels\": [...] (the file's "
+            f"first line is JSON), found {line.strip()[:40]!r}",
+            "give one JSON object a line, as `xmtc predict --format jsonl` writes, or plain "
+            "lines of space-separated labels",
+        )
+    return labels
+
+
+class CommaLabels:
+    """Notes labels that hold a comma, to warn once per file: labels are separated by spaces,
+    so `a,b c` is the two labels `a,b` and `c`, which is rarely what was meant."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.first: tuple[int, str] | None = None
+        self.lines = 0
+
+    def check(self, lineno: int, labels: list[str]) -> None:
+        comma = next((label for label in labels if "," in label), None)
+        if comma is not None:
+            self.lines += 1
+            if self.first is None:
+                self.first = (lineno, comma)
+
+    def report(self) -> None:
+        if self.first is None:
+            return
+        lineno, label = self.first
+        others = self.lines - 1
+        more = f" (and {others:,} more line{'s' if others > 1 else ''})" if others else ""
+        log.warning(
+            "%s: label %r holds a comma%s; labels are separated by spaces, so it counts as one "
+            "label", at(self.name, lineno), label[:40], more,
+        )

@@ -9,8 +9,8 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
+from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption
 from xmtc_cli.cli.render import metrics_table, stdout
-from xmtc_cli.cli.train import Device
 from xmtc_cli.errors import UsageError
 
 
@@ -23,7 +23,8 @@ def eval_command(
     split: Annotated[str, typer.Option(
         help="Split of --data to evaluate: test or valid.")] = "test",
     predictions: Annotated[Path | None, typer.Option(
-        help="Predicted labels, one document a line.")] = None,
+        help="Predicted labels, one document a line (or the jsonl of `xmtc predict`); "
+        "- for stdin.")] = None,
     gold: Annotated[Path | None, typer.Option(help="Gold labels, one document a line.")] = None,
     train_labels: Annotated[Path | None, typer.Option(
         help="With --predictions/--gold: the training set's labels, one document a line, for "
@@ -35,8 +36,8 @@ def eval_command(
         help="B of the inverse propensities: 1.5, or 2.6 when --data is amazoncat13k or "
              "amazon670k, unless given.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Documents per forward pass.")] = 64,
-    device: Annotated[Device, typer.Option(help="Where to run the model.")] = Device.auto,
+    batch_size: BatchSizeOption = 64,
+    device: DeviceOption = Device.auto,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
@@ -50,6 +51,9 @@ def eval_command(
                                       propensity_a, propensity_b)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
+        if str(predictions) == str(gold) == "-":
+            raise UsageError("only one of --predictions and --gold can be - (standard input)",
+                             "give the other one as a file")
         if train_labels is None and (propensity_a is not None or propensity_b is not None):
             raise UsageError("--propensity-a/--propensity-b need --train-labels FILE")
         metrics = evaluate_files(predictions, gold, train_labels, propensity_a, propensity_b)

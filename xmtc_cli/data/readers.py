@@ -3,13 +3,13 @@
 One document per line: `{split}_texts.txt` holds the text, `{split}_labels.txt` the labels,
 space-separated. Labels are either the labels themselves or line numbers (from 0) into a names
 file (`Y.txt`, `Yf.txt`). An optional `label_names.txt` gives readable names as
-`label<TAB>name`. Lines end at `\\n` only, so a stray `\\r` or form feed inside a document never
-splits it in two. Every file is checksummed (sha256) while it is read, for the manifest.
+`label<TAB>name`. Lines are read by `xmtc_cli.textio` (a line ends at `\\n` only, a byte-order
+mark is dropped, any text encoding works, a bad byte names its line), and every file is
+checksummed (sha256) while it is read, for the manifest.
 """
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import io
 from collections.abc import Iterator
@@ -17,6 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmtc_cli.errors import DataError, at
+from xmtc_cli.labelfiles import CommaLabels
+from xmtc_cli.textio import (
+    check_encoding,  # noqa: F401 (preprocess checks --encoding here)
+    decode_lines,
+    open_source,
+)
 
 SPLIT_NAMES = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "test")
@@ -57,29 +63,24 @@ def locate(folder: Path, layout: Layout, hint: str) -> CorpusFiles:
     texts, labels, missing = {}, {}, []
     for split in SPLIT_NAMES:
         pair = folder / layout.texts.format(split=split), folder / layout.labels.format(split=split)
-        present = [p.is_file() for p in pair]
+        present = [_readable(p) for p in pair]
         if all(present) or split in REQUIRED_SPLITS:
             missing += [p.name for p, ok in zip(pair, present) if not ok]
             texts[split], labels[split] = pair
         elif any(present):  # a validation split needs both of its files
             missing += [p.name for p, ok in zip(pair, present) if not ok]
     label_ids = folder / layout.label_ids if layout.label_ids else None
-    if label_ids is not None and not label_ids.is_file():
+    if label_ids is not None and not _readable(label_ids):
         missing.append(label_ids.name)
     if missing:
         raise DataError(f"{folder} lacks {', '.join(missing)}", hint)
     names = folder / LABEL_NAMES_FILE
-    return CorpusFiles(folder, texts, labels, label_ids, names if names.is_file() else None)
+    return CorpusFiles(folder, texts, labels, label_ids, names if _readable(names) else None)
 
 
-def check_encoding(encoding: str) -> str:
-    """The codec's canonical name, or a DataError for an encoding Python does not know."""
-    try:
-        return codecs.lookup(encoding).name
-    except LookupError:
-        raise DataError(
-            f"unknown encoding {encoding!r}", "use a Python codec name, e.g. utf-8 or latin-1"
-        ) from None
+def _readable(path: Path) -> bool:
+    """A file to read lines from: anything but a folder, so a FIFO or a symlink to a pipe too."""
+    return path.exists() and not path.is_dir()
 
 
 class ChecksumReader(io.RawIOBase):
@@ -105,30 +106,16 @@ class ChecksumReader(io.RawIOBase):
 
 def open_checksummed(path: Path) -> tuple[io.BufferedReader, ChecksumReader]:
     """Open `path` for binary reading; the second value's `sha256` covers what was read."""
-    try:
-        raw = open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist") from None
-    except OSError as exc:
-        raise DataError(f"{path} cannot be read: {exc.strerror}") from None
-    reader = ChecksumReader(raw)
+    reader = ChecksumReader(open_source(path, buffering=0))
     return io.BufferedReader(reader, buffer_size=1 << 20), reader
 
 
 def iter_lines(path: Path, encoding: str, checksums: dict[str, str]) -> Iterator[str]:
-    """Yield the decoded lines of `path`; once all are read, record its sha256 in `checksums`."""
+    """Yield the lines of `path` without their line ends; once all are read, record its sha256
+    in `checksums`."""
     stream, reader = open_checksummed(path)
     with stream:
-        for lineno, raw in enumerate(stream, 1):
-            try:
-                text = raw.decode(encoding)
-            except UnicodeDecodeError as exc:
-                raise DataError(
-                    f"{at(path, lineno)}: byte 0x{raw[exc.start]:02x} at column {exc.start + 1} "
-                    f"is not {encoding} text",
-                    "pass the file's encoding, e.g. --encoding latin-1",
-                ) from None
-            yield text.removeprefix("\ufeff") if lineno == 1 else text
+        yield from decode_lines(stream, str(path), encoding)
     checksums[path.name] = reader.sha256.hexdigest()
 
 
@@ -152,13 +139,18 @@ def read_labels(path: Path, encoding: str, checksums: dict[str, str],
     """The label set of each line, duplicates dropped, first occurrences kept in order.
 
     With `id_names` = (names file, its labels), the lines hold line numbers into that file.
+    Labels with a comma are kept as they are, with a warning (logging) naming the first line.
     """
     sets = []
+    commas = CommaLabels(str(path))
     for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
         labels = text.split()
         if id_names is not None:
             labels = [_label_by_id(token, id_names, path, lineno) for token in labels]
+        else:
+            commas.check(lineno, labels)
         sets.append(list(dict.fromkeys(labels)))
+    commas.report()
     return sets
 
 
@@ -180,7 +172,7 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str]) -> di
     for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
         if not text.strip():
             continue
-        label, tab, name = text.rstrip("\r\n").partition("\t")
+        label, tab, name = text.partition("\t")
         if not tab or not label.strip() or len(label.split()) > 1:
             raise DataError(
                 f"{at(path, lineno)}: expected `label<TAB>name`, found {text.strip()[:60]!r}",
