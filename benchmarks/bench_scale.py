@@ -735,6 +735,19 @@ def print_tables(results: list[tuple[int, dict[str, Cell]]], trees: list[Tree]) 
             row = " ".join(f"{cell_text(cell, c):>{width}}" for c in COLUMNS)
             print(f"{labels:>9,} {tree.name:<4} {row}")
 
+    print("\nspread of the timings: min-max (count) over rounds, or over all timed steps")
+    for labels, cells in results:
+        for tree in trees:
+            cell = cells[tree.name]
+            parts = []
+            for column in ("prep_s", "step_s", "save_s", "pred_docs_s"):
+                values = getattr(cell, column)
+                if values:
+                    pattern = COLUMNS[column][2]
+                    parts.append(f"{COLUMNS[column][0]} {pattern.format(min(values))}-"
+                                 f"{pattern.format(max(values))} ({len(values)})")
+            print(f"{labels:>9,} {tree.name:<4} " + "; ".join(parts))
+
     names = [t.name for t in trees]
     if "old" in names and "new" in names:
         print("\nnew / old (below 1: the new code is faster or smaller; docs/s: above 1 is "
@@ -764,8 +777,10 @@ def cell_text(cell: Cell, column: str) -> str:
 
 
 def ratio(a: Cell, b: Cell, column: str) -> float | None:
+    """a / b; none below 1 MiB (the new save's +0.1 MiB: a ratio of noise)."""
     x, y = summary(a, column), summary(b, column)
-    return None if x is None or y is None or y == 0 else x / y
+    floor = 1.0 if column.endswith("_mib") else 0.0
+    return None if x is None or y is None or y <= floor else x / y
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -861,9 +876,9 @@ def main() -> None:
             w = cells[tree.name].worker
             if w:
                 print(f"L={count:,} {tree.name}: {w['params'] / 1e6:.1f} M parameters, RSS "
-                      f"after build {fmt(w['rss_built_mib'], '{:.0f}')} MiB; checkpoint save "
-                      f"{fmt(w.get('ckpt_seconds'))} s, +{fmt(w.get('ckpt_extra_mib'), '{:.0f}')}"
-                      f" MiB ({w['save_api']} for the state)")
+                      f"after build {fmt(w['rss_built_mib'], '{:.0f}')} MiB; state saved by "
+                      f"{w['save_api']}; checkpoint save {fmt(w.get('ckpt_seconds'))} s, "
+                      f"+{fmt(w.get('ckpt_extra_mib'), '{:.0f}')} MiB")
         extra = extras[count]
         if "cli_train" in extra:
             c = extra["cli_train"]
