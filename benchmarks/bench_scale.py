@@ -63,6 +63,9 @@ Columns (one row per L and tree; times are medians over rounds, memory the large
 Then new / old for every column, and the growth of every column from one L to the next, per tree.
 --json FILE writes every raw figure (each round, each step).
 
+On a shared machine pass --threads 1: with torch's default (a thread per core) a 1K-label step on
+the loaded 2-core machine took 15-26 s, erratically, against 3 s with one thread.
+
 Before each size the script estimates the step's and the save's memory and skips sizes that do
 not fit in the available memory (--force runs them anyway). 100K labels take some minutes;
 --huge (670,091 labels) needs about 16 GiB free and most of an hour on 2 cores.
