@@ -175,16 +175,21 @@ def test_amazoncat13k_reads_a_latin1_yf_txt(tmp_path):
     assert data.labels == ["Café", "Arts_Photography"]
 
 
-def test_amazon670k_label_embeddings_are_random_100d_even_with_glove(tmp_path):
+@pytest.mark.parametrize("with_glove", [True, False])
+def test_amazon670k_stores_no_label_table_its_labels_are_random(tmp_path, with_glove):
     raw = write_corpus(tmp_path / "raw", train=[("a b", "123 456")], test=[("b", "456")],
                        texts="{split}_raw_texts.txt")
     glove = tmp_path / "g.txt"
     glove.write_text("a 1 2 3\n123 1 1 1\n")
-    out, summary = preprocess("amazon670k",
-                              PreprocessOptions(raw=raw, out=tmp_path / "out", glove=glove))
+    out, summary = preprocess("amazon670k", PreprocessOptions(
+        raw=raw, out=tmp_path / "out", glove=glove if with_glove else None))
     data = load_processed(out)
-    assert data.label_embeddings.shape == (2, 100) and data.token_embeddings.shape == (4, 3)
-    assert summary.coverage.label_share == 0.0
+    assert data.label_embeddings is None  # training draws them (model.label_embedding_size)
+    assert data.manifest["options"]["label_embeddings"].startswith("none")
+    if with_glove:
+        assert data.token_embeddings.shape == (4, 3) and summary.coverage.label_share == 0.0
+    else:
+        assert data.token_embeddings is None
 
 
 def test_default_folders_come_from_xmtc_data(tmp_path, monkeypatch):

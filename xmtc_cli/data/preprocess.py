@@ -24,6 +24,7 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
@@ -393,7 +394,8 @@ def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
         train, valid = training.split, gold.split(read(split="valid", encode=encode))
         valid_from = files.texts["valid"].name
     else:
-        held_out = _held_out(len(training.split), options.valid_fraction, _rng(options.seed, 0))
+        rng = _rng(options.seed, _Stream.VALID_SPLIT)
+        held_out = _held_out(len(training.split), options.valid_fraction, rng)
         train, valid = training.split.select(~held_out), training.split.select(held_out)
         valid_from = "held-out"
     progress(f"reading {files.texts['test']}")
@@ -428,9 +430,19 @@ class _GoldLabels:
         )
 
 
-def _rng(seed: int, purpose: int) -> np.random.Generator:
-    """An independent random stream per purpose, so that one use never shifts another."""
-    return np.random.default_rng([purpose, seed])
+class _Stream(IntEnum):
+    """What a random stream is for: each use draws from its own, so one never shifts another.
+
+    The numbers seed the streams: changing one changes the output of every seed.
+    """
+
+    VALID_SPLIT = 0
+    TOKEN_ROWS = 1  # embeddings of words without a vector
+    LABEL_ROWS = 2  # embeddings of labels without a name vector (or centroid)
+
+
+def _rng(seed: int, purpose: _Stream) -> np.random.Generator:
+    return np.random.default_rng([int(purpose), seed])
 
 
 def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -461,7 +473,7 @@ def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: 
     if path is None:
         return None
     wanted = vocab.items[NUM_SPECIAL_TOKENS:]
-    if not _random_labels(spec, vectors=True):
+    if _names_mean_something(spec):
         wanted += [word for name in label_names for word in glove.name_words(name)]
     progress(f"reading word vectors from {path}")
     return glove.read_word_vectors(path, wanted)
@@ -469,17 +481,25 @@ def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: 
 
 def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVectors | None,
                 spec: DatasetSpec | None,
-                seed: int) -> tuple[np.ndarray | None, np.ndarray, Coverage | None]:
-    """(token embeddings or None, label embeddings, coverage or None)."""
-    label_rng = _rng(seed, 2)
-    if vectors is None:
-        return None, glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng), None
-    token_table, words_known = glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, 1))
-    if _random_labels(spec, vectors=True):
+                seed: int) -> tuple[np.ndarray | None, np.ndarray | None, Coverage | None]:
+    """(token embeddings or None, label embeddings or None, coverage or None).
+
+    Labels whose names carry no meaning get no table: training draws their random embeddings
+    itself (`model.label_embedding_size`), so storing one would only cost disk (268 MB at
+    Amazon-670K's 670K labels).
+    """
+    label_rng = _rng(seed, _Stream.LABEL_ROWS)
+    if not _names_mean_something(spec):
+        label_table, labels_known = None, np.zeros(len(label_names), dtype=bool)
+    elif vectors is None:
         label_table = glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng)
-        labels_known = np.zeros(len(label_names), dtype=bool)
     else:
         label_table, labels_known = glove.label_embeddings(label_names, vectors, label_rng)
+    if vectors is None:
+        return None, label_table, None
+    token_table, words_known = glove.token_embeddings(
+        vocab.items, vectors, PAD_ID, _rng(seed, _Stream.TOKEN_ROWS)
+    )
     coverage = Coverage(
         dim=vectors.dim,
         token_share=_share(vocab.counts[words_known].sum(), vocab.counts.sum()),
@@ -491,9 +511,9 @@ def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVe
     return token_table, label_table, coverage
 
 
-def _random_labels(spec: DatasetSpec | None, vectors: bool) -> bool:
-    """Whether label embeddings are random: without vectors, or where names mean nothing."""
-    return not vectors or (spec is not None and spec.random_label_embeddings)
+def _names_mean_something(spec: DatasetSpec | None) -> bool:
+    """Whether label names are words (not Amazon-670K's item numbers)."""
+    return spec is None or not spec.random_label_embeddings
 
 
 # --- statistics and manifest -----------------------------------------------------------------
@@ -550,10 +570,15 @@ def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
         "valid_from": valid_from,
         "encoding": encoding,
         "glove": None if vectors is None else {"path": str(vectors.path), "dim": vectors.dim},
-        "label_embeddings": (
-            "random" if _random_labels(spec, vectors is not None) else "mean of name-word vectors"
-        ),
+        "label_embeddings": _label_embedding_source(spec, vectors),
     }
+
+
+def _label_embedding_source(spec: DatasetSpec | None,
+                            vectors: glove.WordVectors | None) -> str:
+    if not _names_mean_something(spec):
+        return "none (random, drawn in training)"
+    return "random" if vectors is None else "mean of name-word vectors"
 
 
 def _without_run_details(summary: PreprocessSummary) -> dict[str, Any]:

@@ -9,8 +9,11 @@ Layout (FORMAT_VERSION 1)::
     labels.tsv             label<TAB>readable name<TAB>training count; line k = label id k.
                            The first `num_labels` are the training labels (the model's label
                            vocabulary); any after them occur only in gold sets of other splits
-    embeddings.safetensors "tokens" float32 [tokens, E] (absent without GloVe) and
-                           "labels" float32 [num_labels, E_label]
+    embeddings.safetensors "tokens" float32 [tokens, E] (absent without word vectors) and
+                           "labels" float32 [num_labels, E_label] (absent where labels get
+                           random embeddings that training draws itself: Amazon-670K's item
+                           numbers, unless label embeddings come from document centroids);
+                           the file is always there, possibly holding no tensor
     {split}.safetensors    for split in train, valid, test: "token_ids" int32 [all tokens],
                            "token_offsets" int64 [docs + 1], "label_ids" int32 [all labels],
                            "label_offsets" int64 [docs + 1]; document i is
@@ -104,7 +107,9 @@ class ProcessedData:
     label_counts: np.ndarray  # int64 [labels]: training documents carrying the label
     num_labels: int  # training labels: the model's label vocabulary
     splits: dict[str, Split]
-    label_embeddings: np.ndarray  # float32 [num_labels, E_label]
+    # float32 [num_labels, E_label]; None where the labels' embeddings are random and training
+    # draws them itself (`model.label_embedding_size`), so no table is stored
+    label_embeddings: np.ndarray | None
     token_embeddings: np.ndarray | None = None  # float32 [tokens, E], None without GloVe
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -129,7 +134,9 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
         with open(tmp / "labels.tsv", "w", encoding="utf-8") as f:
             rows = zip(data.labels, data.label_names, data.label_counts.tolist())
             f.writelines(f"{lab}\t{name}\t{count}\n" for lab, name, count in rows)
-        emb = {"labels": np.ascontiguousarray(data.label_embeddings, dtype=np.float32)}
+        emb = {}
+        if data.label_embeddings is not None:
+            emb["labels"] = np.ascontiguousarray(data.label_embeddings, dtype=np.float32)
         if data.token_embeddings is not None:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
         save_file(emb, str(tmp / "embeddings.safetensors"))
@@ -185,7 +192,7 @@ def load_processed(path: str | Path) -> ProcessedData:
         label_counts=np.asarray(label_counts, dtype=np.int64),
         num_labels=int(manifest["num_labels"]),
         splits=splits,
-        label_embeddings=emb["labels"],
+        label_embeddings=emb.get("labels"),
         token_embeddings=emb.get("tokens"),
         manifest=manifest,
         path=path,
