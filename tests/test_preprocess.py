@@ -296,7 +296,7 @@ def test_an_existing_folder_that_is_not_processed_data_is_never_replaced(tmp_pat
     folder = write_corpus(tmp_path / "corpus")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(DataError, match="not a processed-data folder"):
+    with pytest.raises(DataError, match="is not an earlier output of xmtc"):
         run(folder, tmp_path)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 

@@ -41,7 +41,6 @@ from xmtc_cli.data.catalog import (
     unknown_dataset,
 )
 from xmtc_cli.data.processed import (
-    MANIFEST,
     PAD_ID,
     UNK_ID,
     ProcessedData,
@@ -49,6 +48,7 @@ from xmtc_cli.data.processed import (
     flatten,
     offsets,
     save_processed,
+    why_not_replaceable,
 )
 from xmtc_cli.data.readers import (
     CorpusFiles,
@@ -205,10 +205,13 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     """Process the corpus `source` (a catalog name or a folder) into a processed-data folder."""
     start = time.perf_counter()
     encoding = check_encoding(options.encoding)
-    spec, name, folder, out = _resolve(source, options, progress)
+    spec, name, folder, out = _resolve(source, options)
+    _check_out(out, folder, options)
+    if spec is not None and spec.generate is not None and not folder.exists():
+        progress(f"generating the {spec.name} corpus in {folder}")
+        spec.generate(folder)
     layout = spec.layout if spec else Layout()
     files = locate(folder, layout, _missing_hint(spec, folder))
-    _check_out(out)
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
     read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
@@ -265,8 +268,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
 
 # --- finding the corpus ----------------------------------------------------------------------
 
-def _resolve(source: str, options: PreprocessOptions,
-             progress: Progress) -> tuple[DatasetSpec | None, str, Path, Path]:
+def _resolve(source: str,
+             options: PreprocessOptions) -> tuple[DatasetSpec | None, str, Path, Path]:
     """(catalog entry or None, dataset name, raw folder, output folder) for `source`.
 
     A catalog name wins over a folder of the same name; write `./eurlex` for the folder.
@@ -274,9 +277,6 @@ def _resolve(source: str, options: PreprocessOptions,
     spec = find_dataset(source)
     if spec is not None:
         folder = options.raw or default_raw_dir(spec.name)
-        if spec.generate is not None and not folder.exists():
-            progress(f"generating the {spec.name} corpus in {folder}")
-            spec.generate(folder)
         return spec, spec.name, folder, options.out or default_out_dir(spec.name)
     folder = Path(source)
     if folder.is_dir():
@@ -306,15 +306,42 @@ def _missing_hint(spec: DatasetSpec | None, folder: Path) -> str:
     return f"get {spec.source} and put its files in {folder} (or pass --raw DIR)"
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not processed data (a typo must not delete files)."""
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+def _check_out(out: Path, raw: Path, options: PreprocessOptions) -> None:
+    """Refuse an output folder whose replacement could delete anything xmtc did not write.
+
+    The output replaces its folder whole, so that folder must not be, hold or lie inside the
+    raw corpus, must not hold the word-vector file, and, if it exists, must be provably an
+    earlier output (`processed.why_not_replaceable`).
+    """
+    what = f"--out {out}" if options.out is not None else f"the output folder {out} (the default)"
+    elsewhere = f"write the processed data beside the corpus, e.g. --out {_sibling(raw)}"
+    out_abs, raw_abs = out.resolve(), raw.resolve()
+    if out_abs == raw_abs:
+        raise DataError(f"{what} is the raw corpus folder; writing it would delete the corpus",
+                        elsewhere)
+    if raw_abs in out_abs.parents:
+        raise DataError(f"{what} lies inside the raw corpus folder {raw}", elsewhere)
+    if out_abs in raw_abs.parents:
         raise DataError(
-            f"{out} exists and is not a processed-data folder; it would be replaced",
-            "pass --out with a new folder or an earlier output of `xmtc preprocess`",
+            f"the raw corpus folder {raw} lies inside {what}; replacing it would delete the corpus",
+            elsewhere,
         )
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file, not a folder", "pass --out with a folder path")
+    if options.glove is not None and out_abs in options.glove.resolve().parents:
+        raise DataError(f"the word-vector file {options.glove} lies inside {what}",
+                        "pass --out with a folder that does not hold the --glove file")
+    why = why_not_replaceable(out)
+    if why is not None:
+        raise DataError(
+            f"{what} exists and is not an earlier output of xmtc: {why}",
+            "pass --out with a new folder, or an earlier output of `xmtc preprocess` "
+            "(move your own files out of it first)",
+        )
+
+
+def _sibling(raw: Path) -> Path:
+    """A suggestion for an output folder beside the raw corpus folder."""
+    raw = raw.resolve()
+    return raw.with_name(f"{raw.name}-processed")
 
 
 # --- reading splits --------------------------------------------------------------------------
