@@ -132,3 +132,54 @@ def test_token_embeddings_use_vectors_random_rows_and_a_zero_pad(vector_file):
     np.testing.assert_array_equal(table[4], [0, 1, 0])
     assert np.all(np.abs(table[[1, 3]]) <= 0.1) and np.any(table[[1, 3]] != 0)
     assert known.tolist() == [False, False, True, False, True]
+
+
+# --- files that must be refused, not read as 0% coverage (issue 10.4) ------------------------
+
+@pytest.mark.parametrize("value, wanted", [
+    ("nan", True), ("NaN", False), ("inf", True), ("-inf", False), ("Infinity", False),
+    ("1e39", True),  # beyond float32: only parsed, hence only caught, in a wanted line
+])
+def test_a_nan_or_inf_value_is_refused_with_its_line(tmp_path, value, wanted):
+    path = tmp_path / "v.txt.gz"
+    path.write_bytes(gzip.compress(f"cat 1 2 3\ndog 0.5 {value} 1\nthe 1 1 1\n".encode()))
+    with pytest.raises(DataError) as info:
+        read_word_vectors(path, ["cat", "dog"] if wanted else ["cat"])
+    assert info.value.message == f"{path}:2: the vector holds nan or inf values"
+    assert info.value.hint
+
+
+def test_a_header_only_file_is_refused(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("400000 50\n")
+    with pytest.raises(DataError, match=r"v.txt holds a header line but no vectors"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_a_binary_word2vec_file_is_refused(tmp_path):
+    path = tmp_path / "GoogleNews-vectors.bin"
+    rows = np.random.default_rng(0).standard_normal((3, 300)).astype(np.float32)
+    rows[0, 0] = 0.0  # real files hold zero bytes; this one is sure to
+    body = b"".join(word + b" " + row.tobytes() for word, row in zip([b"a", b"b", b"c"], rows))
+    path.write_bytes(b"3 300\n" + body)
+    with pytest.raises(DataError, match=r"is a binary file, not GloVe text") as info:
+        read_word_vectors(path, ["a"])
+    assert "save_word2vec_format" in info.value.hint
+
+
+def test_a_file_without_a_single_vector_line_is_refused(tmp_path):
+    path = tmp_path / "v.tsv"
+    path.write_text("cat\t1\t2\t3\ndog\t4\t5\t6\n")  # tabs, not single spaces
+    with pytest.raises(DataError, match=r"none of the 2 lines of .*v.tsv is `word v1 ... v3`"):
+        read_word_vectors(path, ["cat"])
+    path.write_text("cat\ndog\n")  # a word list
+    with pytest.raises(DataError, match=r"v.tsv:1: expected `word v1 ... vD`, found b'cat'"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_vectors_that_disagree_with_the_header_name_the_line(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("2 300\ncat 1 2 3\ndog 4 5 6\n")
+    with pytest.raises(DataError) as info:
+        read_word_vectors(path, ["cat"])
+    assert info.value.message == f"{path}:2: 3 values where the header (line 1) announces 300"

@@ -5,8 +5,10 @@ its magic bytes, whatever its name); a leading word2vec header `COUNT DIM` is sk
 is never loaded whole (GloVe 840B is 5.6 GB in 2.2 M lines): each line's first field is split
 off and looked up as bytes, and only the lines of wanted words are decoded and parsed. Lines
 with a word containing spaces or with non-numeric values (840B has a few) are skipped and
-counted; a line of a different number of values means the file mixes dimensions, and is an
-error.
+counted. Errors, each naming the line: a line of a different number of values (the file mixes
+dimensions, or disagrees with its header); a nan or inf value (in any line; a value beyond
+float32's range only in a wanted line, the only ones parsed). A file with no vector line at all
+(empty, header only, or a binary word2vec .bin file) is refused rather than read as 0% coverage.
 
 Embeddings follow the paper: a word's row is its vector, or U(-0.1, 0.1) where the file has
 none (`<pad>` is zero); a label's row is the mean of the vectors of the words of its name that
@@ -86,30 +88,85 @@ def _scan(path: Path, lines: Iterator[bytes],
           wanted: dict[bytes, str]) -> tuple[int, dict[str, np.ndarray], int, int]:
     """(dimension, wanted vectors, vector lines, malformed lines) of the file's lines."""
     dim = 0
+    header = False
     vectors: dict[str, np.ndarray] = {}
     count = malformed = 0
     for lineno, line in enumerate(lines, 1):
+        if lineno <= _SNIFF_LINES and b"\0" in line:
+            raise _binary(path)
         line = line.rstrip()
         if not dim:
             dim = _dimension(path, line)
             if _is_header(line):
+                header = True
                 continue
         count += 1
         word, _, rest = line.partition(b" ")
         # Fast path: a well-formed line has exactly dim - 1 spaces after the word.
-        if rest.count(b" ") != dim - 1 and not _has_values(path, lineno, rest, dim):
+        if rest.count(b" ") != dim - 1 and not _has_values(path, lineno, rest, dim, header):
             malformed += 1
             continue
+        # Every number format has no `n`; nan, inf and infinity have one (in any case).
+        if b"n" in rest or b"N" in rest:
+            _check_finite(path, lineno, rest)
         form = wanted.get(word)
         if form is None or form in vectors:  # unwanted, or a duplicate: the first one wins
             continue
         try:
-            vectors[form] = np.array(rest.split(), dtype=np.float32)
+            with np.errstate(over="ignore"):  # a value too large for float32 becomes inf
+                vector = np.array(rest.split(), dtype=np.float32)
         except ValueError:
             malformed += 1
-    if not dim:
-        raise DataError(f"{path} is empty", "pass a GloVe file with one `word v1 ... vD` a line")
+            continue
+        if not np.isfinite(vector).all():
+            raise _not_finite(path, lineno)
+        vectors[form] = vector
+    _check_vectors_found(path, dim, count, malformed)
     return dim, vectors, count, malformed
+
+
+_SNIFF_LINES = 100  # lines checked for NUL bytes, the mark of a binary file
+
+
+def _binary(path: Path) -> DataError:
+    return DataError(
+        f"{path} is a binary file, not GloVe text (a word2vec .bin file?)",
+        "pass vectors as text, one `word v1 ... vD` a line; gensim converts a .bin file: "
+        "KeyedVectors.load_word2vec_format(BIN, binary=True).save_word2vec_format(TXT)",
+    )
+
+
+def _check_vectors_found(path: Path, dim: int, count: int, malformed: int) -> None:
+    """Refuse a file with no usable vector line (which would give 0% coverage silently)."""
+    fix = "pass a GloVe file with one `word v1 ... vD` a line"
+    if not dim:
+        raise DataError(f"{path} is empty", fix)
+    if not count:
+        raise DataError(f"{path} holds a header line but no vectors", fix)
+    if malformed == count:
+        raise DataError(
+            f"none of the {count:,} lines of {path} is `word v1 ... v{dim}`",
+            f"{fix}, separated by single spaces (a binary .bin file must be converted to text)",
+        )
+
+
+def _check_finite(path: Path, lineno: int, rest: bytes) -> None:
+    """Refuse a line of numbers that holds nan or inf (a word with such a vector poisons
+    training); a line with other non-numeric values is merely malformed."""
+    try:
+        with np.errstate(over="ignore"):
+            values = np.array(rest.split(), dtype=np.float32)
+    except ValueError:
+        return
+    if not np.isfinite(values).all():
+        raise _not_finite(path, lineno)
+
+
+def _not_finite(path: Path, lineno: int) -> DataError:
+    return DataError(
+        f"{at(path, lineno)}: the vector holds nan or inf values",
+        "the file is damaged or was written by a diverged training run: use another copy",
+    )
 
 
 def _is_header(line: bytes) -> bool:
@@ -129,7 +186,7 @@ def _dimension(path: Path, first: bytes) -> int:
     return dim
 
 
-def _has_values(path: Path, lineno: int, rest: bytes, dim: int) -> bool:
+def _has_values(path: Path, lineno: int, rest: bytes, dim: int, header: bool) -> bool:
     """Whether an irregularly spaced line still holds `dim` values (else it is malformed).
 
     A line of only numbers but a different count means the file disagrees with itself on the
@@ -139,8 +196,9 @@ def _has_values(path: Path, lineno: int, rest: bytes, dim: int) -> bool:
     if len(fields) == dim:
         return True
     if fields and all(_is_number(f) for f in fields):
+        where = "the header (line 1) announces" if header else "the file's vectors have"
         raise DataError(
-            f"{at(path, lineno)}: {len(fields)} values where the file's vectors have {dim}",
+            f"{at(path, lineno)}: {len(fields)} values where {where} {dim}",
             "the file mixes vectors of different sizes or is cut short: download it again",
         )
     return False
