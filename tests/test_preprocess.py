@@ -321,3 +321,71 @@ def test_progress_goes_to_the_callback_and_nothing_is_printed(tmp_path, capsys):
     assert any("train_texts.txt" in m for m in messages)
     assert capsys.readouterr() == ("", "")
     assert preprocess_module.__doc__  # the module documents its choices
+
+
+# --- label_names.txt and encodings (issue 10.7) -----------------------------------------------
+
+def test_label_names_named_twice_keep_the_first_name_with_a_warning(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text(
+        "pets\tPet animals\nfinance\tMoney\n\npets\tDomestic animals\nfinance\tMoney\n")
+    data, summary = run(folder, tmp_path)
+    assert data.label_names[:3] == ["Pet animals", "animals", "Money"]
+    path = folder / "label_names.txt"
+    assert summary.warnings == (
+        f"{path}: 2 lines name a label again; the first name counts "
+        f"('pets' on line 4, first on line 1)",)
+    assert data.manifest["stats"]["warnings"] == list(summary.warnings)
+
+
+def test_names_of_labels_in_no_label_file_are_warned_about(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    path = folder / "label_names.txt"
+    path.write_text("pets\tPets\nzoo\tZoo animals\nPETS\tPets again\ncars\tCars\n")
+    data, summary = run(folder, tmp_path)
+    assert data.label_names == ["Pets", "animals", "finance", "Zoo animals"]  # zoo: a test label
+    assert summary.warnings == (f"{path}: 2 of its 4 labels occur in no label file; their names "
+                                f"are unused (the first: 'PETS' on line 3)",)
+    path.write_text("Pets\tPets\nFinance\tFinance\n")
+    _, summary = run(folder, tmp_path)
+    assert summary.warnings == (f"{path}: none of its 2 labels occurs in the label files, so no "
+                                f"name is used; its first column must hold the labels as "
+                                f"train_labels.txt writes them",)
+
+
+@pytest.mark.parametrize("content, line, why", [
+    ("pets\tPets\nPet animals\n", 2, "no tab"),  # a list of names alone
+    ("pets Pet animals\n", 1, "no tab"),  # spaces for the tab
+    ("\tPets\n", 1, "nothing before the tab"),
+    ("pet s\tPets\n", 1, "spaces in the label"),
+])
+def test_a_label_names_line_without_label_and_tab_shows_the_expected_format(tmp_path, content,
+                                                                          line, why):
+    folder = write_corpus(tmp_path / "corpus")
+    path = folder / "label_names.txt"
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert info.value.message.startswith(f"{path}:{line}: expected `label<TAB>readable name`, ")
+    assert info.value.message.endswith(f"({why})")
+    assert "`money-fx<TAB>Money/Foreign Exchange`" in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_bad_line_is_quoted_short(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text("x" * 5000 + "\n")
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert len(info.value.message) < len(str(folder)) + 160
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_encodings_whose_newline_is_not_one_byte_are_refused_up_front(tmp_path, encoding):
+    # Lines are split at the byte 0x0a before decoding (xmtc_cli.data.readers), which would
+    # cut UTF-16 text between the two bytes of a character; until readers decode streams,
+    # such files are refused with the conversion to run, not misread.
+    folder = write_corpus(tmp_path / "corpus", encoding=encoding)
+    with pytest.raises(DataError, match=f"--encoding {encoding}: xmtc cannot read") as info:
+        run(folder, tmp_path, encoding=encoding)
+    assert "iconv -f utf-" in info.value.hint

@@ -92,3 +92,16 @@ def test_python_m_xmtc_cli_shows_no_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: {folder / 'train_texts.txt'}:2:" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_warnings_go_to_stderr_as_warning_lines_and_into_the_json(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text("pets\tPets\npets\tPets\n")
+    code, out, err = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"))
+    assert code == 0 and "warning:" not in out
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {folder / 'label_names.txt'}: 1 line names a label again; the first name "
+        "counts ('pets' on line 2, first on line 1)"]
+    code, out, err = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"),
+                          "--json")
+    assert code == 0 and len(json.loads(out)["warnings"]) == 1 and "warning: " in err

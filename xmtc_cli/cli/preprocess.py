@@ -78,9 +78,12 @@ def preprocess_command(
     path, summary = preprocess(source, options, progress=lambda message: log.print(message))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
-        return
-    _render(Console(highlight=False, markup=False), summary)
-    log.print(f"wrote {path} in {summary.seconds:.1f} s; train with data.dir={path}")
+    else:
+        _render(Console(highlight=False, markup=False), summary)
+    for warning in summary.warnings:
+        log.print(f"warning: {warning}", soft_wrap=True)  # one line each, for grep
+    if not as_json:
+        log.print(f"wrote {path} in {summary.seconds:.1f} s; train with data.dir={path}")
 
 
 def _render(console: Console, s: PreprocessSummary) -> None:

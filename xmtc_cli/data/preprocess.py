@@ -57,7 +57,6 @@ from xmtc_cli.data.readers import (
     iter_lines,
     locate,
     read_label_ids,
-    read_label_names,
     read_labels,
 )
 from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
@@ -68,7 +67,7 @@ from xmtc_cli.data.vocab import (
     label_vocabulary,
     word_vocabulary,
 )
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, at
 
 RANDOM_LABEL_DIM = 100  # label embeddings without GloVe, or where names carry no meaning
 
@@ -169,6 +168,8 @@ class PreprocessSummary:
     gold_only_labels: int
     """Labels that occur only in validation or test gold sets."""
     coverage: Coverage | None
+    warnings: tuple[str, ...] = ()
+    """Problems that did not stop preprocessing but may spoil training (shown on stderr)."""
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -204,7 +205,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
                progress: Progress = lambda message: None) -> tuple[Path, PreprocessSummary]:
     """Process the corpus `source` (a catalog name or a folder) into a processed-data folder."""
     start = time.perf_counter()
-    encoding = check_encoding(options.encoding)
+    encoding = _line_encoding(options.encoding)
+    warnings: list[str] = []
     spec, name, folder, out = _resolve(source, options)
     _check_out(out, folder, options)
     if spec is not None and spec.generate is not None and not folder.exists():
@@ -222,7 +224,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     splits, all_labels, valid_from = _read_splits(read, files, training, options, progress)
 
     num_labels = len(training.labels)
-    names = _label_names(files, encoding, checksums, all_labels)
+    names = _label_names(files, encoding, checksums, all_labels, warnings)
     vectors = _word_vectors(options, spec, folder, training.words, names[:num_labels], progress)
     token_table, label_table, coverage = _embeddings(
         training.words, names[:num_labels], vectors, spec, options.seed
@@ -238,6 +240,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         token_ids=len(training.words),
         gold_only_labels=len(all_labels) - num_labels,
         coverage=coverage,
+        warnings=tuple(warnings),
     )
     progress(f"writing {out}")
     data = ProcessedData(
@@ -480,12 +483,94 @@ def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarra
 
 
 def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
-                 labels: list[str]) -> list[str]:
-    """Readable name of each label: from label_names.txt where given, else the label."""
+                 labels: list[str], warnings: list[str]) -> list[str]:
+    """Readable name of each label: from label_names.txt where given, else the label.
+
+    Names of labels that occur in no label file are unused, and warned about: they usually
+    mean a names file from another corpus or another spelling of the labels.
+    """
     if files.label_names is None:
         return list(labels)
-    names = read_label_names(files.label_names, encoding, checksums)
-    return [names.get(label, label) for label in labels]
+    path = files.label_names
+    names = _read_label_names(path, encoding, checksums, warnings)
+    if names:
+        known = set(labels)
+        unused = [(label, line) for label, (_, line) in names.items() if label not in known]
+        if len(unused) == len(names):
+            warnings.append(
+                f"{path}: none of its {len(names):,} labels occurs in the label files, so no "
+                f"name is used; its first column must hold the labels as "
+                f"{files.labels['train'].name} writes them"
+            )
+        elif unused:
+            label, line = unused[0]
+            warnings.append(
+                f"{path}: {len(unused):,} of its {len(names):,} labels occur in no label file; "
+                f"their names are unused (the first: {_quote(label)} on line {line})"
+            )
+    return [names[label][0] if label in names else label for label in labels]
+
+
+def _read_label_names(path: Path, encoding: str, checksums: dict[str, str],
+                      warnings: list[str]) -> dict[str, tuple[str, int]]:
+    """label -> (readable name, line) from `label<TAB>name` lines; blank lines are skipped.
+
+    A label named twice keeps its first name, with a warning. A line without a tab (a list of
+    names alone, or spaces for the tab) is an error: nothing says which label it names.
+    """
+    names: dict[str, tuple[str, int]] = {}
+    repeats: list[tuple[str, int]] = []
+    for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
+        if not text.strip():
+            continue
+        label, tab, name = text.rstrip("\r\n").partition("\t")
+        label = label.strip()
+        if not tab or not label or len(label.split()) > 1:
+            why = ("no tab" if not tab else "nothing before the tab" if not label
+                   else "spaces in the label")
+            raise DataError(
+                f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
+                f"{_quote(text.strip(), 60)} ({why})",
+                f"each line of {path.name} is one label as the label files write it, a tab, and "
+                "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
+                "labels without a line keep the label as their name",
+            )
+        if label in names:
+            repeats.append((label, lineno))
+            continue
+        names[label] = (" ".join(name.split()) or label, lineno)
+    if repeats:
+        label, line = repeats[0]
+        warnings.append(
+            f"{path}: {_lines(len(repeats))} a label again; the first name counts "
+            f"({_quote(label)} on line {line}, first on line {names[label][1]})"
+        )
+    return names
+
+
+def _lines(count: int) -> str:
+    return "1 line names" if count == 1 else f"{count:,} lines name"
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    """`value` quoted for a message, cut to `limit` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _line_encoding(encoding: str) -> str:
+    """The codec's name, refusing codecs whose line end is not the byte 0x0a (UTF-16/32).
+
+    Files are split into lines as bytes before they are decoded, which only works where a
+    newline is the single byte 0x0a.
+    """
+    name = check_encoding(encoding)
+    if "\n".encode(name) != b"\n":
+        raise DataError(
+            f"--encoding {encoding}: xmtc cannot read {name} files yet (it splits lines at the "
+            "byte 0x0a, which is not a line end there)",
+            f"convert the files to UTF-8 first, e.g. `iconv -f {name} -t utf-8 FILE > NEW`",
+        )
+    return name
 
 
 # --- embeddings ------------------------------------------------------------------------------
