@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -69,7 +69,9 @@ from xmtc_cli.data.vocab import (
 )
 from xmtc_cli.errors import DataError, at
 
-RANDOM_LABEL_DIM = 100  # label embeddings without GloVe, or where names carry no meaning
+RANDOM_LABEL_DIM = 100  # label embeddings without word vectors
+LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
+LABEL_EMBEDDING_KINDS: tuple[str, ...] = ("names", "centroid", "names+centroid")
 
 
 @dataclass(frozen=True)
@@ -95,8 +97,21 @@ class PreprocessOptions:
     """Seeds the validation split and the random embedding rows."""
     encoding: str = "utf-8"
     """Encoding of the text, label and name files."""
+    label_embeddings: LabelEmbeddingKind = "names"
+    """`names`: the mean vector of the words of a label's name (the paper); `centroid`: the
+    normalised mean of its training documents' representations; `names+centroid`: the
+    normalised sum of both, each normalised (see `_label_table`)."""
+    centroid_weighting: glove.CentroidWeighting = "uniform"
+    """A document's representation for centroids: the `uniform` mean of its words' vectors, or
+    their `tfidf`-weighted mean."""
 
     def __post_init__(self) -> None:
+        if self.label_embeddings not in LABEL_EMBEDDING_KINDS:
+            raise ValueError(f"label_embeddings must be one of {LABEL_EMBEDDING_KINDS}, "
+                             f"not {self.label_embeddings!r}")
+        if self.centroid_weighting not in ("uniform", "tfidf"):
+            raise ValueError(f"centroid_weighting must be uniform or tfidf, "
+                             f"not {self.centroid_weighting!r}")
         if self.max_vocab < 1:
             raise ValueError(f"max_vocab must be positive, not {self.max_vocab}")
         if not 0 <= self.valid_fraction < 1:
@@ -147,10 +162,31 @@ class Coverage:
     word_share: float
     """Share of vocabulary words with a vector."""
     label_share: float
-    """Share of training labels with at least one name word that has a vector."""
+    """Share of training labels whose embedding comes from the vectors (names or centroids)."""
     vector_lines: int
     malformed_lines: int
     """GloVe lines skipped as malformed."""
+
+
+@dataclass(frozen=True)
+class LabelEmbeddingStats:
+    """Where the training labels' embeddings came from (counts of labels)."""
+
+    kind: str
+    """The --label-embeddings choice: names, centroid or names+centroid."""
+    dim: int | None
+    """Width of the stored table; None: no table (training draws random embeddings)."""
+    from_names: int
+    """Labels embedded by their name's words."""
+    from_centroids: int
+    """Labels embedded by the centroid of their training documents."""
+    from_both: int
+    """Labels embedded by both (names+centroid)."""
+    random: int
+    """Labels with U(-0.1, 0.1) embeddings: nothing known about them."""
+    centroid_docs: int = 0
+    """Training documents the centroids are means of (a document with several labels counts
+    once per label)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +204,7 @@ class PreprocessSummary:
     gold_only_labels: int
     """Labels that occur only in validation or test gold sets."""
     coverage: Coverage | None
+    label_embeddings: LabelEmbeddingStats | None = None
     warnings: tuple[str, ...] = ()
     """Problems that did not stop preprocessing but may spoil training (shown on stderr)."""
     seconds: float = 0.0
@@ -209,6 +246,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     warnings: list[str] = []
     spec, name, folder, out = _resolve(source, options)
     _check_out(out, folder, options)
+    vectors_path = _vectors_path(options, spec, folder)
+    _check_label_embeddings(options, spec, vectors_path)
     if spec is not None and spec.generate is not None and not folder.exists():
         progress(f"generating the {spec.name} corpus in {folder}")
         spec.generate(folder)
@@ -225,10 +264,13 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
 
     num_labels = len(training.labels)
     names = _label_names(files, encoding, checksums, all_labels, warnings)
-    vectors = _word_vectors(options, spec, folder, training.words, names[:num_labels], progress)
-    token_table, label_table, coverage = _embeddings(
-        training.words, names[:num_labels], vectors, spec, options.seed
+    vectors = _word_vectors(vectors_path, spec, training.words, names[:num_labels], progress)
+    token_table, words_known = _token_table(training.words, vectors, options.seed)
+    label_table, label_stats = _label_table(
+        options, spec, names[:num_labels], vectors, splits["train"], token_table, words_known,
+        progress,
     )
+    coverage = _coverage(training.words, words_known, vectors, label_stats, warnings)
     if vectors is not None:
         checksums[vectors.path.name] = vectors.sha256
     summary = PreprocessSummary(
@@ -240,6 +282,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         token_ids=len(training.words),
         gold_only_labels=len(all_labels) - num_labels,
         coverage=coverage,
+        label_embeddings=label_stats,
         warnings=tuple(warnings),
     )
     progress(f"writing {out}")
@@ -259,7 +302,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
             "dataset": name,
             "title": spec.title if spec else name,
             "tokenizer": settings,
-            "options": _recorded_options(options, encoding, folder, vectors, valid_from, spec),
+            "options": _recorded_options(options, encoding, folder, vectors, valid_from),
             "sources": checksums,
             "stats": _without_run_details(summary),
             "xmtc_version": __version__,
@@ -575,13 +618,36 @@ def _line_encoding(encoding: str) -> str:
 
 # --- embeddings ------------------------------------------------------------------------------
 
-def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: Path,
-                  vocab: Vocabulary, label_names: list[str],
-                  progress: Progress) -> glove.WordVectors | None:
-    """The vectors of the vocabulary and label-name words, from --glove or the corpus's own."""
-    path = options.glove
-    if path is None and spec is not None and spec.vectors is not None:
-        path = folder / spec.vectors
+def _vectors_path(options: PreprocessOptions, spec: DatasetSpec | None,
+                  folder: Path) -> Path | None:
+    """The word-vector file: --glove, else the corpus's own (the demo's), else None."""
+    if options.glove is not None:
+        return options.glove
+    if spec is not None and spec.vectors is not None:
+        return folder / spec.vectors
+    return None
+
+
+def _check_label_embeddings(options: PreprocessOptions, spec: DatasetSpec | None,
+                            vectors: Path | None) -> None:
+    """Refuse, before reading anything, a --label-embeddings choice that cannot be made."""
+    kind = options.label_embeddings
+    if kind != "names" and vectors is None:
+        raise DataError(
+            f"--label-embeddings {kind} needs word vectors: centroids are means of them",
+            "pass --glove FILE (e.g. glove.840B.300d.txt), or leave out --label-embeddings",
+        )
+    if kind == "names+centroid" and not _names_mean_something(spec):
+        raise DataError(
+            f"--label-embeddings names+centroid: the labels of {spec.name} are item numbers, "
+            "their names say nothing",
+            "use --label-embeddings centroid",
+        )
+
+
+def _word_vectors(path: Path | None, spec: DatasetSpec | None, vocab: Vocabulary,
+                  label_names: list[str], progress: Progress) -> glove.WordVectors | None:
+    """The vectors of the vocabulary and label-name words in `path`, or None without a file."""
     if path is None:
         return None
     wanted = vocab.items[NUM_SPECIAL_TOKENS:]
@@ -591,36 +657,102 @@ def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: 
     return glove.read_word_vectors(path, wanted)
 
 
-def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVectors | None,
-                spec: DatasetSpec | None,
-                seed: int) -> tuple[np.ndarray | None, np.ndarray | None, Coverage | None]:
-    """(token embeddings or None, label embeddings or None, coverage or None).
-
-    Labels whose names carry no meaning get no table: training draws their random embeddings
-    itself (`model.label_embedding_size`), so storing one would only cost disk (268 MB at
-    Amazon-670K's 670K labels).
-    """
-    label_rng = _rng(seed, _Stream.LABEL_ROWS)
-    if not _names_mean_something(spec):
-        label_table, labels_known = None, np.zeros(len(label_names), dtype=bool)
-    elif vectors is None:
-        label_table = glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng)
-    else:
-        label_table, labels_known = glove.label_embeddings(label_names, vectors, label_rng)
+def _token_table(vocab: Vocabulary, vectors: glove.WordVectors | None,
+                 seed: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(token embeddings, or None without vectors; bool [tokens], the words with a vector)."""
     if vectors is None:
-        return None, label_table, None
-    token_table, words_known = glove.token_embeddings(
-        vocab.items, vectors, PAD_ID, _rng(seed, _Stream.TOKEN_ROWS)
+        return None, np.zeros(len(vocab), dtype=bool)
+    return glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, _Stream.TOKEN_ROWS))
+
+
+def _label_table(options: PreprocessOptions, spec: DatasetSpec | None, names: list[str],
+                 vectors: glove.WordVectors | None, train: Split, token_table: np.ndarray | None,
+                 words_known: np.ndarray,
+                 progress: Progress) -> tuple[np.ndarray | None, LabelEmbeddingStats]:
+    """The training labels' embeddings float32 [labels, E_l] (or None), and where they came from.
+
+    `names` (the paper): the mean vector of the name's known words; U(-0.1, 0.1) without one.
+    Without vectors every row is random and 100-d. Where names mean nothing (Amazon-670K) no
+    table is stored: training draws its own random one (`model.label_embedding_size`), and
+    storing ours would only cost disk (268 MB at 670K labels).
+
+    `centroid`: the L2-normalised mean of the representations of the label's documents in the
+    training split (the held-out validation part excluded, so validation labels never leak
+    into the model); a label with no such document with a known word falls back to its
+    normalised name vector, else U(-0.1, 0.1). `names+centroid`: the normalised sum of the
+    normalised name vector and the centroid, one weight each, as ViXML enriches label
+    embeddings with their documents; a label with only one of the two gets that one. Every
+    row that comes from the vectors has length 1.
+    """
+    kind, labels = options.label_embeddings, len(names)
+    meaningful = _names_mean_something(spec)
+    label_rng = _rng(options.seed, _Stream.LABEL_ROWS)
+    if kind == "names" and not meaningful:
+        return None, LabelEmbeddingStats(kind, None, 0, 0, 0, labels)
+    if vectors is None:  # names only: centroids without vectors were refused up front
+        table = glove.random_embeddings(labels, RANDOM_LABEL_DIM, label_rng)
+        return table, LabelEmbeddingStats(kind, RANDOM_LABEL_DIM, 0, 0, 0, labels)
+    if kind == "names":
+        table, known = glove.label_embeddings(names, vectors, label_rng)
+        return table, LabelEmbeddingStats(kind, vectors.dim, int(known.sum()), 0, 0,
+                                          int(labels - known.sum()))
+    progress(f"label embeddings: {options.centroid_weighting} centroids of "
+             f"{len(train):,} training documents")
+    if not meaningful:
+        progress(f"note: recipes/{spec.name}.yaml sets model.label_embedding_size, which draws "
+                 "random label embeddings; train with model.label_embedding_size=null to use "
+                 "these centroids (and loss.ot_weight=8 for the OT term)")
+    centroids, docs = glove.label_centroids(
+        train.token_ids, train.token_offsets, train.label_ids, train.label_offsets,
+        token_table, words_known, labels, options.centroid_weighting,
     )
+    has_centroid = docs > 0
+    if meaningful:
+        name_rows, has_name = glove.name_means(names, vectors)
+        name_rows = glove.unit_rows(name_rows)
+    else:
+        name_rows, has_name = np.zeros_like(centroids), np.zeros(labels, dtype=bool)
+    both = has_centroid & has_name if kind == "names+centroid" else np.zeros(labels, dtype=bool)
+    only_centroid = has_centroid & ~both
+    only_name = has_name & ~has_centroid
+    table = glove.random_embeddings(labels, vectors.dim, label_rng)
+    table[only_centroid] = centroids[only_centroid]
+    table[only_name] = name_rows[only_name]
+    table[both] = glove.unit_rows(name_rows[both] + centroids[both])
+    random = int(labels - only_centroid.sum() - only_name.sum() - both.sum())
+    return table, LabelEmbeddingStats(kind, vectors.dim, int(only_name.sum()),
+                                      int(only_centroid.sum()), int(both.sum()), random,
+                                      int(docs.sum()))
+
+
+def _coverage(vocab: Vocabulary, words_known: np.ndarray, vectors: glove.WordVectors | None,
+              labels: LabelEmbeddingStats, warnings: list[str]) -> Coverage | None:
+    """How much the vectors cover, with a warning where they cover no training token."""
+    if vectors is None:
+        return None
     coverage = Coverage(
         dim=vectors.dim,
         token_share=_share(vocab.counts[words_known].sum(), vocab.counts.sum()),
         word_share=_share(words_known.sum(), len(vocab) - NUM_SPECIAL_TOKENS),
-        label_share=_share(labels_known.sum(), len(label_names)),
+        label_share=_share(
+            labels.from_names + labels.from_centroids + labels.from_both,
+            labels.from_names + labels.from_centroids + labels.from_both + labels.random,
+        ),
         vector_lines=vectors.lines,
         malformed_lines=vectors.malformed,
     )
-    return token_table, label_table, coverage
+    if coverage.token_share == 0:
+        warnings.append(
+            f"{vectors.path} has a vector for none of the training words, so every word "
+            "embedding is random; check the file's language and case (GloVe 6B is lower-case: "
+            "add --lowercase)"
+        )
+    elif labels.kind == "names" and labels.dim is not None and labels.from_names == 0:
+        warnings.append(
+            f"{vectors.path} has a vector for no word of any label name, so every label "
+            "embedding is random; --label-embeddings centroid builds them from the documents"
+        )
+    return coverage
 
 
 def _names_mean_something(spec: DatasetSpec | None) -> bool:
@@ -671,9 +803,9 @@ def _corpus_stats(training: _Training, test: Split) -> CorpusStats:
 
 
 def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
-                      vectors: glove.WordVectors | None, valid_from: str,
-                      spec: DatasetSpec | None) -> dict[str, Any]:
+                      vectors: glove.WordVectors | None, valid_from: str) -> dict[str, Any]:
     """The options as the manifest records them (everything needed to re-run the command)."""
+    centroids = options.label_embeddings != "names"
     return {
         "raw": str(folder),
         "max_vocab": options.max_vocab,
@@ -682,15 +814,9 @@ def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
         "valid_from": valid_from,
         "encoding": encoding,
         "glove": None if vectors is None else {"path": str(vectors.path), "dim": vectors.dim},
-        "label_embeddings": _label_embedding_source(spec, vectors),
+        "label_embeddings": options.label_embeddings,
+        "centroid_weighting": options.centroid_weighting if centroids else None,
     }
-
-
-def _label_embedding_source(spec: DatasetSpec | None,
-                            vectors: glove.WordVectors | None) -> str:
-    if not _names_mean_something(spec):
-        return "none (random, drawn in training)"
-    return "random" if vectors is None else "mean of name-word vectors"
 
 
 def _without_run_details(summary: PreprocessSummary) -> dict[str, Any]:
