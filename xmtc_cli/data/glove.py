@@ -324,16 +324,17 @@ def label_centroids(token_ids: np.ndarray, token_offsets: np.ndarray, label_ids:
                               shape=(len(present), rows))
         sums[present] += y @ reps
         counts += np.bincount(labels, minlength=num_labels)
+    # In place, with `where` rather than boolean indexing, which would copy [labels, dim].
     overall = (all_sum / max(all_count, 1)).astype(np.float32)  # [dim]
-    found = counts > 0
-    sums[found] /= counts[found, None]
-    sums[found] -= overall
-    norms = np.linalg.norm(sums, axis=1)
+    found = (counts > 0)[:, None]  # [labels, 1]
+    np.divide(sums, np.maximum(counts, 1)[:, None].astype(np.float32), out=sums)
+    np.subtract(sums, overall, out=sums, where=found)
+    norms = np.sqrt(np.einsum("ij,ij->i", sums, sums))  # [labels]
     # Float32 sums of many documents differ from the overall mean by rounding alone.
-    found &= norms > 1e-4 * float(np.linalg.norm(overall))
-    sums[found] /= norms[found, None]
-    sums[~found] = 0.0
-    counts[~found] = 0
+    found &= (norms > 1e-4 * float(np.linalg.norm(overall)))[:, None]
+    np.divide(sums, np.maximum(norms, 1e-30)[:, None], out=sums, where=found)
+    np.multiply(sums, found, out=sums)  # zero rows without a centroid
+    counts[~found[:, 0]] = 0
     return sums, counts
 
 

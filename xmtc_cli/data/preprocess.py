@@ -3,7 +3,8 @@
 Steps: find the corpus (a catalog NAME or a folder in AttentionXML's layout), read the training
 file once while numbering words and labels in order of first appearance, rank both by training
 count, hold out a seeded validation split, encode the test (and shipped validation) split with
-the training vocabularies, build embeddings from GloVe, and write everything atomically.
+the training vocabularies, build embeddings from GloVe (and label centroids from the training
+split), and write everything atomically.
 
 Choices (see also docs/design.md §5, §9):
 - Vocabularies are counted on the training file: the training documents *and* the 10% held out
@@ -16,6 +17,13 @@ Choices (see also docs/design.md §5, §9):
 - Label ids: training labels by descending number of training documents, ties in order of first
   appearance; then labels seen only in the gold sets of the validation or test split (in order
   of appearance), which the model can never predict and which count as misses.
+- Label embeddings (`--label-embeddings`, `_label_table`): `names`, the mean vector of a name's
+  words (the paper); `centroid`, from the training documents that carry the label; or both.
+  Where names mean nothing (Amazon-670K) and no centroids are asked for, no table is stored.
+- The output folder is replaced whole, so only a folder provably written by xmtc is replaced,
+  and never the raw corpus (`_check_out`); input files are never touched.
+- Problems that do not stop the run (label names that match nothing, vectors that cover no
+  word) are returned as warnings, which the CLI prints and the manifest keeps.
 """
 
 from __future__ import annotations
@@ -676,10 +684,11 @@ def _label_table(options: PreprocessOptions, spec: DatasetSpec | None, names: li
     table is stored: training draws its own random one (`model.label_embedding_size`), and
     storing ours would only cost disk (268 MB at 670K labels).
 
-    `centroid`: the L2-normalised mean of the representations of the label's documents in the
-    training split (the held-out validation part excluded, so validation labels never leak
-    into the model); a label with no such document with a known word falls back to its
-    normalised name vector, else U(-0.1, 0.1). `names+centroid`: the normalised sum of the
+    `centroid`: the centred, L2-normalised mean of the representations of the label's
+    documents in the training split (`glove.label_centroids`; the held-out validation part
+    excluded, so validation labels never leak into the model); a label with no such document
+    with a known word falls back to its normalised name vector, else U(-0.1, 0.1) (drawn for
+    those labels only, in label order). `names+centroid`: the normalised sum of the
     normalised name vector and the centroid, one weight each, as ViXML enriches label
     embeddings with their documents; a label with only one of the two gets that one. Every
     row that comes from the vectors has length 1.
@@ -702,27 +711,32 @@ def _label_table(options: PreprocessOptions, spec: DatasetSpec | None, names: li
         progress(f"note: recipes/{spec.name}.yaml sets model.label_embedding_size, which draws "
                  "random label embeddings; train with model.label_embedding_size=null to use "
                  "these centroids (and loss.ot_weight=8 for the OT term)")
-    centroids, docs = glove.label_centroids(
+    table, docs = glove.label_centroids(
         train.token_ids, train.token_offsets, train.label_ids, train.label_offsets,
         token_table, words_known, labels, options.centroid_weighting,
     )
+    # The centroid table becomes the result in place: at 670K labels x 300 it is 800 MB, and
+    # every full-size copy would cost as much again.
     has_centroid = docs > 0
+    both = np.zeros(labels, dtype=bool)
+    only_name = np.zeros(labels, dtype=bool)
     if meaningful:
-        name_rows, has_name = glove.name_means(names, vectors)
-        name_rows = glove.unit_rows(name_rows)
-    else:
-        name_rows, has_name = np.zeros_like(centroids), np.zeros(labels, dtype=bool)
-    both = has_centroid & has_name if kind == "names+centroid" else np.zeros(labels, dtype=bool)
+        # Name vectors of the labels that use them: all (names+centroid), or the fallbacks.
+        asked = np.arange(labels) if kind == "names+centroid" else np.flatnonzero(~has_centroid)
+        rows, known = glove.name_means([names[i] for i in asked.tolist()], vectors)
+        rows = glove.unit_rows(rows)
+        with_name = np.zeros(labels, dtype=bool)
+        with_name[asked[known]] = True
+        both = with_name & has_centroid
+        only_name = with_name & ~has_centroid
+        table[both] = glove.unit_rows(rows[both[asked]] + table[both])
+        table[only_name] = rows[only_name[asked]]
+    neither = ~has_centroid & ~only_name
+    table[neither] = glove.random_embeddings(int(neither.sum()), vectors.dim, label_rng)
     only_centroid = has_centroid & ~both
-    only_name = has_name & ~has_centroid
-    table = glove.random_embeddings(labels, vectors.dim, label_rng)
-    table[only_centroid] = centroids[only_centroid]
-    table[only_name] = name_rows[only_name]
-    table[both] = glove.unit_rows(name_rows[both] + centroids[both])
-    random = int(labels - only_centroid.sum() - only_name.sum() - both.sum())
     return table, LabelEmbeddingStats(kind, vectors.dim, int(only_name.sum()),
-                                      int(only_centroid.sum()), int(both.sum()), random,
-                                      int(docs.sum()))
+                                      int(only_centroid.sum()), int(both.sum()),
+                                      int(neither.sum()), int(docs.sum()))
 
 
 def _coverage(vocab: Vocabulary, words_known: np.ndarray, vectors: glove.WordVectors | None,
