@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from xmtc_cli.data.glove import (
+    label_centroids,
     label_embeddings,
     name_words,
     read_word_vectors,
@@ -132,3 +133,117 @@ def test_token_embeddings_use_vectors_random_rows_and_a_zero_pad(vector_file):
     np.testing.assert_array_equal(table[4], [0, 1, 0])
     assert np.all(np.abs(table[[1, 3]]) <= 0.1) and np.any(table[[1, 3]] != 0)
     assert known.tolist() == [False, False, True, False, True]
+
+
+# --- files that must be refused, not read as 0% coverage (issue 10.4) ------------------------
+
+@pytest.mark.parametrize("value, wanted", [
+    ("nan", True), ("NaN", False), ("inf", True), ("-inf", False), ("Infinity", False),
+    ("1e39", True),  # beyond float32: only parsed, hence only caught, in a wanted line
+])
+def test_a_nan_or_inf_value_is_refused_with_its_line(tmp_path, value, wanted):
+    path = tmp_path / "v.txt.gz"
+    path.write_bytes(gzip.compress(f"cat 1 2 3\ndog 0.5 {value} 1\nthe 1 1 1\n".encode()))
+    with pytest.raises(DataError) as info:
+        read_word_vectors(path, ["cat", "dog"] if wanted else ["cat"])
+    assert info.value.message == f"{path}:2: the vector holds nan or inf values"
+    assert info.value.hint
+
+
+def test_a_header_only_file_is_refused(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("400000 50\n")
+    with pytest.raises(DataError, match=r"v.txt holds a header line but no vectors"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_a_binary_word2vec_file_is_refused(tmp_path):
+    path = tmp_path / "GoogleNews-vectors.bin"
+    rows = np.random.default_rng(0).standard_normal((3, 300)).astype(np.float32)
+    rows[0, 0] = 0.0  # real files hold zero bytes; this one is sure to
+    body = b"".join(word + b" " + row.tobytes() for word, row in zip([b"a", b"b", b"c"], rows))
+    path.write_bytes(b"3 300\n" + body)
+    with pytest.raises(DataError, match=r"is a binary file, not GloVe text") as info:
+        read_word_vectors(path, ["a"])
+    assert "save_word2vec_format" in info.value.hint
+
+
+def test_a_file_without_a_single_vector_line_is_refused(tmp_path):
+    path = tmp_path / "v.tsv"
+    path.write_text("cat\t1\t2\t3\ndog\t4\t5\t6\n")  # tabs, not single spaces
+    with pytest.raises(DataError, match=r"none of the 2 lines of .*v.tsv is `word v1 ... v3`"):
+        read_word_vectors(path, ["cat"])
+    path.write_text("cat\ndog\n")  # a word list
+    with pytest.raises(DataError, match=r"v.tsv:1: expected `word v1 ... vD`, found b'cat'"):
+        read_word_vectors(path, ["cat"])
+
+
+def test_vectors_that_disagree_with_the_header_name_the_line(tmp_path):
+    path = tmp_path / "v.txt"
+    path.write_text("2 300\ncat 1 2 3\ndog 4 5 6\n")
+    with pytest.raises(DataError) as info:
+        read_word_vectors(path, ["cat"])
+    assert info.value.message == f"{path}:2: 3 values where the header (line 1) announces 300"
+
+
+# --- label centroids (issue 13.1) -------------------------------------------------------------
+
+def naive_centroids(docs, labels, table, known, num_labels, idf=None):
+    """The definition, one document at a time: centred, normalised means of representations."""
+    weight = known * (idf if idf is not None else 1.0)
+    reps = {}
+    for i, doc in enumerate(docs):
+        w = weight[doc]
+        if w.sum() > 0:
+            reps[i] = (w[:, None] * table[doc]).sum(0) / w.sum()
+    overall = np.mean(list(reps.values()), axis=0)
+    out, counts = np.zeros((num_labels, table.shape[1])), np.zeros(num_labels, dtype=int)
+    for label in range(num_labels):
+        mine = [reps[i] for i, doc_labels in enumerate(labels) if label in doc_labels and i in reps]
+        if mine:
+            centred = np.mean(mine, axis=0) - overall
+            out[label], counts[label] = centred / np.linalg.norm(centred), len(mine)
+    return out, counts
+
+
+def csr(rows):
+    return (np.array([x for row in rows for x in row], dtype=np.int32),
+            np.cumsum([0] + [len(row) for row in rows]).astype(np.int64))
+
+
+@pytest.mark.parametrize("weighting", ["uniform", "tfidf"])
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_label_centroids_match_the_definition_in_any_chunking(weighting, chunk):
+    rng = np.random.default_rng(0)
+    vocab, dim, num_labels = 30, 4, 6
+    table = rng.standard_normal((vocab, dim)).astype(np.float32)
+    known = rng.random(vocab) < 0.7
+    docs = [rng.integers(0, vocab, rng.integers(0, 12)).tolist() for _ in range(40)]
+    docs[5] = [int(np.flatnonzero(~known)[0])] * 3  # no known word: no representation
+    labels = [rng.choice(num_labels + 2, rng.integers(0, 3), replace=False).tolist()
+              for _ in docs]  # ids >= num_labels are gold-only labels: ignored
+    token_ids, token_offsets = csr(docs)
+    label_ids, label_offsets = csr(labels)
+    before = token_ids.copy()
+    got, counts = label_centroids(token_ids, token_offsets, label_ids, label_offsets, table,
+                                  known, num_labels, weighting, chunk_docs=chunk)
+    idf = None
+    if weighting == "tfidf":
+        df = np.array([sum(w in doc for doc in docs) for w in range(vocab)])
+        idf = np.log((1 + len(docs)) / (1 + df)) + 1
+    want, want_counts = naive_centroids(docs, labels, table, known, num_labels, idf)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert counts.tolist() == want_counts.tolist() and got.dtype == np.float32
+    np.testing.assert_array_equal(token_ids, before)  # the caller's arrays are left alone
+
+
+def test_a_label_on_every_document_or_on_none_with_a_vector_has_no_centroid():
+    table = np.eye(3, dtype=np.float32)
+    known = np.array([True, True, False])
+    token_ids, token_offsets = csr([[0], [1, 1], [2], [0, 1]])
+    label_ids, label_offsets = csr([[0, 1], [0], [0, 2], [0]])
+    got, counts = label_centroids(token_ids, token_offsets, label_ids, label_offsets, table,
+                                  known, 3)
+    assert counts.tolist() == [0, 1, 0]  # 0: every represented document; 2: only doc 2
+    np.testing.assert_array_equal(got[[0, 2]], 0)
+    np.testing.assert_allclose(np.linalg.norm(got[1]), 1, rtol=1e-6)

@@ -175,16 +175,23 @@ def test_amazoncat13k_reads_a_latin1_yf_txt(tmp_path):
     assert data.labels == ["Café", "Arts_Photography"]
 
 
-def test_amazon670k_label_embeddings_are_random_100d_even_with_glove(tmp_path):
+@pytest.mark.parametrize("with_glove", [True, False])
+def test_amazon670k_stores_no_label_table_its_labels_are_random(tmp_path, with_glove):
     raw = write_corpus(tmp_path / "raw", train=[("a b", "123 456")], test=[("b", "456")],
                        texts="{split}_raw_texts.txt")
     glove = tmp_path / "g.txt"
     glove.write_text("a 1 2 3\n123 1 1 1\n")
-    out, summary = preprocess("amazon670k",
-                              PreprocessOptions(raw=raw, out=tmp_path / "out", glove=glove))
+    out, summary = preprocess("amazon670k", PreprocessOptions(
+        raw=raw, out=tmp_path / "out", glove=glove if with_glove else None))
     data = load_processed(out)
-    assert data.label_embeddings.shape == (2, 100) and data.token_embeddings.shape == (4, 3)
-    assert summary.coverage.label_share == 0.0
+    assert data.label_embeddings is None  # training draws them (model.label_embedding_size)
+    assert data.manifest["options"]["label_embeddings"] == "names"
+    assert data.manifest["stats"]["label_embeddings"]["dim"] is None
+    assert summary.label_embeddings.random == 2
+    if with_glove:
+        assert data.token_embeddings.shape == (4, 3) and summary.coverage.label_share == 0.0
+    else:
+        assert data.token_embeddings is None
 
 
 def test_default_folders_come_from_xmtc_data(tmp_path, monkeypatch):
@@ -291,7 +298,7 @@ def test_an_existing_folder_that_is_not_processed_data_is_never_replaced(tmp_pat
     folder = write_corpus(tmp_path / "corpus")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("keep me")
-    with pytest.raises(DataError, match="not a processed-data folder"):
+    with pytest.raises(DataError, match="is not an earlier output of xmtc"):
         run(folder, tmp_path)
     assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
 
@@ -316,3 +323,223 @@ def test_progress_goes_to_the_callback_and_nothing_is_printed(tmp_path, capsys):
     assert any("train_texts.txt" in m for m in messages)
     assert capsys.readouterr() == ("", "")
     assert preprocess_module.__doc__  # the module documents its choices
+
+
+# --- label_names.txt and encodings (issue 10.7) -----------------------------------------------
+
+def test_label_names_named_twice_keep_the_first_name_with_a_warning(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text(
+        "pets\tPet animals\nfinance\tMoney\n\npets\tDomestic animals\nfinance\tMoney\n")
+    data, summary = run(folder, tmp_path)
+    assert data.label_names[:3] == ["Pet animals", "animals", "Money"]
+    path = folder / "label_names.txt"
+    assert summary.warnings == (
+        f"{path}: 2 lines name a label again; the first name counts "
+        f"('pets' on line 4, first on line 1)",)
+    assert data.manifest["stats"]["warnings"] == list(summary.warnings)
+
+
+def test_names_of_labels_in_no_label_file_are_warned_about(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    path = folder / "label_names.txt"
+    path.write_text("pets\tPets\nzoo\tZoo animals\nPETS\tPets again\ncars\tCars\n")
+    data, summary = run(folder, tmp_path)
+    assert data.label_names == ["Pets", "animals", "finance", "Zoo animals"]  # zoo: a test label
+    assert summary.warnings == (f"{path}: 2 of its 4 labels occur in no label file; their names "
+                                f"are unused (the first: 'PETS' on line 3)",)
+    path.write_text("Pets\tPets\nFinance\tFinance\n")
+    _, summary = run(folder, tmp_path)
+    assert summary.warnings == (f"{path}: none of its 2 labels occurs in the label files, so no "
+                                f"name is used; its first column must hold the labels as "
+                                f"train_labels.txt writes them",)
+
+
+@pytest.mark.parametrize("content, line, why", [
+    ("pets\tPets\nPet animals\n", 2, "no tab"),  # a list of names alone
+    ("pets Pet animals\n", 1, "no tab"),  # spaces for the tab
+    ("\tPets\n", 1, "nothing before the tab"),
+    ("pet s\tPets\n", 1, "spaces in the label"),
+])
+def test_a_label_names_line_without_label_and_tab_shows_the_expected_format(tmp_path, content,
+                                                                          line, why):
+    folder = write_corpus(tmp_path / "corpus")
+    path = folder / "label_names.txt"
+    path.write_text(content)
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert info.value.message.startswith(f"{path}:{line}: expected `label<TAB>readable name`, ")
+    assert info.value.message.endswith(f"({why})")
+    assert "`money-fx<TAB>Money/Foreign Exchange`" in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_long_bad_line_is_quoted_short(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text("x" * 5000 + "\n")
+    with pytest.raises(DataError) as info:
+        run(folder, tmp_path)
+    assert len(info.value.message) < len(str(folder)) + 160
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
+def test_encodings_whose_newline_is_not_one_byte_are_refused_up_front(tmp_path, encoding):
+    # Lines are split at the byte 0x0a before decoding (xmtc_cli.data.readers), which would
+    # cut UTF-16 text between the two bytes of a character; until readers decode streams,
+    # such files are refused with the conversion to run, not misread.
+    folder = write_corpus(tmp_path / "corpus", encoding=encoding)
+    with pytest.raises(DataError, match=f"--encoding {encoding}: xmtc cannot read") as info:
+        run(folder, tmp_path, encoding=encoding)
+    assert "iconv -f utf-" in info.value.hint
+
+
+# --- label embeddings from document centroids (issue 13.1) -----------------------------------
+
+CENTROID_TRAIN: Docs = [
+    ("cat dog", "pets"),
+    ("dog cat cat", "pets animals"),
+    ("stocks bank", "finance"),
+    ("zzz", "mystery"),  # no word with a vector: mystery falls back to its name
+    ("qqq", "void"),  # nor has void's name: random
+    ("cat stocks", "animals"),
+]
+CENTROID_GLOVE = b"cat 1 0 0\ndog 0 1 0\nstocks 0 0 1\nbank 0 0 2\nkitten 2 2 0\n"
+
+
+def centroid_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    folder = write_corpus(tmp_path / "corpus", train=CENTROID_TRAIN)
+    (folder / "label_names.txt").write_text("pets\tkitten\nmystery\tkitten dog\nvoid\tnothing\n")
+    glove = tmp_path / "glove.txt"
+    glove.write_bytes(CENTROID_GLOVE)
+    return folder, glove
+
+
+def unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def test_centroid_label_embeddings_with_name_and_random_fallbacks(tmp_path):
+    folder, glove = centroid_corpus(tmp_path)
+    data, summary = run(folder, tmp_path, glove=glove, valid_fraction=0.0,
+                        label_embeddings="centroid")
+    emb = dict(zip(data.labels, data.label_embeddings))
+    reps = {"pets": [[.5, .5, 0], [2 / 3, 1 / 3, 0]], "animals": [[2 / 3, 1 / 3, 0], [.5, 0, .5]],
+            "finance": [[0, 0, 1.5]]}
+    overall = np.mean([[.5, .5, 0], [2 / 3, 1 / 3, 0], [0, 0, 1.5], [.5, 0, .5]], axis=0)
+    for label, docs in reps.items():
+        np.testing.assert_allclose(emb[label], unit(np.mean(docs, axis=0) - overall), atol=1e-6)
+    np.testing.assert_allclose(emb["mystery"], unit([1, 1.5, 0]), atol=1e-6)  # its name, unit
+    assert np.all(np.abs(emb["void"]) <= 0.1)
+    stats = summary.label_embeddings
+    assert (stats.kind, stats.dim, stats.from_centroids, stats.from_names, stats.random) == (
+        "centroid", 3, 3, 1, 1)
+    assert stats.centroid_docs == 5  # pets 2, animals 2, finance 1
+    assert summary.coverage.label_share == pytest.approx(4 / 5)
+    assert data.manifest["options"]["label_embeddings"] == "centroid"
+    assert data.manifest["options"]["centroid_weighting"] == "uniform"
+    assert data.manifest["stats"]["label_embeddings"]["from_centroids"] == 3
+
+
+def test_names_plus_centroid_is_the_normalised_sum_of_both_normalised(tmp_path):
+    folder, glove = centroid_corpus(tmp_path)
+    names_only, _ = run(folder, tmp_path, glove=glove, valid_fraction=0.0)
+    centroid, _ = run(folder, tmp_path, glove=glove, valid_fraction=0.0,
+                      label_embeddings="centroid")
+    both, summary = run(folder, tmp_path, glove=glove, valid_fraction=0.0,
+                        label_embeddings="names+centroid")
+    pets = both.labels.index("pets")
+    np.testing.assert_allclose(
+        both.label_embeddings[pets],
+        unit(unit(names_only.label_embeddings[pets]) + centroid.label_embeddings[pets]), atol=1e-6)
+    finance = both.labels.index("finance")  # no name word with a vector: the centroid alone
+    np.testing.assert_allclose(both.label_embeddings[finance],
+                               centroid.label_embeddings[finance], atol=1e-6)
+    stats = summary.label_embeddings
+    assert (stats.from_both, stats.from_centroids, stats.from_names, stats.random) == (1, 2, 1, 1)
+
+
+def test_centroids_use_only_the_training_split_not_the_held_out_part(tmp_path):
+    train = [(f"cat doc{i}", "common") for i in range(18)] + [("dog", "rare"), ("stocks", "x")]
+    folder = write_corpus(tmp_path / "corpus", train=train)
+    glove = tmp_path / "g.txt"
+    glove.write_bytes(CENTROID_GLOVE)
+    for seed in range(20):  # a seed that holds out rare's only document
+        data, summary = run(folder, tmp_path, glove=glove, seed=seed,
+                            label_embeddings="centroid")
+        valid = data.splits["valid"]
+        if any(data.labels[x] == "rare" for i in range(len(valid)) for x in valid.labels(i)):
+            break
+    else:
+        pytest.fail("no seed held out the rare label's document")
+    # rare's only document is held out; its name ("rare") has no vector: random, not centroid.
+    assert summary.label_embeddings.from_centroids == 2 and summary.label_embeddings.random == 1
+
+
+def test_tfidf_weighting_changes_centroids_not_the_token_ids(tmp_path):
+    folder, glove = centroid_corpus(tmp_path)
+    plain, _ = run(folder, tmp_path, glove=glove, label_embeddings="centroid")
+    tfidf, _ = run(folder, tmp_path, glove=glove, label_embeddings="centroid",
+                   centroid_weighting="tfidf")
+    assert tfidf.manifest["options"]["centroid_weighting"] == "tfidf"
+    assert not np.allclose(plain.label_embeddings, tfidf.label_embeddings)
+    for name, split in plain.splits.items():
+        np.testing.assert_array_equal(split.token_ids, tfidf.splits[name].token_ids)
+        np.testing.assert_array_equal(split.label_ids, tfidf.splits[name].label_ids)
+
+
+def test_centroids_without_word_vectors_are_refused_before_reading(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "train_texts.txt").write_bytes(b"\xff broken\n")  # never read
+    for kind in ("centroid", "names+centroid"):
+        with pytest.raises(DataError) as info:
+            run(folder, tmp_path, label_embeddings=kind)
+        assert info.value.message == f"--label-embeddings {kind} needs word vectors: centroids " \
+                                     "are means of them"
+        assert "--glove" in info.value.hint
+
+
+def test_amazon670k_may_take_centroids_but_not_names(tmp_path):
+    raw = write_corpus(tmp_path / "raw", train=[("cat dog", "123"), ("stocks", "456"),
+                                                ("bank", "456")],
+                       test=[("cat", "456")], texts="{split}_raw_texts.txt")
+    glove = tmp_path / "g.txt"
+    glove.write_bytes(CENTROID_GLOVE + b"123 9 9 9\n")
+    out, summary = preprocess("amazon670k", PreprocessOptions(
+        raw=raw, out=tmp_path / "out", glove=glove, valid_fraction=0.0,
+        label_embeddings="centroid"))
+    data = load_processed(out)
+    assert data.label_embeddings.shape == (2, 3)
+    np.testing.assert_allclose(np.linalg.norm(data.label_embeddings, axis=1), 1, rtol=1e-6)
+    assert summary.label_embeddings.from_centroids == 2
+    with pytest.raises(DataError, match=r"names\+centroid: the labels of amazon670k are item"):
+        preprocess("amazon670k", PreprocessOptions(raw=raw, out=tmp_path / "out2", glove=glove,
+                                                   label_embeddings="names+centroid"))
+
+
+def test_vectors_that_cover_no_training_token_give_a_warning(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    glove = tmp_path / "g.txt"
+    glove.write_text("Cat 1 2\nDog 3 4\n")  # cased words: the corpus's never match
+    _, summary = run(folder, tmp_path, glove=glove)
+    assert summary.coverage.token_share == 0
+    assert summary.warnings == (f"{glove} has a vector for none of the training words, so every "
+                                "word embedding is random; check the file's language and case "
+                                "(GloVe 6B is lower-case: add --lowercase)",)
+
+
+def test_vectors_that_cover_no_label_name_give_a_warning(tmp_path):
+    folder = write_corpus(tmp_path / "corpus")
+    glove = tmp_path / "g.txt"
+    glove.write_text("cat 1 2\n")
+    _, summary = run(folder, tmp_path, glove=glove)
+    assert len(summary.warnings) == 1 and "no word of any label name" in summary.warnings[0]
+    _, summary = run(folder, tmp_path, glove=glove, label_embeddings="centroid")
+    assert summary.warnings == ()
+
+
+def test_options_refuse_unknown_label_embedding_choices():
+    with pytest.raises(ValueError, match="label_embeddings must be one of"):
+        PreprocessOptions(label_embeddings="mean")
+    with pytest.raises(ValueError, match="centroid_weighting must be uniform or tfidf"):
+        PreprocessOptions(centroid_weighting="bm25")

@@ -92,3 +92,40 @@ def test_python_m_xmtc_cli_shows_no_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert f"error: {folder / 'train_texts.txt'}:2:" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_warnings_go_to_stderr_as_warning_lines_and_into_the_json(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    (folder / "label_names.txt").write_text("pets\tPets\npets\tPets\n")
+    code, out, err = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"))
+    assert code == 0 and "warning:" not in out
+    assert [line for line in err.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {folder / 'label_names.txt'}: 1 line names a label again; the first name "
+        "counts ('pets' on line 2, first on line 1)"]
+    code, out, err = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"),
+                          "--json")
+    assert code == 0 and len(json.loads(out)["warnings"]) == 1 and "warning: " in err
+
+
+def test_label_embeddings_option_and_its_summary_line(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    (tmp_path / "g.txt").write_text("the 1 0\ncat 0 1\ndog 1 1\n")
+    code, out, _ = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"),
+                        "--glove", str(tmp_path / "g.txt"), "--label-embeddings", "centroid",
+                        "--centroid-weighting", "tfidf", "--valid-fraction", "0")
+    assert code == 0
+    assert "label embeddings (centroid, 2-d): 1 from document centroids, 1 random" in out
+    manifest = load_processed(tmp_path / "out").manifest
+    assert manifest["options"]["label_embeddings"] == "centroid"
+    code, _, err = xmtc(capsys, "preprocess", str(folder), "--label-embeddings", "average")
+    assert code == 2 and "average" in err
+
+
+def test_centroids_without_glove_are_one_error_and_a_hint(tmp_path, capsys):
+    folder = write_corpus(tmp_path / "corpus")
+    code, out, err = xmtc(capsys, "preprocess", str(folder), "--out", str(tmp_path / "out"),
+                          "--label-embeddings", "names+centroid")
+    assert code == 1 and out == "" and "Traceback" not in err
+    assert err.splitlines() == [
+        "error: --label-embeddings names+centroid needs word vectors: centroids are means of them",
+        "hint: pass --glove FILE (e.g. glove.840B.300d.txt), or leave out --label-embeddings"]

@@ -13,9 +13,29 @@ from rich.table import Table
 
 from xmtc_cli.cli.app import app
 from xmtc_cli.data.catalog import DATA_ENV, DATASETS
-from xmtc_cli.data.preprocess import PreprocessOptions, PreprocessSummary, preprocess
+from xmtc_cli.data.preprocess import (
+    LabelEmbeddingStats,
+    PreprocessOptions,
+    PreprocessSummary,
+    preprocess,
+)
 
 _DEFAULTS = PreprocessOptions()
+
+
+class LabelEmbeddings(str, Enum):
+    """The `--label-embeddings` choices (`xmtc_cli.data.preprocess._label_table`)."""
+
+    names = "names"
+    centroid = "centroid"
+    names_centroid = "names+centroid"
+
+
+class CentroidWeighting(str, Enum):
+    """The `--centroid-weighting` choices (`xmtc_cli.data.glove.label_centroids`)."""
+
+    uniform = "uniform"
+    tfidf = "tfidf"
 
 
 class Tokenizer(str, Enum):
@@ -45,6 +65,16 @@ def preprocess_command(
         "--glove", help="GloVe word vectors (.txt or .txt.gz) for word and label "
         "embeddings; without it label embeddings are random.",
     )] = None,
+    label_embeddings: Annotated[LabelEmbeddings, typer.Option(
+        "--label-embeddings", help="names: mean vector of the label name's words (the paper); "
+        "centroid: normalised mean of the label's training documents (each the mean of its "
+        "word vectors; for labels whose names mean nothing, e.g. amazon670k); names+centroid: "
+        "normalised sum of both. Centroids need --glove.",
+    )] = LabelEmbeddings.names,
+    centroid_weighting: Annotated[CentroidWeighting, typer.Option(
+        "--centroid-weighting", help="How a document's words make its centroid "
+        "representation: uniform mean, or tfidf-weighted mean.",
+    )] = CentroidWeighting.uniform,
     tokenizer: Annotated[Tokenizer, typer.Option(
         "--tokenizer", help="whitespace: split on spaces, as the paper's code; punct: also "
         "split off punctuation (for raw text).",
@@ -74,13 +104,17 @@ def preprocess_command(
     options = PreprocessOptions(
         raw=raw, out=out, glove=glove, tokenizer=tokenizer.value, lowercase=lowercase,
         max_vocab=max_vocab, valid_fraction=valid_fraction, seed=seed, encoding=encoding,
+        label_embeddings=label_embeddings.value, centroid_weighting=centroid_weighting.value,
     )
     path, summary = preprocess(source, options, progress=lambda message: log.print(message))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))
-        return
-    _render(Console(highlight=False, markup=False), summary)
-    log.print(f"wrote {path} in {summary.seconds:.1f} s; train with data.dir={path}")
+    else:
+        _render(Console(highlight=False, markup=False), summary)
+    for warning in summary.warnings:
+        log.print(f"warning: {warning}", soft_wrap=True)  # one line each, for grep
+    if not as_json:
+        log.print(f"wrote {path} in {summary.seconds:.1f} s; train with data.dir={path}")
 
 
 def _render(console: Console, s: PreprocessSummary) -> None:
@@ -111,7 +145,7 @@ def _render(console: Console, s: PreprocessSummary) -> None:
     console.print(f"labels L: {c.labels:,} ({c.docs_per_label:.2f} docs/label); "
                   f"{s.gold_only_labels:,} more only in validation or test gold sets")
     if s.coverage is None:
-        console.print("word vectors: none (random 100-d label embeddings)")
+        console.print("word vectors: none")
     else:
         v = s.coverage
         console.print(
@@ -119,3 +153,17 @@ def _render(console: Console, s: PreprocessSummary) -> None:
             f"{v.word_share:.1%} of words, {v.label_share:.1%} of labels; "
             f"{v.malformed_lines:,} of {v.vector_lines:,} lines malformed (skipped)"
         )
+    if s.label_embeddings is not None:
+        console.print(_label_line(s.label_embeddings))
+
+
+def _label_line(e: LabelEmbeddingStats) -> str:
+    """Where the label embeddings came from, in one line."""
+    if e.dim is None:
+        return (f"label embeddings ({e.kind}): none stored; these labels' names mean nothing, "
+                "so training draws random ones (model.label_embedding_size)")
+    parts = [f"{count:,} {source}" for count, source in (
+        (e.from_centroids, "from document centroids"), (e.from_both, "from names + centroids"),
+        (e.from_names, "from names"), (e.random, "random"),
+    ) if count]
+    return f"label embeddings ({e.kind}, {e.dim}-d): {', '.join(parts)}"

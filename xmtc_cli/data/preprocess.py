@@ -3,7 +3,8 @@
 Steps: find the corpus (a catalog NAME or a folder in AttentionXML's layout), read the training
 file once while numbering words and labels in order of first appearance, rank both by training
 count, hold out a seeded validation split, encode the test (and shipped validation) split with
-the training vocabularies, build embeddings from GloVe, and write everything atomically.
+the training vocabularies, build embeddings from GloVe (and label centroids from the training
+split), and write everything atomically.
 
 Choices (see also docs/design.md §5, §9):
 - Vocabularies are counted on the training file: the training documents *and* the 10% held out
@@ -16,6 +17,13 @@ Choices (see also docs/design.md §5, §9):
 - Label ids: training labels by descending number of training documents, ties in order of first
   appearance; then labels seen only in the gold sets of the validation or test split (in order
   of appearance), which the model can never predict and which count as misses.
+- Label embeddings (`--label-embeddings`, `_label_table`): `names`, the mean vector of a name's
+  words (the paper); `centroid`, from the training documents that carry the label; or both.
+  Where names mean nothing (Amazon-670K) and no centroids are asked for, no table is stored.
+- The output folder is replaced whole, so only a folder provably written by xmtc is replaced,
+  and never the raw corpus (`_check_out`); input files are never touched.
+- Problems that do not stop the run (label names that match nothing, vectors that cover no
+  word) are returned as warnings, which the CLI prints and the manifest keeps.
 """
 
 from __future__ import annotations
@@ -24,8 +32,9 @@ import time
 from array import array
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from enum import IntEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -40,7 +49,6 @@ from xmtc_cli.data.catalog import (
     unknown_dataset,
 )
 from xmtc_cli.data.processed import (
-    MANIFEST,
     PAD_ID,
     UNK_ID,
     ProcessedData,
@@ -48,6 +56,7 @@ from xmtc_cli.data.processed import (
     flatten,
     offsets,
     save_processed,
+    why_not_replaceable,
 )
 from xmtc_cli.data.readers import (
     CorpusFiles,
@@ -56,7 +65,6 @@ from xmtc_cli.data.readers import (
     iter_lines,
     locate,
     read_label_ids,
-    read_label_names,
     read_labels,
 )
 from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
@@ -67,9 +75,11 @@ from xmtc_cli.data.vocab import (
     label_vocabulary,
     word_vocabulary,
 )
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, at
 
-RANDOM_LABEL_DIM = 100  # label embeddings without GloVe, or where names carry no meaning
+RANDOM_LABEL_DIM = 100  # label embeddings without word vectors
+LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
+LABEL_EMBEDDING_KINDS: tuple[str, ...] = ("names", "centroid", "names+centroid")
 
 
 @dataclass(frozen=True)
@@ -95,8 +105,21 @@ class PreprocessOptions:
     """Seeds the validation split and the random embedding rows."""
     encoding: str = "utf-8"
     """Encoding of the text, label and name files."""
+    label_embeddings: LabelEmbeddingKind = "names"
+    """`names`: the mean vector of the words of a label's name (the paper); `centroid`: the
+    normalised mean of its training documents' representations; `names+centroid`: the
+    normalised sum of both, each normalised (see `_label_table`)."""
+    centroid_weighting: glove.CentroidWeighting = "uniform"
+    """A document's representation for centroids: the `uniform` mean of its words' vectors, or
+    their `tfidf`-weighted mean."""
 
     def __post_init__(self) -> None:
+        if self.label_embeddings not in LABEL_EMBEDDING_KINDS:
+            raise ValueError(f"label_embeddings must be one of {LABEL_EMBEDDING_KINDS}, "
+                             f"not {self.label_embeddings!r}")
+        if self.centroid_weighting not in ("uniform", "tfidf"):
+            raise ValueError(f"centroid_weighting must be uniform or tfidf, "
+                             f"not {self.centroid_weighting!r}")
         if self.max_vocab < 1:
             raise ValueError(f"max_vocab must be positive, not {self.max_vocab}")
         if not 0 <= self.valid_fraction < 1:
@@ -147,10 +170,31 @@ class Coverage:
     word_share: float
     """Share of vocabulary words with a vector."""
     label_share: float
-    """Share of training labels with at least one name word that has a vector."""
+    """Share of training labels whose embedding comes from the vectors (names or centroids)."""
     vector_lines: int
     malformed_lines: int
     """GloVe lines skipped as malformed."""
+
+
+@dataclass(frozen=True)
+class LabelEmbeddingStats:
+    """Where the training labels' embeddings came from (counts of labels)."""
+
+    kind: str
+    """The --label-embeddings choice: names, centroid or names+centroid."""
+    dim: int | None
+    """Width of the stored table; None: no table (training draws random embeddings)."""
+    from_names: int
+    """Labels embedded by their name's words."""
+    from_centroids: int
+    """Labels embedded by the centroid of their training documents."""
+    from_both: int
+    """Labels embedded by both (names+centroid)."""
+    random: int
+    """Labels with U(-0.1, 0.1) embeddings: nothing known about them."""
+    centroid_docs: int = 0
+    """Training documents the centroids are means of (a document with several labels counts
+    once per label)."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +212,9 @@ class PreprocessSummary:
     gold_only_labels: int
     """Labels that occur only in validation or test gold sets."""
     coverage: Coverage | None
+    label_embeddings: LabelEmbeddingStats | None = None
+    warnings: tuple[str, ...] = ()
+    """Problems that did not stop preprocessing but may spoil training (shown on stderr)."""
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,11 +250,17 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
                progress: Progress = lambda message: None) -> tuple[Path, PreprocessSummary]:
     """Process the corpus `source` (a catalog name or a folder) into a processed-data folder."""
     start = time.perf_counter()
-    encoding = check_encoding(options.encoding)
-    spec, name, folder, out = _resolve(source, options, progress)
+    encoding = _line_encoding(options.encoding)
+    warnings: list[str] = []
+    spec, name, folder, out = _resolve(source, options)
+    _check_out(out, folder, options)
+    vectors_path = _vectors_path(options, spec, folder)
+    _check_label_embeddings(options, spec, vectors_path)
+    if spec is not None and spec.generate is not None and not folder.exists():
+        progress(f"generating the {spec.name} corpus in {folder}")
+        spec.generate(folder)
     layout = spec.layout if spec else Layout()
     files = locate(folder, layout, _missing_hint(spec, folder))
-    _check_out(out)
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
     read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
@@ -218,11 +271,14 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     splits, all_labels, valid_from = _read_splits(read, files, training, options, progress)
 
     num_labels = len(training.labels)
-    names = _label_names(files, encoding, checksums, all_labels)
-    vectors = _word_vectors(options, spec, folder, training.words, names[:num_labels], progress)
-    token_table, label_table, coverage = _embeddings(
-        training.words, names[:num_labels], vectors, spec, options.seed
+    names = _label_names(files, encoding, checksums, all_labels, warnings)
+    vectors = _word_vectors(vectors_path, spec, training.words, names[:num_labels], progress)
+    token_table, words_known = _token_table(training.words, vectors, options.seed)
+    label_table, label_stats = _label_table(
+        options, spec, names[:num_labels], vectors, splits["train"], token_table, words_known,
+        progress,
     )
+    coverage = _coverage(training.words, words_known, vectors, label_stats, warnings)
     if vectors is not None:
         checksums[vectors.path.name] = vectors.sha256
     summary = PreprocessSummary(
@@ -234,6 +290,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         token_ids=len(training.words),
         gold_only_labels=len(all_labels) - num_labels,
         coverage=coverage,
+        label_embeddings=label_stats,
+        warnings=tuple(warnings),
     )
     progress(f"writing {out}")
     data = ProcessedData(
@@ -252,7 +310,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
             "dataset": name,
             "title": spec.title if spec else name,
             "tokenizer": settings,
-            "options": _recorded_options(options, encoding, folder, vectors, valid_from, spec),
+            "options": _recorded_options(options, encoding, folder, vectors, valid_from),
             "sources": checksums,
             "stats": _without_run_details(summary),
             "xmtc_version": __version__,
@@ -264,8 +322,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
 
 # --- finding the corpus ----------------------------------------------------------------------
 
-def _resolve(source: str, options: PreprocessOptions,
-             progress: Progress) -> tuple[DatasetSpec | None, str, Path, Path]:
+def _resolve(source: str,
+             options: PreprocessOptions) -> tuple[DatasetSpec | None, str, Path, Path]:
     """(catalog entry or None, dataset name, raw folder, output folder) for `source`.
 
     A catalog name wins over a folder of the same name; write `./eurlex` for the folder.
@@ -273,9 +331,6 @@ def _resolve(source: str, options: PreprocessOptions,
     spec = find_dataset(source)
     if spec is not None:
         folder = options.raw or default_raw_dir(spec.name)
-        if spec.generate is not None and not folder.exists():
-            progress(f"generating the {spec.name} corpus in {folder}")
-            spec.generate(folder)
         return spec, spec.name, folder, options.out or default_out_dir(spec.name)
     folder = Path(source)
     if folder.is_dir():
@@ -305,15 +360,42 @@ def _missing_hint(spec: DatasetSpec | None, folder: Path) -> str:
     return f"get {spec.source} and put its files in {folder} (or pass --raw DIR)"
 
 
-def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that is not processed data (a typo must not delete files)."""
-    if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
+def _check_out(out: Path, raw: Path, options: PreprocessOptions) -> None:
+    """Refuse an output folder whose replacement could delete anything xmtc did not write.
+
+    The output replaces its folder whole, so that folder must not be, hold or lie inside the
+    raw corpus, must not hold the word-vector file, and, if it exists, must be provably an
+    earlier output (`processed.why_not_replaceable`).
+    """
+    what = f"--out {out}" if options.out is not None else f"the output folder {out} (the default)"
+    elsewhere = f"write the processed data beside the corpus, e.g. --out {_sibling(raw)}"
+    out_abs, raw_abs = out.resolve(), raw.resolve()
+    if out_abs == raw_abs:
+        raise DataError(f"{what} is the raw corpus folder; writing it would delete the corpus",
+                        elsewhere)
+    if raw_abs in out_abs.parents:
+        raise DataError(f"{what} lies inside the raw corpus folder {raw}", elsewhere)
+    if out_abs in raw_abs.parents:
         raise DataError(
-            f"{out} exists and is not a processed-data folder; it would be replaced",
-            "pass --out with a new folder or an earlier output of `xmtc preprocess`",
+            f"the raw corpus folder {raw} lies inside {what}; replacing it would delete the corpus",
+            elsewhere,
         )
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} is a file, not a folder", "pass --out with a folder path")
+    if options.glove is not None and out_abs in options.glove.resolve().parents:
+        raise DataError(f"the word-vector file {options.glove} lies inside {what}",
+                        "pass --out with a folder that does not hold the --glove file")
+    why = why_not_replaceable(out)
+    if why is not None:
+        raise DataError(
+            f"{what} exists and is not an earlier output of xmtc: {why}",
+            "pass --out with a new folder, or an earlier output of `xmtc preprocess` "
+            "(move your own files out of it first)",
+        )
+
+
+def _sibling(raw: Path) -> Path:
+    """A suggestion for an output folder beside the raw corpus folder."""
+    raw = raw.resolve()
+    return raw.with_name(f"{raw.name}-processed")
 
 
 # --- reading splits --------------------------------------------------------------------------
@@ -393,7 +475,8 @@ def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
         train, valid = training.split, gold.split(read(split="valid", encode=encode))
         valid_from = files.texts["valid"].name
     else:
-        held_out = _held_out(len(training.split), options.valid_fraction, _rng(options.seed, 0))
+        rng = _rng(options.seed, _Stream.VALID_SPLIT)
+        held_out = _held_out(len(training.split), options.valid_fraction, rng)
         train, valid = training.split.select(~held_out), training.split.select(held_out)
         valid_from = "held-out"
     progress(f"reading {files.texts['test']}")
@@ -428,9 +511,19 @@ class _GoldLabels:
         )
 
 
-def _rng(seed: int, purpose: int) -> np.random.Generator:
-    """An independent random stream per purpose, so that one use never shifts another."""
-    return np.random.default_rng([purpose, seed])
+class _Stream(IntEnum):
+    """What a random stream is for: each use draws from its own, so one never shifts another.
+
+    The numbers seed the streams: changing one changes the output of every seed.
+    """
+
+    VALID_SPLIT = 0
+    TOKEN_ROWS = 1  # embeddings of words without a vector
+    LABEL_ROWS = 2  # embeddings of labels without a name vector (or centroid)
+
+
+def _rng(seed: int, purpose: _Stream) -> np.random.Generator:
+    return np.random.default_rng([int(purpose), seed])
 
 
 def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -441,59 +534,244 @@ def _held_out(docs: int, fraction: float, rng: np.random.Generator) -> np.ndarra
 
 
 def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
-                 labels: list[str]) -> list[str]:
-    """Readable name of each label: from label_names.txt where given, else the label."""
+                 labels: list[str], warnings: list[str]) -> list[str]:
+    """Readable name of each label: from label_names.txt where given, else the label.
+
+    Names of labels that occur in no label file are unused, and warned about: they usually
+    mean a names file from another corpus or another spelling of the labels.
+    """
     if files.label_names is None:
         return list(labels)
-    names = read_label_names(files.label_names, encoding, checksums)
-    return [names.get(label, label) for label in labels]
+    path = files.label_names
+    names = _read_label_names(path, encoding, checksums, warnings)
+    if names:
+        known = set(labels)
+        unused = [(label, line) for label, (_, line) in names.items() if label not in known]
+        if len(unused) == len(names):
+            warnings.append(
+                f"{path}: none of its {len(names):,} labels occurs in the label files, so no "
+                f"name is used; its first column must hold the labels as "
+                f"{files.labels['train'].name} writes them"
+            )
+        elif unused:
+            label, line = unused[0]
+            warnings.append(
+                f"{path}: {len(unused):,} of its {len(names):,} labels occur in no label file; "
+                f"their names are unused (the first: {_quote(label)} on line {line})"
+            )
+    return [names[label][0] if label in names else label for label in labels]
+
+
+def _read_label_names(path: Path, encoding: str, checksums: dict[str, str],
+                      warnings: list[str]) -> dict[str, tuple[str, int]]:
+    """label -> (readable name, line) from `label<TAB>name` lines; blank lines are skipped.
+
+    A label named twice keeps its first name, with a warning. A line without a tab (a list of
+    names alone, or spaces for the tab) is an error: nothing says which label it names.
+    """
+    names: dict[str, tuple[str, int]] = {}
+    repeats: list[tuple[str, int]] = []
+    for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
+        if not text.strip():
+            continue
+        label, tab, name = text.rstrip("\r\n").partition("\t")
+        label = label.strip()
+        if not tab or not label or len(label.split()) > 1:
+            why = ("no tab" if not tab else "nothing before the tab" if not label
+                   else "spaces in the label")
+            raise DataError(
+                f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
+                f"{_quote(text.strip(), 60)} ({why})",
+                f"each line of {path.name} is one label as the label files write it, a tab, and "
+                "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
+                "labels without a line keep the label as their name",
+            )
+        if label in names:
+            repeats.append((label, lineno))
+            continue
+        names[label] = (" ".join(name.split()) or label, lineno)
+    if repeats:
+        label, line = repeats[0]
+        warnings.append(
+            f"{path}: {_lines(len(repeats))} a label again; the first name counts "
+            f"({_quote(label)} on line {line}, first on line {names[label][1]})"
+        )
+    return names
+
+
+def _lines(count: int) -> str:
+    return "1 line names" if count == 1 else f"{count:,} lines name"
+
+
+def _quote(value: str, limit: int = 40) -> str:
+    """`value` quoted for a message, cut to `limit` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+def _line_encoding(encoding: str) -> str:
+    """The codec's name, refusing codecs whose line end is not the byte 0x0a (UTF-16/32).
+
+    Files are split into lines as bytes before they are decoded, which only works where a
+    newline is the single byte 0x0a.
+    """
+    name = check_encoding(encoding)
+    if "\n".encode(name) != b"\n":
+        raise DataError(
+            f"--encoding {encoding}: xmtc cannot read {name} files yet (it splits lines at the "
+            "byte 0x0a, which is not a line end there)",
+            f"convert the files to UTF-8 first, e.g. `iconv -f {name} -t utf-8 FILE > NEW`",
+        )
+    return name
 
 
 # --- embeddings ------------------------------------------------------------------------------
 
-def _word_vectors(options: PreprocessOptions, spec: DatasetSpec | None, folder: Path,
-                  vocab: Vocabulary, label_names: list[str],
-                  progress: Progress) -> glove.WordVectors | None:
-    """The vectors of the vocabulary and label-name words, from --glove or the corpus's own."""
-    path = options.glove
-    if path is None and spec is not None and spec.vectors is not None:
-        path = folder / spec.vectors
+def _vectors_path(options: PreprocessOptions, spec: DatasetSpec | None,
+                  folder: Path) -> Path | None:
+    """The word-vector file: --glove, else the corpus's own (the demo's), else None."""
+    if options.glove is not None:
+        return options.glove
+    if spec is not None and spec.vectors is not None:
+        return folder / spec.vectors
+    return None
+
+
+def _check_label_embeddings(options: PreprocessOptions, spec: DatasetSpec | None,
+                            vectors: Path | None) -> None:
+    """Refuse, before reading anything, a --label-embeddings choice that cannot be made."""
+    kind = options.label_embeddings
+    if kind != "names" and vectors is None:
+        raise DataError(
+            f"--label-embeddings {kind} needs word vectors: centroids are means of them",
+            "pass --glove FILE (e.g. glove.840B.300d.txt), or leave out --label-embeddings",
+        )
+    if kind == "names+centroid" and not _names_mean_something(spec):
+        raise DataError(
+            f"--label-embeddings names+centroid: the labels of {spec.name} are item numbers, "
+            "their names say nothing",
+            "use --label-embeddings centroid",
+        )
+
+
+def _word_vectors(path: Path | None, spec: DatasetSpec | None, vocab: Vocabulary,
+                  label_names: list[str], progress: Progress) -> glove.WordVectors | None:
+    """The vectors of the vocabulary and label-name words in `path`, or None without a file."""
     if path is None:
         return None
     wanted = vocab.items[NUM_SPECIAL_TOKENS:]
-    if not _random_labels(spec, vectors=True):
+    if _names_mean_something(spec):
         wanted += [word for name in label_names for word in glove.name_words(name)]
     progress(f"reading word vectors from {path}")
     return glove.read_word_vectors(path, wanted)
 
 
-def _embeddings(vocab: Vocabulary, label_names: list[str], vectors: glove.WordVectors | None,
-                spec: DatasetSpec | None,
-                seed: int) -> tuple[np.ndarray | None, np.ndarray, Coverage | None]:
-    """(token embeddings or None, label embeddings, coverage or None)."""
-    label_rng = _rng(seed, 2)
+def _token_table(vocab: Vocabulary, vectors: glove.WordVectors | None,
+                 seed: int) -> tuple[np.ndarray | None, np.ndarray]:
+    """(token embeddings, or None without vectors; bool [tokens], the words with a vector)."""
     if vectors is None:
-        return None, glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng), None
-    token_table, words_known = glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, 1))
-    if _random_labels(spec, vectors=True):
-        label_table = glove.random_embeddings(len(label_names), RANDOM_LABEL_DIM, label_rng)
-        labels_known = np.zeros(len(label_names), dtype=bool)
-    else:
-        label_table, labels_known = glove.label_embeddings(label_names, vectors, label_rng)
+        return None, np.zeros(len(vocab), dtype=bool)
+    return glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, _Stream.TOKEN_ROWS))
+
+
+def _label_table(options: PreprocessOptions, spec: DatasetSpec | None, names: list[str],
+                 vectors: glove.WordVectors | None, train: Split, token_table: np.ndarray | None,
+                 words_known: np.ndarray,
+                 progress: Progress) -> tuple[np.ndarray | None, LabelEmbeddingStats]:
+    """The training labels' embeddings float32 [labels, E_l] (or None), and where they came from.
+
+    `names` (the paper): the mean vector of the name's known words; U(-0.1, 0.1) without one.
+    Without vectors every row is random and 100-d. Where names mean nothing (Amazon-670K) no
+    table is stored: training draws its own random one (`model.label_embedding_size`), and
+    storing ours would only cost disk (268 MB at 670K labels).
+
+    `centroid`: the centred, L2-normalised mean of the representations of the label's
+    documents in the training split (`glove.label_centroids`; the held-out validation part
+    excluded, so validation labels never leak into the model); a label with no such document
+    with a known word falls back to its normalised name vector, else U(-0.1, 0.1) (drawn for
+    those labels only, in label order). `names+centroid`: the normalised sum of the
+    normalised name vector and the centroid, one weight each, as ViXML enriches label
+    embeddings with their documents; a label with only one of the two gets that one. Every
+    row that comes from the vectors has length 1.
+    """
+    kind, labels = options.label_embeddings, len(names)
+    meaningful = _names_mean_something(spec)
+    label_rng = _rng(options.seed, _Stream.LABEL_ROWS)
+    if kind == "names" and not meaningful:
+        return None, LabelEmbeddingStats(kind, None, 0, 0, 0, labels)
+    if vectors is None:  # names only: centroids without vectors were refused up front
+        table = glove.random_embeddings(labels, RANDOM_LABEL_DIM, label_rng)
+        return table, LabelEmbeddingStats(kind, RANDOM_LABEL_DIM, 0, 0, 0, labels)
+    if kind == "names":
+        table, known = glove.label_embeddings(names, vectors, label_rng)
+        return table, LabelEmbeddingStats(kind, vectors.dim, int(known.sum()), 0, 0,
+                                          int(labels - known.sum()))
+    progress(f"label embeddings: {options.centroid_weighting} centroids of "
+             f"{len(train):,} training documents")
+    if not meaningful:
+        progress(f"note: recipes/{spec.name}.yaml sets model.label_embedding_size, which draws "
+                 "random label embeddings; train with model.label_embedding_size=null to use "
+                 "these centroids (and loss.ot_weight=8 for the OT term)")
+    table, docs = glove.label_centroids(
+        train.token_ids, train.token_offsets, train.label_ids, train.label_offsets,
+        token_table, words_known, labels, options.centroid_weighting,
+    )
+    # The centroid table becomes the result in place: at 670K labels x 300 it is 800 MB, and
+    # every full-size copy would cost as much again.
+    has_centroid = docs > 0
+    both = np.zeros(labels, dtype=bool)
+    only_name = np.zeros(labels, dtype=bool)
+    if meaningful:
+        # Name vectors of the labels that use them: all (names+centroid), or the fallbacks.
+        asked = np.arange(labels) if kind == "names+centroid" else np.flatnonzero(~has_centroid)
+        rows, known = glove.name_means([names[i] for i in asked.tolist()], vectors)
+        rows = glove.unit_rows(rows)
+        with_name = np.zeros(labels, dtype=bool)
+        with_name[asked[known]] = True
+        both = with_name & has_centroid
+        only_name = with_name & ~has_centroid
+        table[both] = glove.unit_rows(rows[both[asked]] + table[both])
+        table[only_name] = rows[only_name[asked]]
+    neither = ~has_centroid & ~only_name
+    table[neither] = glove.random_embeddings(int(neither.sum()), vectors.dim, label_rng)
+    only_centroid = has_centroid & ~both
+    return table, LabelEmbeddingStats(kind, vectors.dim, int(only_name.sum()),
+                                      int(only_centroid.sum()), int(both.sum()),
+                                      int(neither.sum()), int(docs.sum()))
+
+
+def _coverage(vocab: Vocabulary, words_known: np.ndarray, vectors: glove.WordVectors | None,
+              labels: LabelEmbeddingStats, warnings: list[str]) -> Coverage | None:
+    """How much the vectors cover, with a warning where they cover no training token."""
+    if vectors is None:
+        return None
     coverage = Coverage(
         dim=vectors.dim,
         token_share=_share(vocab.counts[words_known].sum(), vocab.counts.sum()),
         word_share=_share(words_known.sum(), len(vocab) - NUM_SPECIAL_TOKENS),
-        label_share=_share(labels_known.sum(), len(label_names)),
+        label_share=_share(
+            labels.from_names + labels.from_centroids + labels.from_both,
+            labels.from_names + labels.from_centroids + labels.from_both + labels.random,
+        ),
         vector_lines=vectors.lines,
         malformed_lines=vectors.malformed,
     )
-    return token_table, label_table, coverage
+    if coverage.token_share == 0:
+        warnings.append(
+            f"{vectors.path} has a vector for none of the training words, so every word "
+            "embedding is random; check the file's language and case (GloVe 6B is lower-case: "
+            "add --lowercase)"
+        )
+    elif labels.kind == "names" and labels.dim is not None and labels.from_names == 0:
+        warnings.append(
+            f"{vectors.path} has a vector for no word of any label name, so every label "
+            "embedding is random; --label-embeddings centroid builds them from the documents"
+        )
+    return coverage
 
 
-def _random_labels(spec: DatasetSpec | None, vectors: bool) -> bool:
-    """Whether label embeddings are random: without vectors, or where names mean nothing."""
-    return not vectors or (spec is not None and spec.random_label_embeddings)
+def _names_mean_something(spec: DatasetSpec | None) -> bool:
+    """Whether label names are words (not Amazon-670K's item numbers)."""
+    return spec is None or not spec.random_label_embeddings
 
 
 # --- statistics and manifest -----------------------------------------------------------------
@@ -539,9 +817,9 @@ def _corpus_stats(training: _Training, test: Split) -> CorpusStats:
 
 
 def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
-                      vectors: glove.WordVectors | None, valid_from: str,
-                      spec: DatasetSpec | None) -> dict[str, Any]:
+                      vectors: glove.WordVectors | None, valid_from: str) -> dict[str, Any]:
     """The options as the manifest records them (everything needed to re-run the command)."""
+    centroids = options.label_embeddings != "names"
     return {
         "raw": str(folder),
         "max_vocab": options.max_vocab,
@@ -550,9 +828,8 @@ def _recorded_options(options: PreprocessOptions, encoding: str, folder: Path,
         "valid_from": valid_from,
         "encoding": encoding,
         "glove": None if vectors is None else {"path": str(vectors.path), "dim": vectors.dim},
-        "label_embeddings": (
-            "random" if _random_labels(spec, vectors is not None) else "mean of name-word vectors"
-        ),
+        "label_embeddings": options.label_embeddings,
+        "centroid_weighting": options.centroid_weighting if centroids else None,
     }
 
 

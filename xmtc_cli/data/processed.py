@@ -2,15 +2,18 @@
 
 Layout (FORMAT_VERSION 1)::
 
-    manifest.json          format version, dataset name, options, source checksums, statistics,
-                           tokenizer settings, training defaults; written last
+    manifest.json          "format": "xmtc-processed", format version, dataset name, options,
+                           source checksums, statistics, tokenizer settings; written last
     tokens.tsv             token<TAB>training count, one per line, line k = token id k;
                            id 0 is <pad>, id 1 is <unk>
     labels.tsv             label<TAB>readable name<TAB>training count; line k = label id k.
                            The first `num_labels` are the training labels (the model's label
                            vocabulary); any after them occur only in gold sets of other splits
-    embeddings.safetensors "tokens" float32 [tokens, E] (absent without GloVe) and
-                           "labels" float32 [num_labels, E_label]
+    embeddings.safetensors "tokens" float32 [tokens, E] (absent without word vectors) and
+                           "labels" float32 [num_labels, E_label] (absent where labels get
+                           random embeddings that training draws itself: Amazon-670K's item
+                           numbers, unless label embeddings come from document centroids);
+                           the file is always there, possibly holding no tensor
     {split}.safetensors    for split in train, valid, test: "token_ids" int32 [all tokens],
                            "token_offsets" int64 [docs + 1], "label_ids" int32 [all labels],
                            "label_offsets" int64 [docs + 1]; document i is
@@ -18,11 +21,15 @@ Layout (FORMAT_VERSION 1)::
 
 Label ids are corpus ids (0..); the decoder's output space adds special symbols in front of
 them (`xmtc_cli.labelspace`).
+
+A folder is only ever replaced when it is provably one of these (`why_not_replaceable`): its
+manifest says so and it holds nothing else, so a mistyped `--out` never deletes a user's files.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,11 @@ from xmtc_cli.atomic import atomic_dir
 from xmtc_cli.errors import DataError
 
 FORMAT_VERSION = 1
+FORMAT = "xmtc-processed"  # manifest["format"]: marks a folder xmtc wrote (and may replace)
 MANIFEST = "manifest.json"
+SPLIT_NAMES = ("train", "valid", "test")
+# Keys every manifest has carried since format version 1, before the "format" marker existed.
+_MANIFEST_KEYS = frozenset({"format_version", "num_labels", "splits", "tokenizer"})
 PAD_ID, UNK_ID = 0, 1  # source token ids of <pad> and <unk>
 PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
@@ -104,7 +115,9 @@ class ProcessedData:
     label_counts: np.ndarray  # int64 [labels]: training documents carrying the label
     num_labels: int  # training labels: the model's label vocabulary
     splits: dict[str, Split]
-    label_embeddings: np.ndarray  # float32 [num_labels, E_label]
+    # float32 [num_labels, E_label]; None where the labels' embeddings are random and training
+    # draws them itself (`model.label_embedding_size`), so no table is stored
+    label_embeddings: np.ndarray | None
     token_embeddings: np.ndarray | None = None  # float32 [tokens, E], None without GloVe
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
@@ -119,6 +132,7 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
     """Write `data` to the folder `dest` atomically (a crash leaves no folder that loads)."""
     dest = Path(dest)
     manifest = dict(data.manifest)
+    manifest["format"] = FORMAT
     manifest["format_version"] = FORMAT_VERSION
     manifest["num_labels"] = data.num_labels
     manifest["splits"] = {name: len(split) for name, split in data.splits.items()}
@@ -129,7 +143,9 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
         with open(tmp / "labels.tsv", "w", encoding="utf-8") as f:
             rows = zip(data.labels, data.label_names, data.label_counts.tolist())
             f.writelines(f"{lab}\t{name}\t{count}\n" for lab, name, count in rows)
-        emb = {"labels": np.ascontiguousarray(data.label_embeddings, dtype=np.float32)}
+        emb = {}
+        if data.label_embeddings is not None:
+            emb["labels"] = np.ascontiguousarray(data.label_embeddings, dtype=np.float32)
         if data.token_embeddings is not None:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
         save_file(emb, str(tmp / "embeddings.safetensors"))
@@ -145,6 +161,54 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
             )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return dest
+
+
+def why_not_replaceable(folder: str | Path) -> str | None:
+    """Why `folder` must not be replaced by new processed data; None if it may be.
+
+    It may when it does not exist, is empty, or is provably xmtc's: its manifest parses and says
+    it is processed data (the "format" marker, or an older manifest's keys), and it holds
+    nothing but the files `save_processed` writes. Anything else may be someone's work.
+    """
+    folder = Path(folder)
+    if not folder.exists() and not folder.is_symlink():
+        return None
+    if not folder.is_dir():
+        return "it is a file, not a folder"
+    entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    if not entries:
+        return None
+    manifest = _manifest_or_none(folder / MANIFEST)
+    if manifest is None:
+        return f"it has no {MANIFEST} of processed data"
+    splits = manifest.get("splits")
+    split_names = set(splits) if isinstance(splits, dict) else set()
+    ours = {MANIFEST, "tokens.tsv", "labels.tsv", "embeddings.safetensors"} | {
+        f"{name}.safetensors" for name in set(SPLIT_NAMES) | split_names
+    }
+    foreign = [_short(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
+               for e in entries if e.name not in ours or not e.is_file(follow_symlinks=False)]
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        return f"it holds files xmtc does not write: {', '.join(foreign[:3])}{more}"
+    return None
+
+
+def _short(name: str, limit: int = 40) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def _manifest_or_none(path: Path) -> dict[str, Any] | None:
+    """The manifest at `path` if it is a processed-data manifest, else None."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(manifest, dict):
+        return None
+    if manifest.get("format") == FORMAT or _MANIFEST_KEYS <= manifest.keys():
+        return manifest
+    return None
 
 
 def load_processed(path: str | Path) -> ProcessedData:
@@ -185,7 +249,7 @@ def load_processed(path: str | Path) -> ProcessedData:
         label_counts=np.asarray(label_counts, dtype=np.int64),
         num_labels=int(manifest["num_labels"]),
         splits=splits,
-        label_embeddings=emb["labels"],
+        label_embeddings=emb.get("labels"),
         token_embeddings=emb.get("tokens"),
         manifest=manifest,
         path=path,
