@@ -374,7 +374,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             if not ok:
                 problems.append(f"{prefix}{name}: {_short(value)} is not {_describe(hint)}")
             elif not _finite(converted):
-                problems.append(f"{prefix}{name}: {_short(value)} is not a finite number")
+                problems.append(f"{prefix}{name}: {_short(converted)} is not a finite number")
             elif _too_large(converted):
                 problems.append(f"{prefix}{name}: {_short(value)} is larger than {MAX_INT}")
             elif isinstance(converted, str) and "\0" in converted:
