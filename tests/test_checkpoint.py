@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors import safe_open
@@ -12,34 +14,48 @@ from xmtc_cli import __version__, checkpoint, tensorfile
 from xmtc_cli.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointMeta,
+    check_meta,
     load_checkpoint,
     read_meta,
     save_checkpoint,
 )
+from xmtc_cli.config import recipe_from_dict
 from xmtc_cli.errors import CheckpointError
+from xmtc_cli.model import ModelSizes, build_model
+
+_RECIPE = recipe_from_dict({
+    "name": "tiny", "data": {"dir": "d", "max_src_tokens": 10, "max_labels": 2},
+    "model": {"hidden_size": 4, "encoder_layers": 1, "conv_kernels": [3, 7]},
+}).to_dict()
+_SIZES = {"vocab_size": 4, "num_labels": 3, "max_steps": 2, "embed_size": 5,
+          "label_embed_size": 6}
+
+
+def _model():
+    recipe = recipe_from_dict(_RECIPE)
+    torch.manual_seed(0)
+    return build_model(recipe.model, recipe.loss, ModelSizes(**_SIZES))
 
 
 def _state() -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    embedding = torch.randn(7, 5, generator=generator)
-    return {
-        "embedding.weight": embedding,
-        "output.weight": embedding,  # tied: the same tensor under two names
-        "encoder.weight": torch.randn(5, 3, generator=generator).t(),  # not contiguous
-        "decoder.bias": torch.randn(4, generator=generator).to(torch.bfloat16),
-        "steps": torch.tensor([3, -1], dtype=torch.int64),
-        "empty": torch.zeros(0, 4),
-    }
+    """A real (tiny) model's weights, with the layouts the writer must handle."""
+    state = _model().state_dict()
+    # Tied: the same tensor under two names (the shapes agree).
+    state["encoder.rnn.weight_ih_l0_reverse"] = state["encoder.rnn.weight_ih_l0"]
+    # Not contiguous: the same values through a transposed view.
+    state["attention.U.weight"] = state["attention.U.weight"].t().contiguous().t()
+    return state
 
 
 def _meta(**changes) -> CheckpointMeta:
     fields = {
-        "recipe": {"model": {"hidden_size": 8, "conv_kernels": [3, 7]}, "name": "tiny"},
-        "sizes": {"vocab_size": 4, "num_labels": 3, "max_steps": 2, "embed_size": 5},
+        "recipe": _RECIPE,
+        "sizes": _SIZES,
         "tokens": ["<pad>", "<unk>", "naïve", "日本"],
-        "tokenizer": {"lowercase": True},
+        "tokenizer": {"kind": "whitespace", "lowercase": True},
         "labels": ["l0", "l1", "l2"],
         "label_names": ["zero", "one", "two"],
+        "label_counts": [5, 0, 2],
         "extra": {"epoch": 2, "valid": {"micro_f1": 0.25}},
     }
     return CheckpointMeta(**{**fields, **changes})
@@ -71,15 +87,16 @@ def test_round_trip_is_exact(saved):
 
 def test_tied_weights_load_as_separate_equal_tensors(saved):
     tensors, _ = load_checkpoint(saved)
-    assert tensors["output.weight"].equal(tensors["embedding.weight"])
-    tensors["output.weight"].add_(1)
-    assert not tensors["output.weight"].equal(tensors["embedding.weight"])
+    forward, reverse = "encoder.rnn.weight_ih_l0", "encoder.rnn.weight_ih_l0_reverse"
+    assert tensors[reverse].equal(tensors[forward])
+    tensors[reverse].add_(1)
+    assert not tensors[reverse].equal(tensors[forward])
 
 
 def test_optional_fields_round_trip(tmp_path):
     path = tmp_path / "model.safetensors"
-    save_checkpoint(path, {"w": torch.ones(2)}, _meta(label_names=None, extra={}))
-    assert read_meta(path) == _meta(label_names=None, extra={})
+    save_checkpoint(path, _state(), _meta(label_names=None, label_counts=None, extra={}))
+    assert read_meta(path) == _meta(label_names=None, label_counts=None, extra={})
 
 
 def test_read_meta_reads_no_weights(saved, monkeypatch):
@@ -151,7 +168,8 @@ def _rewrite_metadata(path, **changes: str) -> None:
     """Replace `path` by a safetensors file whose xmtc metadata has `changes` applied."""
     with safe_open(path, framework="pt") as f:
         metadata = f.metadata()
-    save_file({"w": torch.ones(2)}, path, metadata={**metadata, **changes})
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    save_file(tensors, path, metadata={**metadata, **changes})
 
 
 def test_another_format_version_is_refused(saved):
@@ -167,7 +185,7 @@ def test_damaged_metadata_is_refused(saved):
 
 def _assert_only_old_checkpoint(path) -> None:
     tensors, meta = load_checkpoint(path)
-    assert meta == _meta() and tensors["steps"].tolist() == [3, -1]
+    assert meta == _meta() and tensors["output.bias"].equal(_state()["output.bias"])
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
 
 
@@ -204,3 +222,124 @@ def test_metadata_that_is_not_json_is_refused_before_writing(tmp_path):
     with pytest.raises(TypeError):
         save_checkpoint(path, {"w": torch.ones(2)}, _meta(extra={"when": object()}))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- metadata is checked against bounds and against the tensors, before any allocation --------
+
+def _refused_on_save(tmp_path, state=None, **changes) -> CheckpointError:
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, _state() if state is None else state, _meta(**changes))
+    return _refused(path)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"sizes": {**_SIZES, "max_steps": 10_000_000}},
+     "claims 10,000,000 decoding steps (sizes.max_steps); xmtc decodes at most 10,000"),
+    ({"sizes": {**_SIZES, "max_steps": 0}}, "claims 0 decoding steps"),
+    ({"sizes": {**_SIZES, "vocab_size": 10**9}},
+     "lists 4 tokens but its sizes say vocab_size = 1,000,000,000"),
+    ({"sizes": {**_SIZES, "num_labels": 10**9}},
+     "lists 3 labels but its sizes say num_labels = 1,000,000,000"),
+    ({"sizes": {**_SIZES, "vocab_size": 1}, "tokens": ["<pad>"]}, "a vocabulary of 1 tokens"),
+    ({"sizes": {**_SIZES, "vocab_size": -4}}, "sizes.vocab_size is -4, not a count"),
+    ({"sizes": {**_SIZES, "vocab_size": "4"}}, 'sizes.vocab_size is "4", not a count'),
+    ({"sizes": {**_SIZES, "embed_size": 2**40}}, "sizes.embed_size is 1099511627776"),
+    ({"sizes": {**_SIZES, "layers": 2}}, "has unknown sizes: layers"),
+    ({"sizes": {"vocab_size": 4, "num_labels": 3}}, "sizes lacks max_steps"),
+    ({"sizes": [4, 3, 2]}, "sizes is not a JSON object"),
+    ({"tokens": "<pad> <unk>"}, "tokens is not a JSON array"),
+    ({"tokens": ["<pad>", "<unk>", 3, "x"]}, "tokens holds a value that is not a string"),
+    ({"label_names": ["zero", "one"]}, "lists 2 label_names but its sizes say num_labels = 3"),
+    ({"label_counts": [1, 2, 3, 4]}, "lists 4 label_counts"),
+    ({"label_counts": [1, -2, 3]}, "label_counts holds a value that is not a count"),
+    ({"tokenizer": {"kind": "bpe"}}, 'unknown tokenizer settings {"kind": "bpe"}'),
+    ({"tokenizer": {"kind": "punct", "lowercase": "yes"}}, "unknown tokenizer settings"),
+    ({"recipe": {**_RECIPE, "train": {**_RECIPE["train"], "lr": float("nan")}}},
+     "holds a recipe that does not validate: its recipe: 1 problem:\n  train.lr: nan is not a "
+     "finite number"),
+    ({"recipe": {**_RECIPE, "data": {**_RECIPE["data"], "max_labels": 10**7}}},
+     "data.max_labels must be at most 10,000"),
+    ({"recipe": {**_RECIPE, "model": {**_RECIPE["model"], "hidden_size": 10**6}}},
+     "tensor encoder.rnn.weight_ih_l0 has shape [12, 5], the model [3000000, 5]"),
+    ({"recipe": {**_RECIPE, "model": {**_RECIPE["model"], "light_conv": False}}},
+     "has tensors the model does not: conv.weights.0, conv.weights.1"),
+    ({"recipe": {**_RECIPE, "model": {**_RECIPE["model"], "bottleneck": 8}}},
+     "lacks output.0.weight, output.0.bias, output.2.weight and 1 more; it has tensors the "
+     "model does not: output.weight, output.bias"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_metadata_that_cannot_describe_the_tensors_is_refused(tmp_path, changes, fragment):
+    error = _refused_on_save(tmp_path, **changes)
+    assert fragment in error.message, error.message
+    assert len(error.message) < 400
+
+
+def test_tensors_that_disagree_with_consistent_sizes_are_refused(tmp_path):
+    # Five tokens and vocab_size 5 agree, but the token embedding has the 4 rows it was saved with.
+    tokens = ["<pad>", "<unk>", "a", "b", "c"]
+    error = _refused_on_save(tmp_path, tokens=tokens, sizes={**_SIZES, "vocab_size": 5})
+    assert "tensor encoder.embedding.weight has shape [4, 5], the model [5, 5]" in error.message
+    # Four labels: the output layer has 3 + 3 rows, the model would have 4 + 3.
+    error = _refused_on_save(tmp_path, labels=["a", "b", "c", "d"], label_names=None,
+                             label_counts=None, sizes={**_SIZES, "num_labels": 4})
+    assert "tensor label_embedding.weight has shape [6, 6], the model [7, 6]" in error.message
+
+
+def test_missing_extra_and_retyped_tensors_are_refused(tmp_path):
+    state = _state()
+    del state["output.bias"]
+    assert "it lacks output.bias" in _refused_on_save(tmp_path, state).message
+    state = {**_state(), "backdoor": torch.ones(1)}
+    assert "has tensors the model does not: backdoor" in _refused_on_save(tmp_path, state).message
+    state = {**_state(), "output.bias": _state()["output.bias"].to(torch.bfloat16)}
+    assert "stores tensor output.bias as BF16; xmtc checkpoints store F32" in _refused_on_save(
+        tmp_path, state).message
+    state = {**_state(), "output.bias": _state()["output.bias"].to(torch.int64)}
+    assert "stores tensor output.bias as I64" in _refused_on_save(tmp_path, state).message
+
+
+def _rewrite_header(path, change) -> None:
+    """Rewrite `path`'s JSON header with `change(header)` applied, keeping the tensor bytes."""
+    data = path.read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    raw = json.dumps(header).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + length :])
+
+
+def test_a_header_whose_shape_lies_about_its_bytes_is_refused(saved):
+    def huge(header):
+        header["encoder.embedding.weight"]["shape"] = [10**9, 5]
+
+    _rewrite_header(saved, huge)
+    _refused(saved, "is damaged: tensor encoder.embedding.weight has shape [1000000000, 5] "
+                    "but 80 bytes")
+
+
+@pytest.mark.parametrize("offsets", [[-8, 0], [80, 0], ["0", "80"], [0]],
+                         ids=["negative", "reversed", "strings", "one"])
+def test_a_header_with_bad_offsets_is_refused(saved, offsets):
+    def bad(header):
+        header["encoder.embedding.weight"]["data_offsets"] = offsets
+
+    _rewrite_header(saved, bad)
+    _refused(saved, "not a safetensors file")
+
+
+def test_deeply_nested_json_is_refused_not_a_recursion_error(saved, tmp_path):
+    _rewrite_metadata(saved, extra="[" * 100_000 + "]" * 100_000)
+    _refused(saved, "damaged metadata: is nested too deeply")
+    deep = tmp_path / "deep.safetensors"
+    raw = b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    deep.write_bytes(len(raw).to_bytes(8, "little") + raw)
+    _refused(deep, "not a safetensors file")
+
+
+def test_check_meta_is_what_read_meta_runs(saved):
+    meta = read_meta(saved)
+    with safe_open(saved, framework="pt") as f:
+        specs = {name: ("F32", tuple(f.get_slice(name).get_shape())) for name in f.keys()}
+    check_meta(meta, specs)  # a consistent checkpoint passes
+    specs["output.bias"] = ("F32", (7,))
+    with pytest.raises(CheckpointError, match=r"output.bias has shape \[7\], the model \[6\]"):
+        check_meta(meta, specs)

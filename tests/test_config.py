@@ -114,3 +114,124 @@ def test_round_trip_through_yaml(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(r.to_yaml())
     assert load_recipe(path) == r
+
+
+# --- untrusted recipes: data, never a way out -------------------------------------------------
+
+def _alias_bomb(levels: int = 9) -> str:
+    """A few hundred bytes of YAML that expand to 9**levels strings ("billion laughs")."""
+    rows = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    rows += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, levels)]
+    return "\n".join(rows) + f"\nname: *a{levels - 1}\n"
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb())
+    assert path.stat().st_size < 600
+    with pytest.raises(ConfigError, match=r"bomb\.yaml:2: YAML aliases \(\*name\) are not allowed"):
+        load_recipe(path)
+
+
+def test_a_harmless_alias_is_refused_too(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {dir: &d x}\nname: *d\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("text", ["name: " + "[" * 100_000 + "]" * 100_000 + "\n",
+                                  "data:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 60))],
+                         ids=["flow", "block"])
+def test_deep_nesting_is_refused_not_a_recursion_error(tmp_path, text):
+    path = tmp_path / "deep.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="nested deeper than 32 levels"):
+        load_recipe(path)
+
+
+def test_deep_nesting_in_plain_data_is_refused():
+    raw: dict = {"data": {"dir": "d"}}
+    node = raw
+    for _ in range(100_000):
+        node["x"] = {}
+        node = node["x"]
+    with pytest.raises(ConfigError, match="nested deeper"):
+        recipe_from_dict(raw)
+
+
+def test_a_huge_recipe_file_is_refused_unread(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("data: {dir: d}\n" + "# padding\n" * 200_000)
+    with pytest.raises(ConfigError, match="larger than 1,000,000 bytes"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("data: {dir: d}\ntrain: {epochs: " + "9" * 5000 + "}\n", "a value cannot be read"),
+    ("\ufeffdata: {dir: d}\n".encode("utf-16"), "not UTF-8 text"),
+    (b"data: {dir: d}\n\xe9t\xe9: 1\n", "not UTF-8 text"),
+    (b"data: {dir: d}\x00\n", "not valid YAML"),
+    ("- a\n- b\n", "a recipe is a mapping of sections, found list"),
+], ids=["5000-digit-int", "utf-16", "latin-1", "nul-byte", "a-list"])
+def test_unreadable_recipes_are_refused(tmp_path, content, fragment):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
+    with pytest.raises(ConfigError, match=fragment):
+        load_recipe(path)
+
+
+def test_a_recipe_with_bom_and_crlf_loads(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_bytes(b"\xef\xbb\xbfdata:\r\n  dir: d\r\ntrain:\r\n  epochs: 2")
+    assert load_recipe(path).train.epochs == 2
+
+
+def test_a_folder_is_not_a_recipe(tmp_path):
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_recipe(tmp_path)
+
+
+def test_error_messages_quote_a_short_prefix_of_a_value():
+    huge = "x" * 1_000_000
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"data": {"dir": "d", huge: 1}, "name": [huge] * 10_000,
+                          "train": {"epochs": huge}}, [f"train.lr={huge}", huge])
+    text = str(err.value)
+    assert len(text) < 2000 and "5 problems" in text
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=.nan", "train.lr=.inf",
+                                      "train.lr=-.inf", "train.grad_clip=.nan",
+                                      "train.min_lr=-.inf", "loss.ot_weight=1e999",
+                                      "model.dropout=.nan", "train.log_every=.inf"])
+def test_numbers_that_are_not_finite_are_refused(override):
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"data": {"dir": "d"}}, [override])
+    key = override.partition("=")[0]
+    assert f"{key}: " in str(err.value) and "is not a finite number" in str(err.value)
+    assert "1 problem:" in str(err.value)
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ("train.epochs=99999999999", "train.epochs: 99999999999 is larger than 2147483647"),
+    ("data.max_labels=10001", "data.max_labels must be at most 10,000"),
+    ("train.seed=-1", "train.seed must be >= 0"),
+    ('data.dir="a\\0b"', "data.dir: 'a\\x00b' contains a NUL character"),
+    ("train.lr=[unclosed", "override 'train.lr=[unclosed': not valid YAML"),
+    ("train.lr=*a", "aliases"),
+])
+def test_numbers_and_strings_that_cannot_be_right_are_refused(override, fragment):
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"data": {"dir": "d"}}, [override])
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["/abs/path", "../x", "..", ".", "a/b", "-rf", ".hidden",
+                                  "a" * 101, "x\0y", "tab\tname", ""])
+def test_names_that_would_leave_runs_are_refused(name):
+    if name == "":  # empty: the recipe file's name is used instead
+        assert recipe_from_dict({"data": {"dir": "d"}, "name": name}).name == ""
+        return
+    with pytest.raises(ConfigError, match="name"):
+        recipe_from_dict({"data": {"dir": "d"}, "name": name})

@@ -13,11 +13,20 @@ model and apply it to raw text, so `xmtc predict model.safetensors docs.txt` nee
 
 Large vocabularies stay cheap: 500k tokens are one JSON string of a few MB, far below
 safetensors' 100 MB header limit, and `read_meta` reads the header without touching the weights.
+
+A checkpoint is untrusted data. `read_meta` (and so `load_checkpoint`, and every loader built on
+them) checks the metadata before anything is allocated from it (`check_meta`): field types,
+sizes against the vocabularies, the decoding steps against MAX_STEPS, the recipe through the
+recipe validator, and the name, shape and dtype of every tensor in the header against the model
+that recipe and sizes describe (built on the meta device, which allocates nothing). So no size a
+file claims can make xmtc allocate more than the file holds, or decode for ever.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,8 +38,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.errors import CheckpointError
-from xmtc_cli.tensorfile import write_safetensors
+from xmtc_cli.config import MAX_INT, MAX_STEPS, recipe_from_dict
+from xmtc_cli.data.tokenize import TOKENIZER_KINDS
+from xmtc_cli.errors import CheckpointError, ConfigError
+from xmtc_cli.tensorfile import DTYPES, write_safetensors
 
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
@@ -108,8 +119,15 @@ def load_checkpoint(
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
-    """Read a checkpoint's metadata from its header alone, without loading the weights."""
-    metadata = _read_header(Path(path)).get("__metadata__")
+    """Read a checkpoint's metadata from its header alone, without loading the weights, and
+    check it against the tensors the header lists (`check_meta`)."""
+    header = _read_header(Path(path))
+    meta = _parse_meta(path, header.get("__metadata__"))
+    check_meta(meta, _tensor_specs(path, header), path)
+    return meta
+
+
+def _parse_meta(path: str | Path, metadata: Any) -> CheckpointMeta:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_MARKER:
         raise CheckpointError(
             f"{path} is a safetensors file but not an xmtc checkpoint (it has no xmtc metadata)",
@@ -126,9 +144,158 @@ def read_meta(path: str | Path) -> CheckpointMeta:
     try:
         fields = {name: json.loads(metadata[name]) for name in _JSON_FIELDS
                   if name in metadata or name not in _OPTIONAL_FIELDS}
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} has damaged metadata: {exc!r}", _RETRAIN) from exc
-    return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT, package_version=written_by)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        what = "is nested too deeply" if isinstance(exc, RecursionError) else _cut(repr(exc))
+        raise CheckpointError(f"checkpoint {path} has damaged metadata: {what}", _RETRAIN) from exc
+    return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT,
+                          package_version=_cut(str(written_by)))
+
+
+# --- what the metadata may claim --------------------------------------------------------------
+
+TensorSpec = tuple[str, tuple[int, ...]]
+"""A tensor as the safetensors header lists it: dtype name ("F32", ...) and shape."""
+
+
+def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
+               path: str | Path = "checkpoint") -> None:
+    """Refuse metadata that cannot describe `tensors` (name -> dtype and shape, as listed in the
+    header), before anything is built or allocated from it.
+
+    Checks, in order: the type of every field; the sizes (vocab_size == len(tokens),
+    num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= max_steps <=
+    MAX_STEPS); the tokenizer settings; the recipe (it must validate); and that the tensors are
+    exactly the model that recipe and sizes describe: the same names and shapes (so the token
+    embedding has vocab_size rows and the output layer num_labels + 3), all float32.
+    """
+    def refuse(problem: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path} {problem}", _RETRAIN)
+
+    for name, kind in (("recipe", dict), ("sizes", dict), ("tokens", list),
+                       ("tokenizer", dict), ("labels", list), ("extra", dict)):
+        if not isinstance(getattr(meta, name), kind):
+            raise refuse(f"has damaged metadata: {name} is not a JSON "
+                         f"{'object' if kind is dict else 'array'}")
+    for name in ("label_names", "label_counts"):
+        if getattr(meta, name) is not None and not isinstance(getattr(meta, name), list):
+            raise refuse(f"has damaged metadata: {name} is not a JSON array")
+    sizes = _check_sizes(meta.sizes, refuse)
+    lengths = [("tokens", meta.tokens, sizes.vocab_size, "vocab_size"),
+               ("labels", meta.labels, sizes.num_labels, "num_labels"),
+               ("label_names", meta.label_names, sizes.num_labels, "num_labels"),
+               ("label_counts", meta.label_counts, sizes.num_labels, "num_labels")]
+    for name, values, size, size_name in lengths:
+        if values is not None and len(values) != size:
+            raise refuse(f"is inconsistent: it lists {len(values):,} {name} but its sizes say "
+                         f"{size_name} = {size:,}")
+    for name in ("tokens", "labels", "label_names"):
+        values = getattr(meta, name) or []
+        if not all(isinstance(v, str) for v in values):
+            raise refuse(f"has damaged metadata: {name} holds a value that is not a string")
+    if meta.label_counts is not None and not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in meta.label_counts):
+        raise refuse("has damaged metadata: label_counts holds a value that is not a count")
+    kind, lowercase = meta.tokenizer.get("kind"), meta.tokenizer.get("lowercase", False)
+    if kind not in TOKENIZER_KINDS or not isinstance(lowercase, bool):
+        raise refuse(f"has unknown tokenizer settings {_short_json(meta.tokenizer)} "
+                     f"(kinds: {', '.join(TOKENIZER_KINDS)})")
+    try:
+        recipe = recipe_from_dict(meta.recipe, source="its recipe")
+    except ConfigError as exc:
+        raise refuse(f"holds a recipe that does not validate: {exc.message}") from None
+    _check_tensors(recipe, sizes, tensors, refuse)
+
+
+def _check_sizes(raw: dict[str, Any], refuse) -> Any:
+    from xmtc_cli.model import ModelSizes
+
+    fields = {f.name: f for f in dataclasses.fields(ModelSizes)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise refuse(f"has unknown sizes: {_cut(', '.join(map(str, unknown)))}")
+    missing = [name for name, f in fields.items()
+               if name not in raw and f.default is dataclasses.MISSING]
+    if missing:
+        raise refuse(f"has damaged metadata: sizes lacks {', '.join(missing)}")
+    for name, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_INT:
+            raise refuse(f"has damaged metadata: sizes.{name} is {_short_json(value)}, not a "
+                         "count")
+    sizes = ModelSizes(**raw)
+    if not 1 <= sizes.max_steps <= MAX_STEPS:
+        raise refuse(f"claims {sizes.max_steps:,} decoding steps (sizes.max_steps); xmtc decodes "
+                     f"at most {MAX_STEPS:,}")
+    if sizes.vocab_size < 2:  # <pad> and <unk> are always there
+        raise refuse(f"claims a vocabulary of {sizes.vocab_size} tokens; every vocabulary holds "
+                     "<pad> and <unk>")
+    return sizes
+
+
+def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], refuse) -> None:
+    """The header's tensors are those of the model `recipe` and `sizes` build, all float32."""
+    from xmtc_cli.model import build_model
+
+    try:
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            model = build_model(recipe.model, recipe.loss, sizes)
+    except Exception as exc:  # sizes no model can have (a tensor beyond int64 elements, ...)
+        raise refuse(f"describes a model that cannot be built ({_cut(str(exc), 80)})") from None
+    expected = {name: (DTYPES[t.dtype], tuple(t.shape))
+                for name, t in model.state_dict().items()}
+    missing = [name for name in expected if name not in tensors]
+    extra = [name for name in tensors if name not in expected]
+    if missing or extra:
+        parts = ([f"lacks {_names(missing)}"] if missing else []) + (
+            [f"has tensors the model does not: {_names(extra)}"] if extra else [])
+        raise refuse("does not hold the model its metadata describes: it " + "; it ".join(parts))
+    for name, (dtype, shape) in expected.items():
+        got_dtype, got_shape = tensors[name]
+        if got_shape != shape:
+            raise refuse(f"does not hold the model its metadata describes: tensor {name} has "
+                         f"shape {list(got_shape)}, the model {list(shape)}")
+        if got_dtype != dtype:
+            raise refuse(f"stores tensor {name} as {_cut(got_dtype)}; xmtc checkpoints store "
+                         f"{dtype}")
+
+
+def _tensor_specs(path: str | Path, header: dict[str, Any]) -> dict[str, TensorSpec]:
+    """The dtype and shape of every tensor in a header, each checked against its byte range."""
+    specs = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype, shape = entry.get("dtype"), entry.get("shape")
+        begin, end = entry["data_offsets"]
+        size = _ITEM_SIZES.get(dtype)
+        if (size is None or not isinstance(shape, list)
+                or not all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise CheckpointError(f"{path} is not a safetensors file", _NOT_SAFETENSORS)
+        if math.prod(shape) * size != end - begin:
+            raise CheckpointError(
+                f"checkpoint {path} is damaged: tensor {_cut(name)} has shape {_cut(str(shape))} "
+                f"but {end - begin:,} bytes", _RETRAIN)
+        specs[name] = (dtype, tuple(shape))
+    return specs
+
+
+_ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+               "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(_cut(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _short_json(value: Any) -> str:
+    try:
+        return _cut(json.dumps(value))
+    except (TypeError, ValueError, RecursionError):
+        return f"<{type(value).__name__}>"
+
+
+def _cut(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_header(path: Path) -> dict[str, Any]:
@@ -159,7 +326,7 @@ def _read_header(path: Path) -> dict[str, Any]:
     try:
         header = json.loads(raw)
         end = _data_end(header)
-    except (ValueError, LookupError, AttributeError, TypeError) as exc:  # bad JSON or layout
+    except (ValueError, LookupError, AttributeError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{path} is not a safetensors file", _NOT_SAFETENSORS) from exc
     if 8 + length + end > size:
         raise _truncated(path, 8 + length + end, size)
@@ -180,11 +347,17 @@ def _check_is_file(path: Path) -> None:
 
 
 def _data_end(header: dict[str, Any]) -> int:
-    """Where the last tensor's bytes end, counted from the end of the header."""
-    ends = (
-        int(entry["data_offsets"][1]) for name, entry in header.items() if name != "__metadata__"
-    )
-    return max(ends, default=0)
+    """Where the last tensor's bytes end, counted from the end of the header; ValueError for
+    byte ranges that are not two ordered non-negative integers."""
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, stop = entry["data_offsets"]
+        if not (isinstance(begin, int) and isinstance(stop, int) and 0 <= begin <= stop):
+            raise ValueError(f"bad data_offsets for {name}")
+        end = max(end, stop)
+    return end
 
 
 def _truncated(path: Path, expected: int, size: int) -> CheckpointError:
