@@ -383,14 +383,15 @@ def test_a_long_bad_line_is_quoted_short(tmp_path):
 
 
 @pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32"])
-def test_encodings_whose_newline_is_not_one_byte_are_refused_up_front(tmp_path, encoding):
-    # Lines are split at the byte 0x0a before decoding (xmtc_cli.data.readers), which would
-    # cut UTF-16 text between the two bytes of a character; until readers decode streams,
-    # such files are refused with the conversion to run, not misread.
-    folder = write_corpus(tmp_path / "corpus", encoding=encoding)
-    with pytest.raises(DataError, match=f"--encoding {encoding}: xmtc cannot read") as info:
-        run(folder, tmp_path, encoding=encoding)
-    assert "iconv -f utf-" in info.value.hint
+def test_encodings_whose_newline_is_not_one_byte_read_as_their_utf8_twin(tmp_path, encoding):
+    """Lines end at the decoded newline (xmtc_cli.textio), not at the byte 0x0a."""
+    wide, _ = run(write_corpus(tmp_path / "wide", encoding=encoding), tmp_path / "a",
+                  encoding=encoding)
+    plain, _ = run(write_corpus(tmp_path / "plain"), tmp_path / "b")
+    assert wide.tokens == plain.tokens and wide.labels == plain.labels
+    for name, split in plain.splits.items():
+        assert np.array_equal(wide.splits[name].token_ids, split.token_ids)
+        assert np.array_equal(wide.splits[name].label_offsets, split.label_offsets)
 
 
 # --- label embeddings from document centroids (issue 13.1) -----------------------------------

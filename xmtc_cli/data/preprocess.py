@@ -250,7 +250,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
                progress: Progress = lambda message: None) -> tuple[Path, PreprocessSummary]:
     """Process the corpus `source` (a catalog name or a folder) into a processed-data folder."""
     start = time.perf_counter()
-    encoding = _line_encoding(options.encoding)
+    encoding = check_encoding(options.encoding)
     warnings: list[str] = []
     spec, name, folder, out = _resolve(source, options)
     _check_out(out, folder, options)
@@ -606,22 +606,6 @@ def _lines(count: int) -> str:
 def _quote(value: str, limit: int = 40) -> str:
     """`value` quoted for a message, cut to `limit` characters."""
     return repr(value if len(value) <= limit else value[:limit] + "…")
-
-
-def _line_encoding(encoding: str) -> str:
-    """The codec's name, refusing codecs whose line end is not the byte 0x0a (UTF-16/32).
-
-    Files are split into lines as bytes before they are decoded, which only works where a
-    newline is the single byte 0x0a.
-    """
-    name = check_encoding(encoding)
-    if "\n".encode(name) != b"\n":
-        raise DataError(
-            f"--encoding {encoding}: xmtc cannot read {name} files yet (it splits lines at the "
-            "byte 0x0a, which is not a line end there)",
-            f"convert the files to UTF-8 first, e.g. `iconv -f {name} -t utf-8 FILE > NEW`",
-        )
-    return name
 
 
 # --- embeddings ------------------------------------------------------------------------------
