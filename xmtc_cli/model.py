@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -279,6 +280,15 @@ class GlobalEmbedding(nn.Module):
         return gate * emb + (1 - gate) * mean
 
 
+class DecoderStep(NamedTuple):
+    """What one decoding step yields (`Seq2SetModel._decode`)."""
+
+    features: Tensor  # the output layer's input, dropout(z_t) [B, Z]
+    logits: Tensor | None  # o_t [B, V] (masked), where computed step by step; else None
+    choice: Tensor | None  # arg-max of o_t [B], the label fed next (student forcing); else None
+    used: Tensor | None  # bool [B, V], the labels masked at this step (masked softmax); else None
+
+
 class Seq2SetModel(nn.Module):
     """Encoder, attention (+ LC branch), GRU decoder and output layer (docs/design.md §2)."""
 
@@ -334,18 +344,34 @@ class Seq2SetModel(nn.Module):
         Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
         padded with -1) are fed after BOS, S = M + 1, the last step's target being EOS.
+
+        The decoder runs step by step, but the output layer runs once, on all S steps' features
+        together: one [B, S, V] tensor and, in the backward, one gradient of the [V, b] weight
+        instead of S of them (docs/design.md §2 Output layer). Student forcing still needs each
+        step's arg-max to feed the next step: `_decode` takes it from logits computed without
+        autograd. SGM's global embedding reads the previous step's logits with their gradient,
+        so with it the output layer stays step by step.
         """
         memories, state = self._encode(src, lengths)
-        if not self.teacher_forcing:
-            return torch.stack(list(self._decode(memories, state, self.max_steps)), dim=1)
-        if gold is None:
-            raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
-        gold = gold.to(src.device)
-        bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
-        # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
-        inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
-        steps = self._decode(memories, state, inputs.size(1), inputs)
-        return torch.stack(list(steps), dim=1)  # (B, M + 1, V)
+        inputs = None
+        if self.teacher_forcing:
+            if gold is None:
+                raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
+            gold = gold.to(src.device)
+            bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
+            # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
+            inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
+        num_steps = self.max_steps if inputs is None else inputs.size(1)
+        steps = self._decode(memories, state, num_steps, inputs)
+        if self.global_embedding is not None:
+            return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
+        # Keep each step's features and mask only: its arg-max logits are dropped as it ends.
+        features, used = zip(*((step.features, step.used) for step in steps))
+        logits = self.output(torch.stack(features, dim=1))  # (B, S, Z) -> (B, S, V)
+        if self.masked_softmax:
+            mask = torch.stack(used, dim=1)  # (B, S, V)
+            logits = logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+        return logits
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -360,9 +386,12 @@ class Seq2SetModel(nn.Module):
         num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
-        for t, logits in enumerate(self._decode(memories, state, num_steps)):
-            label = logits.argmax(dim=-1)  # (B,): the label _decode feeds back
-            score = torch.softmax(logits.float(), dim=-1).gather(1, label.unsqueeze(1)).squeeze(1)
+        for t, step in enumerate(self._decode(memories, state, num_steps)):
+            label = step.choice  # (B,): the arg-max _decode feeds back
+            # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
+            logits = step.logits.float()  # (B, V)
+            chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
+            score = (chosen - torch.logsumexp(logits, dim=-1)).exp()  # (B,)
             if self.teacher_forcing:
                 label = label.masked_fill(ended, EMPTY)
                 score = score.masked_fill(ended, 0.0)
@@ -394,15 +423,24 @@ class Seq2SetModel(nn.Module):
         return memories, state
 
     def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
-                inputs: Tensor | None = None) -> Iterator[Tensor]:
-        """Yield the logits [B, V] of each step, feeding `inputs` [B, S] if given (teacher
-        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing)."""
+                inputs: Tensor | None = None) -> Iterator[DecoderStep]:
+        """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
+        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing).
+
+        Each step yields the output layer's input; its logits are computed here only where they
+        are needed step by step: to choose the next label (student forcing), or to feed SGM's
+        global embedding, the one case where they carry a gradient.
+        """
         batch = state.size(0)
         table = self.label_embedding.weight  # (V, E_l)
         label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # ŷ_0: (B,)
         used = torch.zeros(batch, table.size(0), dtype=torch.bool, device=state.device)  # (B, V)
         # SGM before any prediction: uniform weights, ē = the mean label (the published code).
         logits = state.new_zeros(batch, table.size(0)) if self.global_embedding else None
+        step_logits = self.global_embedding is not None or inputs is None
+        # Without the global embedding the step's logits only choose the next label: they are
+        # computed without autograd, and forward applies the output layer to all steps at once.
+        track = nullcontext if self.global_embedding is not None else torch.no_grad
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
@@ -414,7 +452,7 @@ class Seq2SetModel(nn.Module):
             contexts = [self.attention(state, memory, projected) for memory in memories]
             state = self.cell(torch.cat([emb, *contexts], dim=-1), state)  # s_t: (B, H)
             z = torch.cat([state, *contexts, emb], dim=-1)  # (B, H + 2C + E_l) with LC
-            logits = self.output(self.dropout(z))  # (B, V)
+            features = self.dropout(z)  # (B, Z), one dropout mask for both uses of it
             if self.masked_softmax:
                 # SGM: a corpus label fed earlier (generated, or gold under teacher forcing)
                 # cannot come again; ∅ and EOS stay available. Training logits are masked too,
@@ -423,7 +461,14 @@ class Seq2SetModel(nn.Module):
                 # -inf gives probability 0 without 0 · (-inf) = NaN in a loss.
                 fed = (label >= NUM_SPECIALS).unsqueeze(1)  # (B, 1)
                 used = used.scatter(1, label.unsqueeze(1), fed)  # (B, V), out of place
-                logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
-            yield logits
+            choice = logits = None
+            if step_logits:
+                with track():
+                    logits = self.output(features)  # (B, V)
+                    if self.masked_softmax:
+                        logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
+                if inputs is None:
+                    choice = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+            yield DecoderStep(features, logits, choice, used if self.masked_softmax else None)
             if inputs is None:  # teacher forcing reads the next label from `inputs`
-                label = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+                label = choice

@@ -1,0 +1,203 @@
+"""The batched output layer and the one-pass decoding against the step-by-step code they replace.
+
+`oracle_forward` and `oracle_generate` are faithful copies of `Seq2SetModel.forward` /
+`generate` as they were before the output layer was batched (issue 11): the output layer applied
+to each step's features, the per-step logits stacked, the arg-max taken twice per step and the
+score read from a full softmax. With dropout 0 the new code must give the same logits, loss,
+gradients, labels and scores within float tolerance; benchmarks/bench_output_layer.py times the
+two against each other.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from collections.abc import Iterator
+
+import pytest
+import torch
+from torch import Tensor
+
+from xmtc_cli.config import LossConfig, ModelConfig
+from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
+from xmtc_cli.losses import build_criterion
+from xmtc_cli.model import Memory, ModelSizes, Seq2SetModel, build_model
+
+# --- the oracle: the step-by-step decoder as it was -----------------------------------------
+
+
+def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
+                   gold: Tensor | None = None) -> Tensor:
+    """`Seq2SetModel.forward` before batching: logits [B, S, V], stacked step by step."""
+    memories, state = model._encode(src, lengths)
+    if not model.teacher_forcing:
+        return torch.stack(list(_oracle_decode(model, memories, state, model.max_steps)), dim=1)
+    if gold is None:
+        raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
+    gold = gold.to(src.device)
+    bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
+    inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
+    steps = _oracle_decode(model, memories, state, inputs.size(1), inputs)
+    return torch.stack(list(steps), dim=1)  # (B, M + 1, V)
+
+
+@torch.no_grad()
+def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    """`Seq2SetModel.generate` before: two arg-maxes per step, the score from a full softmax."""
+    memories, state = model._encode(src, lengths)
+    num_steps = model.max_steps + 1 if model.teacher_forcing else model.max_steps
+    ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
+    labels, scores = [], []
+    for t, logits in enumerate(_oracle_decode(model, memories, state, num_steps)):
+        label = logits.argmax(dim=-1)  # (B,)
+        score = torch.softmax(logits.float(), dim=-1).gather(1, label.unsqueeze(1)).squeeze(1)
+        if model.teacher_forcing:
+            label = label.masked_fill(ended, EMPTY)
+            score = score.masked_fill(ended, 0.0)
+            ended = ended | (label == EOS)
+        labels.append(label)
+        scores.append(score)
+        if model.teacher_forcing and t % 4 == 3 and bool(ended.all()):
+            break
+    return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
+
+
+def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, num_steps: int,
+                   inputs: Tensor | None = None) -> Iterator[Tensor]:
+    """`Seq2SetModel._decode` before: the output layer applied to each step, with its gradient."""
+    batch = state.size(0)
+    table = model.label_embedding.weight  # (V, E_l)
+    label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # (B,)
+    used = torch.zeros(batch, table.size(0), dtype=torch.bool, device=state.device)  # (B, V)
+    logits = state.new_zeros(batch, table.size(0)) if model.global_embedding else None
+    for t in range(num_steps):
+        if inputs is not None:
+            label = inputs[:, t]  # (B,)
+        emb = model.dropout(model.label_embedding(label))  # (B, E_l)
+        if model.global_embedding is not None:
+            emb = model.global_embedding(emb, logits, table)  # (B, E_l)
+        projected = model.attention.W(state)  # (B, A)
+        contexts = [model.attention(state, memory, projected) for memory in memories]
+        state = model.cell(torch.cat([emb, *contexts], dim=-1), state)  # (B, H)
+        z = torch.cat([state, *contexts, emb], dim=-1)  # (B, Z)
+        logits = model.output(model.dropout(z))  # (B, V)
+        if model.masked_softmax:
+            fed = (label >= NUM_SPECIALS).unsqueeze(1)  # (B, 1)
+            used = used.scatter(1, label.unsqueeze(1), fed)  # (B, V)
+            logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
+        yield logits
+        if inputs is None:
+            label = logits.argmax(dim=-1)  # (B,)
+
+
+# --- the new code against it ----------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: a second thread only adds overhead, and thrashes on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+SIZES = ModelSizes(vocab_size=30, num_labels=9, max_steps=5, embed_size=6, label_embed_size=5)
+SGM = {"none": {}, "masked": {"masked_softmax": True}, "global": {"global_embedding": True},
+       "both": {"masked_softmax": True, "global_embedding": True}}
+
+
+def make(kind: str, light_conv: bool, bottleneck: int | None, sgm: str, dropout: float = 0.0,
+         seed: int = 0) -> tuple[Seq2SetModel, torch.nn.Module]:
+    """A small model and its loss (matching with OT, or cross-entropy)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(hidden_size=8, dropout=dropout, light_conv=light_conv,
+                      bottleneck=bottleneck, **SGM[sgm])
+    loss = LossConfig(kind=kind, ot_weight=8.0 if kind == "matching" else 0.0)
+    return build_model(cfg, loss, SIZES), build_criterion(loss)
+
+
+def batch(seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Documents of lengths 9, 1, 0, 5 and 7 and gold sets of 2, 1, 0, 3 and 4 labels."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([9, 1, 0, 5, 7])
+    src = torch.randint(2, SIZES.vocab_size, (5, 9), generator=g)
+    src[torch.arange(9) >= lengths.unsqueeze(1)] = 0
+    gold = torch.tensor([[3, 5, -1, -1], [9, -1, -1, -1], [-1, -1, -1, -1], [4, 8, 6, -1],
+                         [11, 7, 3, 10]])
+    return src, lengths, gold
+
+
+def loss_and_grads(model, criterion, forward, src, lengths, gold):
+    logits = forward(model, src, lengths, gold)
+    loss, _ = criterion(logits, gold, model.label_embedding.weight)
+    model.zero_grad()
+    loss.backward()
+    return logits.detach(), loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+CLOSE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.mark.parametrize("kind,light_conv,bottleneck,sgm,train", list(itertools.product(
+    ("matching", "cross-entropy"), (False, True), (None, 16), tuple(SGM), (False, True))))
+def test_logits_loss_and_gradients_match_the_step_by_step_oracle(kind, light_conv, bottleneck,
+                                                                 sgm, train):
+    new, criterion = make(kind, light_conv, bottleneck, sgm)
+    old = copy.deepcopy(new)
+    new.train(train)
+    old.train(train)
+    src, lengths, gold = batch()
+    logits, loss, grads = loss_and_grads(new, criterion, Seq2SetModel.__call__, src, lengths, gold)
+    want_logits, want_loss, want_grads = loss_and_grads(old, criterion, oracle_forward, src,
+                                                        lengths, gold)
+    torch.testing.assert_close(logits, want_logits, **CLOSE)
+    torch.testing.assert_close(loss, want_loss, **CLOSE)
+    assert grads.keys() == want_grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], **CLOSE, msg=name)
+
+
+@pytest.mark.parametrize("kind,sgm", [("matching", "none"), ("cross-entropy", "none"),
+                                      ("matching", "both"), ("cross-entropy", "masked")])
+def test_dropout_draws_the_same_masks_as_before(kind, sgm):
+    """The dropout masks are drawn in the same order and shapes as the step-by-step code drew
+    them, so a seeded training run still sees the same ones."""
+    new, criterion = make(kind, True, 16, sgm, dropout=0.3)
+    old = copy.deepcopy(new)
+    src, lengths, gold = batch()
+    torch.manual_seed(1)
+    logits, loss, grads = loss_and_grads(new, criterion, Seq2SetModel.__call__, src, lengths, gold)
+    torch.manual_seed(1)
+    want_logits, want_loss, want_grads = loss_and_grads(old, criterion, oracle_forward, src,
+                                                        lengths, gold)
+    torch.testing.assert_close(logits, want_logits, **CLOSE)
+    torch.testing.assert_close(loss, want_loss, **CLOSE)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, want_grads[name], **CLOSE, msg=name)
+
+
+@pytest.mark.parametrize("kind,light_conv,bottleneck,sgm", list(itertools.product(
+    ("matching", "cross-entropy"), (False, True), (None, 16), tuple(SGM))))
+def test_generation_matches_the_oracle(kind, light_conv, bottleneck, sgm):
+    model, _ = make(kind, light_conv, bottleneck, sgm)
+    model.eval()
+    model.max_steps = 7
+    src, lengths, _ = batch()
+    labels, scores = model.generate(src, lengths)
+    want_labels, want_scores = oracle_generate(model, src, lengths)
+    assert torch.equal(labels, want_labels)
+    torch.testing.assert_close(scores, want_scores, **CLOSE)
+
+
+def test_the_output_layer_runs_once_per_forward():
+    """One call on all steps' features [B, N, Z]: one weight gradient, no stacked logits."""
+    model, criterion = make("matching", False, 16, "none")
+    calls = []
+    model.output.register_forward_hook(
+        lambda module, args, out: calls.append((torch.is_grad_enabled(), tuple(args[0].shape))))
+    src, lengths, gold = batch()
+    model(src, lengths, gold)
+    with_grad = [shape for grad, shape in calls if grad]
+    assert with_grad == [(5, SIZES.max_steps, 8 + 16 + 5)]  # (B, N, H + C + E_l)
+    assert len(calls) == 1 + SIZES.max_steps  # and one arg-max per step, without autograd
