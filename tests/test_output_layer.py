@@ -11,6 +11,7 @@ two against each other.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -18,7 +19,10 @@ import pytest
 import torch
 from torch import Tensor
 
-from xmtc_cli.config import LossConfig, ModelConfig
+from xmtc_cli import inference
+from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
+from xmtc_cli.config import LossConfig, ModelConfig, recipe_from_dict
+from xmtc_cli.inference import Predictor, predict_ids
 from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import Memory, ModelSizes, Seq2SetModel, build_model
@@ -201,3 +205,55 @@ def test_the_output_layer_runs_once_per_forward():
     with_grad = [shape for grad, shape in calls if grad]
     assert with_grad == [(5, SIZES.max_steps, 8 + 16 + 5)]  # (B, N, H + C + E_l)
     assert len(calls) == 1 + SIZES.max_steps  # and one arg-max per step, without autograd
+
+
+# --- loading a checkpoint -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("light_conv,sgm", [(True, "none"), (False, "both")])
+def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_path, monkeypatch):
+    recipe = recipe_from_dict({"data": {"dir": "x", "max_src_tokens": 9},
+                               "model": {"hidden_size": 8, "light_conv": light_conv,
+                                         "bottleneck": 16, **SGM[sgm]}})
+    torch.manual_seed(0)
+    model = build_model(recipe.model, recipe.loss, SIZES).eval()
+    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(SIZES),
+                          tokens=[f"w{i}" for i in range(SIZES.vocab_size)],
+                          tokenizer={"kind": "whitespace"},
+                          labels=[f"l{i}" for i in range(SIZES.num_labels)])
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model.state_dict(), meta)
+
+    loaded_state = {}
+    real_load = inference.load_checkpoint
+
+    def spy(*args, **kwargs):
+        state, meta = real_load(*args, **kwargs)
+        loaded_state.update(state)
+        return state, meta
+
+    monkeypatch.setattr("xmtc_cli.inference.load_checkpoint", spy)
+    predictor = Predictor.from_checkpoint(str(path), device="cpu")
+    # The parameters are the tensors read from the file, not copies into a second model.
+    for name, tensor in predictor.model.state_dict().items():
+        assert tensor.device.type == "cpu", name
+        assert tensor.data_ptr() == loaded_state[name].data_ptr(), name
+    src, lengths, _ = batch()
+    docs = [row[:n].tolist() for row, n in zip(src, lengths)]
+    got = predict_ids(predictor.model, docs, 9, torch.device("cpu"))
+    want = predict_ids(model, docs, 9, torch.device("cpu"))
+    assert got == want
+    assert [p.labels for p in got] != [[]] * len(docs)
+    texts = [" ".join(f"w{i}" for i in doc) for doc in docs]
+    assert predictor.predict_texts(texts) == want
+
+
+def test_the_model_has_no_tied_weights_or_unsaved_buffers():
+    """Loading assigns the file's tensors by name: two names sharing one parameter would come
+    back untied, and a buffer the state dict leaves out would stay on the meta device."""
+    for sgm, light_conv in itertools.product(SGM, (False, True)):
+        model, _ = make("matching", light_conv, 16, sgm)
+        params = list(model.named_parameters(remove_duplicate=False))
+        assert len(params) == len({id(p) for _, p in params})
+        assert len(list(model.buffers())) == len(
+            [n for n in model.state_dict() if n not in dict(model.named_parameters())])
