@@ -194,17 +194,54 @@ def test_generation_matches_the_oracle(kind, light_conv, bottleneck, sgm):
     torch.testing.assert_close(scores, want_scores, **CLOSE)
 
 
-def test_the_output_layer_runs_once_per_forward():
-    """One call on all steps' features [B, N, Z]: one weight gradient, no stacked logits."""
-    model, criterion = make("matching", False, 16, "none")
+def gradient_uses(output: Tensor, parameter: Tensor) -> int:
+    """How many edges of the autograd graph of `output` deliver a gradient to `parameter`: the
+    number of weight gradients the backward builds and sums."""
+    uses, seen, todo = 0, set(), [output.grad_fn]
+    while todo:
+        node = todo.pop()
+        for child, _ in node.next_functions:
+            if child is None:
+                continue
+            if getattr(child, "variable", None) is parameter:
+                uses += 1
+            elif child not in seen:
+                seen.add(child)
+                todo.append(child)
+    return uses
+
+
+@pytest.mark.parametrize("kind,bottleneck,sgm", [
+    ("matching", 16, "none"), ("matching", None, "masked"), ("cross-entropy", 16, "none"),
+    ("cross-entropy", None, "masked")])
+def test_the_output_weight_gets_one_gradient_for_all_steps(kind, bottleneck, sgm):
+    model, _ = make(kind, False, bottleneck, sgm)
+    last = model.output[-1] if bottleneck else model.output
     calls = []
-    model.output.register_forward_hook(
-        lambda module, args, out: calls.append((torch.is_grad_enabled(), tuple(args[0].shape))))
+    last.register_forward_hook(lambda module, args, out: calls.append(
+        (torch.is_grad_enabled(), tuple(args[0].shape))))
     src, lengths, gold = batch()
-    model(src, lengths, gold)
-    with_grad = [shape for grad, shape in calls if grad]
-    assert with_grad == [(5, SIZES.max_steps, 8 + 16 + 5)]  # (B, N, H + C + E_l)
-    assert len(calls) == 1 + SIZES.max_steps  # and one arg-max per step, without autograd
+    logits = model(src, lengths, gold)
+    width = bottleneck or 8 + 16 + 5  # b, or H + C + E_l
+    if kind == "matching":  # one arg-max per step, without autograd, and nothing else
+        assert calls == [(False, (5, width))] * SIZES.max_steps
+    else:  # teacher forcing: one call on all steps' features
+        assert calls == [(True, (5, gold.size(1) + 1, width))]
+    assert gradient_uses(logits, last.weight) == gradient_uses(logits, last.bias) == 1
+    before = oracle_forward(model, src, lengths, gold)  # one gradient per step, then summed
+    assert gradient_uses(before, last.weight) == logits.size(1) > 1
+
+
+def test_training_logits_are_those_generation_chose_from():
+    """Student forcing returns the very logits each step took its arg-max from."""
+    model, _ = make("matching", True, 16, "masked")
+    model.eval()
+    src, lengths, _ = batch()
+    logits = model(src, lengths)
+    labels, scores = model.generate(src, lengths)
+    assert torch.equal(labels, logits.argmax(-1))
+    want = logits.log_softmax(-1).gather(2, labels.unsqueeze(2)).squeeze(2).exp()
+    torch.testing.assert_close(scores, want, **CLOSE)
 
 
 # --- loading a checkpoint -------------------------------------------------------------------
@@ -257,3 +294,31 @@ def test_the_model_has_no_tied_weights_or_unsaved_buffers():
         assert len(params) == len({id(p) for _, p in params})
         assert len(list(model.buffers())) == len(
             [n for n in model.state_dict() if n not in dict(model.named_parameters())])
+
+
+@pytest.mark.parametrize("kind,sgm", [("matching", "none"), ("matching", "masked"),
+                                      ("cross-entropy", "none")])
+def test_bf16_autocast_gradients_match_the_oracle(kind, sgm):
+    """Under autocast the output layer runs in bf16: the gradient is taken in that dtype too,
+    as the step-by-step linear layers took it, and reaches the float32 weights as float32."""
+    new, criterion = make(kind, False, 16, sgm)
+    old = copy.deepcopy(new)
+    src, lengths, gold = batch()
+
+    def autocast_forward(forward):
+        def run(model, src, lengths, gold):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return forward(model, src, lengths, gold)
+        return run
+
+    logits, loss, grads = loss_and_grads(new, criterion, autocast_forward(Seq2SetModel.__call__),
+                                         src, lengths, gold)
+    want_logits, want_loss, want_grads = loss_and_grads(old, criterion,
+                                                        autocast_forward(oracle_forward),
+                                                        src, lengths, gold)
+    assert logits.dtype == want_logits.dtype == torch.bfloat16
+    torch.testing.assert_close(logits, want_logits)
+    torch.testing.assert_close(loss, want_loss, rtol=1e-3, atol=1e-3)
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name
+        torch.testing.assert_close(grad, want_grads[name], rtol=2e-2, atol=1e-3, msg=name)

@@ -283,10 +283,44 @@ class GlobalEmbedding(nn.Module):
 class DecoderStep(NamedTuple):
     """What one decoding step yields (`Seq2SetModel._decode`)."""
 
-    features: Tensor  # the output layer's input, dropout(z_t) [B, Z]
+    features: Tensor  # u_t [B, F], the input of the output layer's last (V-wide) linear map
     logits: Tensor | None  # o_t [B, V] (masked), where computed step by step; else None
     choice: Tensor | None  # arg-max of o_t [B], the label fed next (student forcing); else None
     used: Tensor | None  # bool [B, V], the labels masked at this step (masked softmax); else None
+
+
+class _ComputedLinear(torch.autograd.Function):
+    """A linear map y = u Wᵀ + b whose result y was already computed without autograd: returns
+    y as it is, with the linear map's gradient.
+
+    Student forcing computes each step's logits to choose its arg-max; recomputing all of them
+    with autograd for the loss would repeat the largest matmul of a training step. Arguments:
+    u [B, S, F], W [V, F], b [V], y [B, S, V] in the dtype the map ran in (bf16 under
+    autocast), and a bool mask [B, S, V] or None: masked entries were overwritten with a
+    constant and get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor, logits: Tensor,
+                mask: Tensor | None) -> Tensor:
+        ctx.save_for_backward(features, weight, mask)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # grad: (B, S, V)
+        features, weight, mask = ctx.saved_tensors
+        if mask is not None:
+            grad = grad.masked_fill(mask, 0)
+        flat = grad.flatten(0, 1)  # (B * S, V)
+        grads = [None] * 5
+        if ctx.needs_input_grad[0]:
+            grads[0] = (flat @ weight.to(flat.dtype)).view_as(features).to(features.dtype)
+        if ctx.needs_input_grad[1]:  # one [V, F] gradient for all S steps
+            rows = features.flatten(0, 1).to(flat.dtype)  # (B * S, F)
+            grads[1] = (flat.t() @ rows).to(weight.dtype)  # (V, F)
+        if ctx.needs_input_grad[2]:
+            grads[2] = flat.sum(0).to(weight.dtype)  # (V,), the bias has the weight's dtype
+        return tuple(grads)
 
 
 class Seq2SetModel(nn.Module):
@@ -345,12 +379,14 @@ class Seq2SetModel(nn.Module):
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
         padded with -1) are fed after BOS, S = M + 1, the last step's target being EOS.
 
-        The decoder runs step by step, but the output layer runs once, on all S steps' features
-        together: one [B, S, V] tensor and, in the backward, one gradient of the [V, b] weight
-        instead of S of them (docs/design.md §2 Output layer). Student forcing still needs each
-        step's arg-max to feed the next step: `_decode` takes it from logits computed without
-        autograd. SGM's global embedding reads the previous step's logits with their gradient,
-        so with it the output layer stays step by step.
+        The decoder runs step by step, but the gradient of the output layer's last, V-wide
+        linear map is taken once, for all S steps together: one [V, F] weight gradient instead
+        of S of them, and no stack of per-step logits in the graph (docs/design.md §2). Teacher
+        forcing applies that map once to all steps' features. Student forcing needs each step's
+        logits to choose its arg-max: `_decode` computes them without autograd and they are
+        used as they are, with the map's gradient attached (`_ComputedLinear`). SGM's global
+        embedding reads the previous step's logits with their gradient, so with it the output
+        layer stays step by step.
         """
         memories, state = self._encode(src, lengths)
         inputs = None
@@ -365,13 +401,27 @@ class Seq2SetModel(nn.Module):
         steps = self._decode(memories, state, num_steps, inputs)
         if self.global_embedding is not None:
             return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
-        # Keep each step's features and mask only: its arg-max logits are dropped as it ends.
-        features, used = zip(*((step.features, step.used) for step in steps))
-        logits = self.output(torch.stack(features, dim=1))  # (B, S, Z) -> (B, S, V)
-        if self.masked_softmax:
-            mask = torch.stack(used, dim=1)  # (B, S, V)
-            logits = logits.masked_fill(mask, torch.finfo(logits.dtype).min)
-        return logits
+        last = self._last_layer()
+        if inputs is not None:  # teacher forcing: no step needed its logits
+            features, used = zip(*((step.features, step.used) for step in steps))
+            logits = last(torch.stack(features, dim=1))  # (B, S, F) -> (B, S, V)
+            if self.masked_softmax:
+                logits = logits.masked_fill(torch.stack(used, dim=1),  # (B, S, V)
+                                            torch.finfo(logits.dtype).min)
+            return logits
+        # Student forcing: each step computed its logits to choose its arg-max; they are copied
+        # into one tensor and given the last linear map's gradient for all steps at once.
+        logits = None
+        features, used = [], []
+        for t, step in enumerate(steps):
+            if logits is None:
+                logits = step.logits.new_empty(src.size(0), num_steps, step.logits.size(1))
+            logits[:, t] = step.logits  # logits: (B, N, V)
+            features.append(step.features)
+            used.append(step.used)
+        mask = torch.stack(used, dim=1) if self.masked_softmax else None  # (B, N, V)
+        features = torch.stack(features, dim=1)  # (B, N, F)
+        return _ComputedLinear.apply(features, last.weight, last.bias, logits, mask)
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -427,9 +477,10 @@ class Seq2SetModel(nn.Module):
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
         forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing).
 
-        Each step yields the output layer's input; its logits are computed here only where they
-        are needed step by step: to choose the next label (student forcing), or to feed SGM's
-        global embedding, the one case where they carry a gradient.
+        Each step yields the input u_t of the output layer's last linear map (its bottleneck
+        applied); the step's logits are computed here only where they are needed step by step:
+        to choose the next label (student forcing), or to feed SGM's global embedding, the one
+        case where they carry a gradient.
         """
         batch = state.size(0)
         table = self.label_embedding.weight  # (V, E_l)
@@ -441,6 +492,7 @@ class Seq2SetModel(nn.Module):
         # Without the global embedding the step's logits only choose the next label: they are
         # computed without autograd, and forward applies the output layer to all steps at once.
         track = nullcontext if self.global_embedding is not None else torch.no_grad
+        last = self._last_layer()
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
@@ -452,7 +504,7 @@ class Seq2SetModel(nn.Module):
             contexts = [self.attention(state, memory, projected) for memory in memories]
             state = self.cell(torch.cat([emb, *contexts], dim=-1), state)  # s_t: (B, H)
             z = torch.cat([state, *contexts, emb], dim=-1)  # (B, H + 2C + E_l) with LC
-            features = self.dropout(z)  # (B, Z), one dropout mask for both uses of it
+            features = self._output_head(self.dropout(z))  # u_t: (B, F)
             if self.masked_softmax:
                 # SGM: a corpus label fed earlier (generated, or gold under teacher forcing)
                 # cannot come again; ∅ and EOS stay available. Training logits are masked too,
@@ -464,7 +516,7 @@ class Seq2SetModel(nn.Module):
             choice = logits = None
             if step_logits:
                 with track():
-                    logits = self.output(features)  # (B, V)
+                    logits = last(features)  # (B, V)
                     if self.masked_softmax:
                         logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
                 if inputs is None:
@@ -472,3 +524,15 @@ class Seq2SetModel(nn.Module):
             yield DecoderStep(features, logits, choice, used if self.masked_softmax else None)
             if inputs is None:  # teacher forcing reads the next label from `inputs`
                 label = choice
+
+    def _output_head(self, x: Tensor) -> Tensor:
+        """The output layer up to its last linear map: tanh(W_1 x) with the bottleneck
+        [.., b], else x itself [.., Z]."""
+        if isinstance(self.output, nn.Sequential):
+            for layer in list(self.output)[:-1]:
+                x = layer(x)
+        return x
+
+    def _last_layer(self) -> nn.Linear:
+        """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""
+        return self.output[-1] if isinstance(self.output, nn.Sequential) else self.output
