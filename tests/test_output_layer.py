@@ -214,7 +214,7 @@ def gradient_uses(output: Tensor, parameter: Tensor) -> int:
 @pytest.mark.parametrize("kind,bottleneck,sgm", [
     ("matching", 16, "none"), ("matching", None, "masked"), ("cross-entropy", 16, "none"),
     ("cross-entropy", None, "masked")])
-def test_the_output_weight_gets_one_gradient_for_all_steps(kind, bottleneck, sgm):
+def test_the_output_weight_and_label_table_get_one_gradient_for_all_steps(kind, bottleneck, sgm):
     model, _ = make(kind, False, bottleneck, sgm)
     last = model.output[-1] if bottleneck else model.output
     calls = []
@@ -228,8 +228,10 @@ def test_the_output_weight_gets_one_gradient_for_all_steps(kind, bottleneck, sgm
     else:  # teacher forcing: one call on all steps' features
         assert calls == [(True, (5, gold.size(1) + 1, width))]
     assert gradient_uses(logits, last.weight) == gradient_uses(logits, last.bias) == 1
+    table = model.label_embedding.weight  # looked up at every step: one dense gradient too
+    assert gradient_uses(logits, table) == 1
     before = oracle_forward(model, src, lengths, gold)  # one gradient per step, then summed
-    assert gradient_uses(before, last.weight) == logits.size(1) > 1
+    assert gradient_uses(before, last.weight) == gradient_uses(before, table) == logits.size(1)
 
 
 def test_training_logits_are_those_generation_chose_from():

@@ -323,6 +323,24 @@ class _ComputedLinear(torch.autograd.Function):
         return tuple(grads)
 
 
+class _DenseGradient(torch.autograd.Function):
+    """The identity on a table, whose gradient may arrive sparse and leaves dense.
+
+    The decoder looks a label embedding up at every step. A dense lookup gradient is a whole
+    [V, E_l] table per step, N of them summed (268 MB each at 670K labels); looked up through
+    this with `sparse=True`, each step's gradient holds its B rows and the table's gradient is
+    made dense once.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor) -> Tensor:
+        return table
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.to_dense() if grad.is_sparse else grad
+
+
 class Seq2SetModel(nn.Module):
     """Encoder, attention (+ LC branch), GRU decoder and output layer (docs/design.md §2)."""
 
@@ -484,6 +502,8 @@ class Seq2SetModel(nn.Module):
         """
         batch = state.size(0)
         table = self.label_embedding.weight  # (V, E_l)
+        # One dense gradient of the table for all steps' lookups, not one per step.
+        rows = _DenseGradient.apply(table) if torch.is_grad_enabled() else table  # (V, E_l)
         label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # ŷ_0: (B,)
         used = torch.zeros(batch, table.size(0), dtype=torch.bool, device=state.device)  # (B, V)
         # SGM before any prediction: uniform weights, ē = the mean label (the published code).
@@ -496,7 +516,7 @@ class Seq2SetModel(nn.Module):
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
-            emb = self.dropout(self.label_embedding(label))  # e(ŷ_{t-1}): (B, E_l)
+            emb = self.dropout(F.embedding(label, rows, sparse=True))  # e(ŷ_{t-1}): (B, E_l)
             if self.global_embedding is not None:
                 emb = self.global_embedding(emb, logits, table)  # (B, E_l)
             # Bahdanau: the contexts of step t attend with s_{t-1}.
