@@ -120,8 +120,13 @@ class Predictor:
         dev = resolve_device(device)
         state, meta = load_checkpoint(path, device=str(dev))
         recipe = recipe_from_dict(meta.recipe, source=f"{path} (its recipe)")
-        model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
-        model.load_state_dict(state)
+        # Built on the meta device the model allocates no weights, and the file's tensors
+        # become its parameters (assign=True): loading holds one copy of the weights, not a
+        # random model's as well. Safe because the model ties no weights and has no buffers
+        # outside its state dict (tests/test_output_layer.py checks both).
+        with torch.device("meta"):
+            model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
+        model.load_state_dict(state, assign=True)
         return cls(model.to(dev), meta, dev)
 
     def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:

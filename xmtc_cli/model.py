@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -279,6 +280,67 @@ class GlobalEmbedding(nn.Module):
         return gate * emb + (1 - gate) * mean
 
 
+class DecoderStep(NamedTuple):
+    """What one decoding step yields (`Seq2SetModel._decode`)."""
+
+    features: Tensor  # u_t [B, F], the input of the output layer's last (V-wide) linear map
+    logits: Tensor | None  # o_t [B, V] (masked), where computed step by step; else None
+    choice: Tensor | None  # arg-max of o_t [B], the label fed next (student forcing); else None
+    used: Tensor | None  # bool [B, V], the labels masked at this step (masked softmax); else None
+
+
+class _ComputedLinear(torch.autograd.Function):
+    """A linear map y = u Wᵀ + b whose result y was already computed without autograd: returns
+    y as it is, with the linear map's gradient.
+
+    Student forcing computes each step's logits to choose its arg-max; recomputing all of them
+    with autograd for the loss would repeat the largest matmul of a training step. Arguments:
+    u [B, S, F], W [V, F], b [V], y [B, S, V] in the dtype the map ran in (bf16 under
+    autocast), and a bool mask [B, S, V] or None: masked entries were overwritten with a
+    constant and get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor, logits: Tensor,
+                mask: Tensor | None) -> Tensor:
+        ctx.save_for_backward(features, weight, mask)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # grad: (B, S, V)
+        features, weight, mask = ctx.saved_tensors
+        if mask is not None:
+            grad = grad.masked_fill(mask, 0)
+        flat = grad.flatten(0, 1)  # (B * S, V)
+        grads = [None] * 5
+        if ctx.needs_input_grad[0]:
+            grads[0] = (flat @ weight.to(flat.dtype)).view_as(features).to(features.dtype)
+        if ctx.needs_input_grad[1]:  # one [V, F] gradient for all S steps
+            rows = features.flatten(0, 1).to(flat.dtype)  # (B * S, F)
+            grads[1] = (flat.t() @ rows).to(weight.dtype)  # (V, F)
+        if ctx.needs_input_grad[2]:
+            grads[2] = flat.sum(0).to(weight.dtype)  # (V,), the bias has the weight's dtype
+        return tuple(grads)
+
+
+class _DenseGradient(torch.autograd.Function):
+    """The identity on a table, whose gradient may arrive sparse and leaves dense.
+
+    The decoder looks a label embedding up at every step. A dense lookup gradient is a whole
+    [V, E_l] table per step, N of them summed (268 MB each at 670K labels); looked up through
+    this with `sparse=True`, each step's gradient holds its B rows and the table's gradient is
+    made dense once.
+    """
+
+    @staticmethod
+    def forward(ctx, table: Tensor) -> Tensor:
+        return table
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.to_dense() if grad.is_sparse else grad
+
+
 class Seq2SetModel(nn.Module):
     """Encoder, attention (+ LC branch), GRU decoder and output layer (docs/design.md §2)."""
 
@@ -334,18 +396,50 @@ class Seq2SetModel(nn.Module):
         Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
         padded with -1) are fed after BOS, S = M + 1, the last step's target being EOS.
+
+        The decoder runs step by step, but the gradient of the output layer's last, V-wide
+        linear map is taken once, for all S steps together: one [V, F] weight gradient instead
+        of S of them, and no stack of per-step logits in the graph (docs/design.md §2). Teacher
+        forcing applies that map once to all steps' features. Student forcing needs each step's
+        logits to choose its arg-max: `_decode` computes them without autograd and they are
+        used as they are, with the map's gradient attached (`_ComputedLinear`). SGM's global
+        embedding reads the previous step's logits with their gradient, so with it the output
+        layer stays step by step.
         """
         memories, state = self._encode(src, lengths)
-        if not self.teacher_forcing:
-            return torch.stack(list(self._decode(memories, state, self.max_steps)), dim=1)
-        if gold is None:
-            raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
-        gold = gold.to(src.device)
-        bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
-        # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
-        inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
-        steps = self._decode(memories, state, inputs.size(1), inputs)
-        return torch.stack(list(steps), dim=1)  # (B, M + 1, V)
+        inputs = None
+        if self.teacher_forcing:
+            if gold is None:
+                raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
+            gold = gold.to(src.device)
+            bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
+            # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
+            inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
+        num_steps = self.max_steps if inputs is None else inputs.size(1)
+        steps = self._decode(memories, state, num_steps, inputs)
+        if self.global_embedding is not None:
+            return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
+        last = self._last_layer()
+        if inputs is not None:  # teacher forcing: no step needed its logits
+            features, used = zip(*((step.features, step.used) for step in steps))
+            logits = last(torch.stack(features, dim=1))  # (B, S, F) -> (B, S, V)
+            if self.masked_softmax:
+                logits = logits.masked_fill(torch.stack(used, dim=1),  # (B, S, V)
+                                            torch.finfo(logits.dtype).min)
+            return logits
+        # Student forcing: each step computed its logits to choose its arg-max; they are copied
+        # into one tensor and given the last linear map's gradient for all steps at once.
+        logits = None
+        features, used = [], []
+        for t, step in enumerate(steps):
+            if logits is None:
+                logits = step.logits.new_empty(src.size(0), num_steps, step.logits.size(1))
+            logits[:, t] = step.logits  # logits: (B, N, V)
+            features.append(step.features)
+            used.append(step.used)
+        mask = torch.stack(used, dim=1) if self.masked_softmax else None  # (B, N, V)
+        features = torch.stack(features, dim=1)  # (B, N, F)
+        return _ComputedLinear.apply(features, last.weight, last.bias, logits, mask)
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
@@ -360,9 +454,12 @@ class Seq2SetModel(nn.Module):
         num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
-        for t, logits in enumerate(self._decode(memories, state, num_steps)):
-            label = logits.argmax(dim=-1)  # (B,): the label _decode feeds back
-            score = torch.softmax(logits.float(), dim=-1).gather(1, label.unsqueeze(1)).squeeze(1)
+        for t, step in enumerate(self._decode(memories, state, num_steps)):
+            label = step.choice  # (B,): the arg-max _decode feeds back
+            # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
+            logits = step.logits.float()  # (B, V)
+            chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
+            score = (chosen - torch.logsumexp(logits, dim=-1)).exp()  # (B,)
             if self.teacher_forcing:
                 label = label.masked_fill(ended, EMPTY)
                 score = score.masked_fill(ended, 0.0)
@@ -394,19 +491,32 @@ class Seq2SetModel(nn.Module):
         return memories, state
 
     def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
-                inputs: Tensor | None = None) -> Iterator[Tensor]:
-        """Yield the logits [B, V] of each step, feeding `inputs` [B, S] if given (teacher
-        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing)."""
+                inputs: Tensor | None = None) -> Iterator[DecoderStep]:
+        """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
+        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing).
+
+        Each step yields the input u_t of the output layer's last linear map (its bottleneck
+        applied); the step's logits are computed here only where they are needed step by step:
+        to choose the next label (student forcing), or to feed SGM's global embedding, the one
+        case where they carry a gradient.
+        """
         batch = state.size(0)
         table = self.label_embedding.weight  # (V, E_l)
+        # One dense gradient of the table for all steps' lookups, not one per step.
+        rows = _DenseGradient.apply(table) if torch.is_grad_enabled() else table  # (V, E_l)
         label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # ŷ_0: (B,)
         used = torch.zeros(batch, table.size(0), dtype=torch.bool, device=state.device)  # (B, V)
         # SGM before any prediction: uniform weights, ē = the mean label (the published code).
         logits = state.new_zeros(batch, table.size(0)) if self.global_embedding else None
+        step_logits = self.global_embedding is not None or inputs is None
+        # Without the global embedding the step's logits only choose the next label: they are
+        # computed without autograd, and forward applies the output layer to all steps at once.
+        track = nullcontext if self.global_embedding is not None else torch.no_grad
+        last = self._last_layer()
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
-            emb = self.dropout(self.label_embedding(label))  # e(ŷ_{t-1}): (B, E_l)
+            emb = self.dropout(F.embedding(label, rows, sparse=True))  # e(ŷ_{t-1}): (B, E_l)
             if self.global_embedding is not None:
                 emb = self.global_embedding(emb, logits, table)  # (B, E_l)
             # Bahdanau: the contexts of step t attend with s_{t-1}.
@@ -414,7 +524,7 @@ class Seq2SetModel(nn.Module):
             contexts = [self.attention(state, memory, projected) for memory in memories]
             state = self.cell(torch.cat([emb, *contexts], dim=-1), state)  # s_t: (B, H)
             z = torch.cat([state, *contexts, emb], dim=-1)  # (B, H + 2C + E_l) with LC
-            logits = self.output(self.dropout(z))  # (B, V)
+            features = self._output_head(self.dropout(z))  # u_t: (B, F)
             if self.masked_softmax:
                 # SGM: a corpus label fed earlier (generated, or gold under teacher forcing)
                 # cannot come again; ∅ and EOS stay available. Training logits are masked too,
@@ -423,7 +533,26 @@ class Seq2SetModel(nn.Module):
                 # -inf gives probability 0 without 0 · (-inf) = NaN in a loss.
                 fed = (label >= NUM_SPECIALS).unsqueeze(1)  # (B, 1)
                 used = used.scatter(1, label.unsqueeze(1), fed)  # (B, V), out of place
-                logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
-            yield logits
+            choice = logits = None
+            if step_logits:
+                with track():
+                    logits = last(features)  # (B, V)
+                    if self.masked_softmax:
+                        logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
+                if inputs is None:
+                    choice = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+            yield DecoderStep(features, logits, choice, used if self.masked_softmax else None)
             if inputs is None:  # teacher forcing reads the next label from `inputs`
-                label = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+                label = choice
+
+    def _output_head(self, x: Tensor) -> Tensor:
+        """The output layer up to its last linear map: tanh(W_1 x) with the bottleneck
+        [.., b], else x itself [.., Z]."""
+        if isinstance(self.output, nn.Sequential):
+            for layer in list(self.output)[:-1]:
+                x = layer(x)
+        return x
+
+    def _last_layer(self) -> nn.Linear:
+        """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""
+        return self.output[-1] if isinstance(self.output, nn.Sequential) else self.output
