@@ -281,10 +281,19 @@ def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_pat
     docs = [row[:n].tolist() for row, n in zip(src, lengths)]
     got = predict_ids(predictor.model, docs, 9, torch.device("cpu"))
     want = predict_ids(model, docs, 9, torch.device("cpu"))
-    assert got == want
+    assert_same_predictions(got, want)
     assert [p.labels for p in got] != [[]] * len(docs)
     texts = [" ".join(f"w{i}" for i in doc) for doc in docs]
-    assert predictor.predict_texts(texts) == want
+    assert_same_predictions(predictor.predict_texts(texts), want)
+
+
+def assert_same_predictions(got, want) -> None:
+    """The same labels; scores equal up to float rounding (the file's tensors sit at other
+    addresses than the saved model's, and CPU kernels may sum in another order there)."""
+    assert [p.labels for p in got] == [p.labels for p in want]
+    for g, w in zip(got, want):
+        torch.testing.assert_close(torch.tensor(g.scores), torch.tensor(w.scores),
+                                   rtol=1e-5, atol=1e-7)
 
 
 def test_the_model_has_no_tied_weights_or_unsaved_buffers():
