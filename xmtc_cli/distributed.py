@@ -183,11 +183,44 @@ def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     joined = False
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=TIMEOUT)
+        store = _restart_store(world)
+        if store is None:
+            dist.init_process_group(backend, timeout=TIMEOUT)
+        else:
+            dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                    timeout=TIMEOUT)
         joined = True
     group = Group(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                   backend=backend, comm_device=device if backend == "nccl" else torch.device("cpu"))
     return group, device, joined
+
+
+def _restart_store(world: int) -> dist.Store | None:
+    """The store a restarted group of one machine joins through, or None for torch's own.
+
+    torchrun's agent keeps one store for all attempts of a launch, and the keys that the
+    process group of a killed attempt left there (its ranks' addresses) are read again by the
+    next attempt, which then connects to a dead process and fails (pytorch issue 135712). On
+    one machine every worker has the same restart count, so each attempt takes its own
+    namespace of that store. Several machines' agents count restarts apart: there, set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun, which gives each attempt a new store.
+    """
+    one_agent = os.environ.get("GROUP_WORLD_SIZE", os.environ.get("NNODES", "1")) == "1"
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    if restart_count() == 0 or not shared or not one_agent:
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=False, timeout=TIMEOUT)
+    return dist.PrefixStore(f"xmtc/attempt_{restart_count()}", store)
+
+
+def lost_contact(exc: BaseException) -> bool:
+    """Whether a collective failed because another process is gone (gloo and NCCL raise plain
+    RuntimeErrors, or torch.distributed's own errors)."""
+    if isinstance(exc, dist.DistError):
+        return True
+    text = str(exc)
+    return "gloo" in text.lower() or "NCCL" in text or "Connection reset by peer" in text
 
 
 def teardown() -> None:

@@ -249,6 +249,15 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
     group, dev, joined = distributed.setup(device)
     try:
         return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
+    except RuntimeError as exc:
+        if not (group.active and distributed.lost_contact(exc)):
+            raise
+        raise XmtcError(
+            f"process {group.rank} lost contact with the other training processes "
+            f"({str(exc).splitlines()[0][:200]})",
+            "another process stopped or died: its own error comes first; torchrun "
+            "--max-restarts N starts the group again, and the run resumes from its last save",
+        ) from exc
     finally:
         if joined:
             distributed.teardown()

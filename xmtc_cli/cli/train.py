@@ -52,6 +52,10 @@ def train(
         min=1, help="Train on this many processes of this machine (one per GPU, or CPU "
         "processes), started by torchrun; for many machines run torchrun yourself.",
     )] = 1,
+    max_restarts: Annotated[int, typer.Option(
+        min=0, help="Start the processes again this many times after a failure; the run "
+        "resumes from its last save (torchrun's --max-restarts).",
+    )] = 0,
 ) -> None:
     """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors.
 
@@ -67,8 +71,8 @@ def train(
         return
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
-    if nproc > 1:
-        _launch(nproc, argv or ["train", str(recipe)])
+    if nproc > 1 or max_restarts > 0:
+        _launch(nproc, max_restarts, argv or ["train", str(recipe)])
         return
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir
@@ -99,18 +103,20 @@ def train(
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
 
 
-def _launch(nproc: int, argv: list[str]) -> None:
-    """`xmtc train ... --nproc K`: the same command on K processes, started by torchrun's own
-    launcher (torch.distributed.run), standalone on this machine."""
+def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
+    """`xmtc train ... --nproc K [--max-restarts N]`: the same command on K processes, started
+    (and restarted) by torchrun's own launcher (torch.distributed.run) on this machine."""
     if "WORLD_SIZE" in os.environ:
-        raise UsageError("--nproc was given to a process that torchrun already started",
-                         "drop --nproc: torchrun --nproc-per-node says how many processes")
+        raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
+                         "already started",
+                         "drop them: torchrun's own --nproc-per-node and --max-restarts apply")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    args = _without_nproc(argv)
+    args = _without_launch_options(argv)
     try:
-        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "xmtc_cli", *args])
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
+                  "-m", "xmtc_cli", *args])
     except ChildFailedError as exc:
         codes = sorted({f.exitcode for f in exc.failures.values()})
         raise XmtcError(
@@ -119,13 +125,17 @@ def _launch(nproc: int, argv: list[str]) -> None:
         ) from None
 
 
-def _without_nproc(argv: list[str]) -> list[str]:
+LAUNCH_OPTIONS = ("--nproc", "--max-restarts")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """The command each process runs: `argv` without the options that only the launcher reads."""
     out, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--nproc":
+        elif arg in LAUNCH_OPTIONS:
             skip = True
-        elif not arg.startswith("--nproc="):
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCH_OPTIONS)):
             out.append(arg)
     return out
