@@ -500,17 +500,18 @@ def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:
     stream, and the float sums of a batch depend on how it is split."""
     if saved == group.world_size:
         return
-    def processes(n: int) -> str:
-        return "one process" if n == 1 else f"{n} processes"
-
     how = ("xmtc train ... --resume without torchrun" if saved == 1
            else f"torchrun with {saved} processes in all (--nnodes x --nproc-per-node)")
     raise XmtcError(
-        f"{folder.path} holds a run trained by {processes(saved)}; this run has "
-        f"{processes(group.world_size)}, and resuming on another number would not end with the "
-        "weights of the uninterrupted run",
+        f"{folder.path} holds a run trained by {_processes(saved)}; this run has "
+        f"{_processes(group.world_size)}, and resuming on another number would not end with "
+        "the weights of the uninterrupted run",
         f"resume it with {how}, or start a new run with another --out",
     )
+
+
+def _processes(n: int) -> str:
+    return "one process" if n == 1 else f"{n} processes"
 
 
 def _epoch_seed(train: TrainConfig, epoch: int) -> int:
