@@ -17,7 +17,8 @@ The process counts are timed in alternating rounds (1, 2, 1, 2, ...) so that loa
 jobs hits them alike; each figure is the median over the rounds of a round's mean step time.
 
 Per process count it prints: s/step, documents/s (global), the speed-up over one process and
-the scaling efficiency (docs/s of K / (K x docs/s of 1)); then where the time goes, from a
+the scaling efficiency (docs/s of K / (K x docs/s of 1)); the CPU time of all processes per
+step, which a machine shared with other jobs does not inflate; then where the time goes, from a
 second run of the same steps whose DDP comm hook does each bucket's all-reduce synchronously
 and times it: gradient all-reduce ms/step (blocking, so an upper bound of what it costs when
 overlapped with backward), its share of that step, the bytes all-reduced per step, and the
@@ -91,27 +92,30 @@ def _worker(rank: int, world: int, port: int, device_type: str, shape, steps: in
     batches = make_batches(shape, 4)
     result: dict = {"world": world, "device": str(device)}
 
-    def timed(trainer: Trainer) -> float:
+    def timed(trainer: Trainer) -> tuple[float, float]:
+        """Wall seconds per step, and CPU seconds per step of all processes together."""
         for i in range(warmup):
             trainer.step(batches[i % len(batches)], i)
         _sync(device)
         group.barrier()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for i in range(steps):
             trainer.step(batches[i % len(batches)], warmup + i)
         _sync(device)
+        cpu = time.process_time() - cpu
         group.barrier()
-        return (time.perf_counter() - start) / steps
+        wall = time.perf_counter() - start
+        return wall / steps, sum(group.all_gather_object(cpu)) / steps
 
     trainer = Trainer.build(recipe, sizes, device, 1_000_000, group=group)
-    result["step"] = timed(trainer)
+    result["step"], result["cpu"] = timed(trainer)
     result["parameters"] = sum(p.numel() for p in trainer.model.parameters())
     if group.active:
         # The same steps again, every bucket's all-reduce done synchronously and timed.
         trainer = Trainer.build(recipe, sizes, device, 1_000_000, group=group)
         timer = _BlockingTimer()
         trainer.ddp.register_comm_hook(timer, _timed_allreduce)
-        result["blocking_step"] = timed(trainer)
+        result["blocking_step"] = timed(trainer)[0]
         runs = warmup + steps
         result["grad_allreduce"] = timer.seconds / runs
         result["grad_bytes"] = timer.bytes / runs
@@ -176,15 +180,17 @@ def main() -> None:
                       flush=True)
                 runs[k].append(measure(k, device_type, shape, args.steps, args.warmup))
         base = statistics.median(x["step"] for x in runs[counts[0]]) * counts[0]
+        base_cpu = statistics.median(x["cpu"] for x in runs[counts[0]]) / counts[0]
         print(f"{'dev':<5} {'procs':>5} {'s/step':>8} {'docs/s':>8} {'speed-up':>9} "
-              f"{'efficiency':>10} {'grad AR ms':>10} {'AR share':>8} {'MB/step':>8} "
-              f"{'loss AR ms':>10}")
+              f"{'efficiency':>10} {'CPU s/step':>10} {'CPU x':>6} {'grad AR ms':>10} "
+              f"{'AR share':>8} {'MB/step':>8} {'loss AR ms':>10}")
         for k in counts:
             step = statistics.median(x["step"] for x in runs[k])
+            cpu = statistics.median(x["cpu"] for x in runs[k])
             docs = shape.batch / step
             speed = base / step
             line = (f"{device_type:<5} {k:>5} {step:>8.3f} {docs:>8.1f} {speed:>9.2f} "
-                    f"{speed / k:>10.0%}")
+                    f"{speed / k:>10.0%} {cpu:>10.3f} {cpu / base_cpu:>6.2f}")
             if k > 1:
                 ar = statistics.median(x["grad_allreduce"] for x in runs[k])
                 blocking = statistics.median(x["blocking_step"] for x in runs[k])
@@ -199,7 +205,9 @@ def main() -> None:
         print(f"  parameters: {runs[counts[0]][0]['parameters'] / 1e6:.2f} M "
               f"(float32 gradient {4 * runs[counts[0]][0]['parameters'] / 2**20:.1f} MiB)\n")
     print("speed-up = docs/s of K processes / docs/s of the first count; efficiency = speed-up / "
-          "K. grad AR = the gradient all-reduce per step when done synchronously in the comm "
+          "K. CPU s/step = CPU time of all processes together per step (load from other jobs "
+          "does not change it), CPU x = that over one process's: the work that splitting "
+          "adds. grad AR = the gradient all-reduce per step when done synchronously in the comm "
           "hook (DDP normally overlaps it with backward), AR share = its share of that "
           "synchronous step; loss AR = one all-reduce of the loss's sums and denominators.")
 

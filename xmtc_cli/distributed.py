@@ -205,7 +205,7 @@ def _restart_store(world: int) -> dist.Store | None:
     namespace of that store. Several machines' agents count restarts apart: there, set
     TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 for torchrun, which gives each attempt a new store.
     """
-    one_agent = os.environ.get("GROUP_WORLD_SIZE", os.environ.get("NNODES", "1")) == "1"
+    one_agent = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"  # one machine, one agent
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
     if restart_count() == 0 or not shared or not one_agent:
         return None
