@@ -247,6 +247,11 @@ def _pair_worker(rank: int, port: int, recipe_file: Path, out: Path, locked: Pat
             fit(load_recipe(recipe_file, RUN), locked, device="cpu")
         except XmtcError as exc:
             report["locked"] = [type(exc).__name__, exc.message]
+        try:  # a process started with another override than the others
+            fit(load_recipe(recipe_file, [*RUN, f"train.lr={0.01 * (rank + 1)}"]),
+                out / "disagreeing", device="cpu")
+        except XmtcError as exc:
+            report["disagreeing"] = [type(exc).__name__, exc.message]
     finally:
         (out / f"rank{rank}.json").write_text(json.dumps(report, default=str))
         distributed.teardown()
@@ -333,6 +338,22 @@ def test_a_locked_folder_stops_both_ranks_and_rank_0_alone_reports_it(pair):
     assert first["locked"] == ["XmtcError", message]
     assert second["locked"] == ["ReplicatedError", message]
     assert issubclass(ReplicatedError, XmtcError)
+
+
+def test_processes_that_disagree_on_the_recipe_stop_before_touching_the_folder(pair):
+    first, second = ranks(pair)
+    assert first["disagreeing"][0] == second["disagreeing"][0] == "XmtcError"
+    assert first["disagreeing"][1].startswith(
+        "the training processes disagree on the recipe or the data: process 0 and process(es) "
+        "1 differ")
+    assert not (pair / "disagreeing").exists()
+
+
+def test_a_lost_peer_is_told_from_other_failures():
+    assert distributed.lost_contact(RuntimeError(
+        "[third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer"))
+    assert distributed.lost_contact(torch.distributed.DistNetworkError("store went away"))
+    assert not distributed.lost_contact(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
 
 
 def test_validation_gives_the_numbers_one_process_gives_for_those_weights(pair):
