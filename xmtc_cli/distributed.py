@@ -105,22 +105,24 @@ class Group:
         return out
 
     def barrier(self) -> None:
-        if self.active:
-            dist.barrier(device_ids=[self.local_rank]) if self.backend == "nccl" else dist.barrier()
+        if not self.active:
+            return
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.local_rank])
+        else:
+            dist.barrier()
 
     def on_main(self, fn: Callable[[], T], share: bool = False) -> T | None:
-        """Run `fn` on rank 0 alone; every rank then returns (`share`: rank 0's result, else
-        its own: rank 0's, None elsewhere) or raises rank 0's error, so that no rank waits
-        forever for one that failed."""
+        """Run `fn` on rank 0 alone. Rank 0 returns its result; the others return it too with
+        `share`, else None; if `fn` fails, the others raise `ReplicatedError` with its message,
+        so that no rank waits forever for one that failed."""
         if not self.active:
             return fn()
-        value, failure = None, None
         if self.is_main:
             try:
                 value = fn()
             except XmtcError as exc:
-                failure = (exc.message, exc.hint)
-                self.broadcast_object(("error", failure, None))
+                self.broadcast_object(("error", (exc.message, exc.hint), None))
                 raise
             except BaseException as exc:
                 self.broadcast_object(("abort", (f"rank 0 stopped: {exc!r}", None), None))
