@@ -272,8 +272,10 @@ def pair(tiny, tmp_path_factory):
     with RunFolder.create(locked, load_recipe(recipe_file)):  # held by this process
         # Forked from this process, which has imported torch already: a fresh interpreter
         # spends 5-15 s importing torch and torch._dynamo (Adam imports it) on a busy 2-core CPU.
+        # CUDA, once started here, does not survive a fork: then fresh interpreters.
+        method = "spawn" if torch.cuda.is_initialized() else "fork"
         torch.multiprocessing.start_processes(
-            _pair_worker, (free_port(), recipe_file, out, locked), nprocs=2, start_method="fork")
+            _pair_worker, (free_port(), recipe_file, out, locked), nprocs=2, start_method=method)
     return out
 
 
