@@ -97,6 +97,15 @@ class StopAfter:
             raise KeyboardInterrupt
 
 
+def test_one_process_writes_the_train_state_it_always_wrote(uninterrupted):
+    """Training on many processes (xmtc_cli.distributed) changed nothing for one: format 2, one
+    RNG state, no launch mark outside torchrun."""
+    assert safe_open_metadata(uninterrupted / STATE_FILE)["format"] == "2"
+    state = load_file(uninterrupted / STATE_FILE)
+    assert [k for k in state if k.startswith("rng.")] == ["rng.torch"]
+    assert not (uninterrupted / ".launch").exists()
+
+
 def test_resume_after_a_stop_ends_with_the_same_weights(recipe_file, uninterrupted, tmp_path):
     recipe = load_recipe(recipe_file)
     with pytest.raises(KeyboardInterrupt):

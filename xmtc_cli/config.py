@@ -105,6 +105,9 @@ class TrainConfig:
     loses at most that much work; --resume continues from the step. None: at epoch ends only."""
     log_every: float = 60.0
     """Seconds between progress lines when stderr is not a terminal (a log file, a scheduler)."""
+    ddp_bf16_grads: bool = False
+    """Under torchrun (many processes), send gradients between processes in bf16: half the bytes
+    of the all-reduce, at bf16's rounding of the summed gradient. Ignored by one process."""
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,17 @@
     train_state.safetensors  weights, Adam moments, RNG state and `TrainState`: what --resume
                              reads; saved after every epoch and every train.checkpoint_every steps
     .lock                    held (flock) by the process that trains into the folder
+    .launch                  the torchrun launch that created the run (`launch_id`), so that its
+                             restarts resume it by themselves
 
 Every file is replaced atomically. Metrics are appended before the state is saved, so a kill
 between the two leaves a line that --resume drops and redoes, never a finished epoch without
 its line. One process at a time: a second `xmtc train` on a locked folder fails at once, naming
 the holder's pid. A new run never writes into a folder that holds any run file; temporary files
 that a killed run left behind are removed when the folder is next opened.
+
+Under torchrun (xmtc_cli.distributed) only rank 0 opens a RunFolder: it alone takes the lock
+and writes; the train state then holds every rank's RNG state (`rng.torch.R`).
 """
 
 from __future__ import annotations
@@ -45,8 +50,12 @@ BEST_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 STATE_FILE = "train_state.safetensors"
 LOCK_FILE = ".lock"
+LAUNCH_FILE = ".launch"
 RUN_FILES = (RECIPE_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE)
-STATE_FORMAT = 2  # 2 added the position inside an epoch; format 1 files still resume
+# 2 added the position inside an epoch; 3, written by runs of many processes only, holds one RNG
+# state per rank (rng.torch.R). Files of formats 1 and 2 still resume.
+STATE_FORMAT = 2
+MANY_PROCESS_STATE_FORMAT = 3
 # Recipe keys that say how long to run and how often to report or save, not what to train:
 # --resume accepts new values for them.
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.checkpoint_every")
@@ -96,8 +105,12 @@ class RunFolder:
     # --- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, path: str | Path, recipe: Recipe, command: str = "") -> RunFolder:
-        """A new run in `path` (created if needed), refused where any run file exists."""
+    def create(cls, path: str | Path, recipe: Recipe, command: str = "",
+               launch: str | None = None) -> RunFolder:
+        """A new run in `path` (created if needed), refused where any run file exists.
+
+        `launch` (xmtc_cli.distributed.launch_id) names the torchrun launch that starts it.
+        """
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
         run._acquire()
@@ -108,6 +121,12 @@ class RunFolder:
                     f"{run.path} already holds a training run",
                     "pass --resume to continue it, or choose another folder with --out",
                 )
+            # Before any run file: a restart that finds the mark and no recipe starts afresh.
+            launch_file = run.path / LAUNCH_FILE
+            if launch is not None:
+                atomic_write_text(launch_file, launch + "\n")
+            elif launch_file.exists():
+                launch_file.unlink()
             header = f"# {command}\n" if command else ""
             atomic_write_text(run.path / RECIPE_FILE, header + recipe.to_yaml())
             atomic_write_text(run.path / METRICS_FILE, "")
@@ -134,12 +153,26 @@ class RunFolder:
             raise
         return run
 
+    @staticmethod
+    def started_by(path: str | Path, launch: str | None) -> bool:
+        """Whether the run in `path` was created by the torchrun launch `launch`."""
+        if launch is None:
+            return False
+        path = Path(path)
+        try:
+            mark = (path / LAUNCH_FILE).read_text(encoding="utf-8").strip()
+        except OSError:
+            return False
+        return mark == launch and (path / RECIPE_FILE).is_file()
+
     def _check_recipe(self, recipe: Recipe) -> None:
+        from xmtc_cli.config import load_recipe, recipe_from_dict
+
         saved = _recipe_of(self.path / STATE_FILE) if self.has_state else None
         if saved is None:  # killed before the first save: recipe.yaml says what it was
-            from xmtc_cli.config import load_recipe
-
             saved = load_recipe(self.path / RECIPE_FILE).to_dict()
+        with contextlib.suppress(ConfigError):  # keys added since the run began: their defaults
+            saved = recipe_from_dict(saved).to_dict()
         changed = [key for key in _diff_keys(saved, recipe.to_dict())
                    if key not in RESUMABLE_CHANGES]
         if changed:
@@ -171,7 +204,7 @@ class RunFolder:
 
     def _remove_leftovers(self) -> None:
         """Temporary files of a killed write (`.NAME.*.tmp`, see xmtc_cli.atomic) of our files."""
-        for name in (*RUN_FILES, ".recipe.yaml"):
+        for name in (*RUN_FILES, ".recipe.yaml", LAUNCH_FILE):
             for leftover in self.path.glob(f".{name}.*.tmp"):
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
@@ -224,15 +257,17 @@ class RunFolder:
 
         Tensors stream to disk one at a time (xmtc_cli.tensorfile): the save needs no second
         copy of the weights and moments. `rng` replaces the process's own RNG state (torch, and
-        CUDA where present) when the caller tracks more than one stream.
+        CUDA where present) when the caller tracks more than one stream: the RNG states of all
+        ranks of a run of many processes, keyed `torch.R` and `cuda.R` for rank R.
         """
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         for pid, slots in optimizer.state_dict()["state"].items():
             for key, value in slots.items():
                 tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value)
-        tensors.update({f"rng.{k}": v for k, v in (rng or rng_state()).items()})
+        rng = rng or rng_state()
+        tensors.update({f"rng.{k}": v for k, v in rng.items()})
         meta = {
-            "format": str(STATE_FORMAT),
+            "format": str(STATE_FORMAT if "torch" in rng else MANY_PROCESS_STATE_FORMAT),
             "state": json.dumps(dataclasses.asdict(state)),
             "recipe": json.dumps(recipe.to_dict()),
         }
@@ -243,7 +278,7 @@ class RunFolder:
         """Fill `model` and `optimizer` from the saved state; the state and the RNG tensors."""
         path = self.path / STATE_FILE
         meta = _metadata(path)
-        if meta.get("format") not in ("1", str(STATE_FORMAT)):
+        if meta.get("format") not in ("1", str(STATE_FORMAT), str(MANY_PROCESS_STATE_FORMAT)):
             raise XmtcError(f"{path} is from another version of xmtc",
                             "start a new run with another --out")
         try:
@@ -282,9 +317,14 @@ def holds_run(path: Path) -> bool:
     return any((path / name).exists() for name in RUN_FILES)
 
 
-def default_run_dir(base: Path, resume: bool) -> Path:
-    """runs/NAME, or the first runs/NAME-k that holds no run (the latest one when resuming)."""
+def default_run_dir(base: Path, resume: bool, launch: str | None = None) -> Path:
+    """runs/NAME, or the first runs/NAME-k that holds no run (the latest one when resuming);
+    the one this torchrun launch created, if `launch` is given and there is one."""
     candidates = [base] + [base.with_name(f"{base.name}-{k}") for k in range(2, 1000)]
+    if launch is not None:
+        ours = [c for c in candidates if RunFolder.started_by(c, launch)]
+        if ours:
+            return ours[-1]
     if resume:
         taken = [c for c in candidates if holds_run(c)]
         return taken[-1] if taken else base

@@ -9,6 +9,10 @@
 Every epoch's batch order is drawn from (seed, epoch) and the RNG state is saved with the
 weights, so a run resumed from an epoch's end, or from a save inside an epoch
 (train.checkpoint_every), ends with the same weights as one that never stopped.
+
+Under torchrun every process runs `fit` alike: each trains on its share of every global batch
+with the gradient of the whole batch, and rank 0 alone opens the run folder, validates, writes
+and reports (xmtc_cli.distributed). One process takes exactly the code path it always took.
 """
 
 from __future__ import annotations
@@ -23,16 +27,26 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from xmtc_cli import distributed
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import Recipe, TrainConfig
 from xmtc_cli.data.batching import Batch, Batcher, frequency_rank
 from xmtc_cli.data.processed import ProcessedData, load_data
-from xmtc_cli.device import autocast, resolve_device
+from xmtc_cli.device import autocast
+from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
-from xmtc_cli.run import EpochReport, RunFolder, TrainState, rng_state, set_rng_state
+from xmtc_cli.run import (
+    BEST_FILE,
+    LAST_FILE,
+    EpochReport,
+    RunFolder,
+    TrainState,
+    rng_state,
+    set_rng_state,
+)
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
@@ -45,7 +59,7 @@ class RunInfo:
     """What a run is about to do, for the progress display."""
 
     run_dir: Path
-    device: str
+    device: str  # the device, or how many processes on which devices
     epochs: int
     start_epoch: int  # 1-based epoch the run starts at (> 1 when resuming)
     start_batch: int  # batches of start_epoch already trained (> 0 when resuming mid-epoch)
@@ -155,19 +169,22 @@ def cosine_lr(train: TrainConfig, step: int, total: int) -> float:
 class Trainer:
     """A model, its loss and its optimiser; `step` is one training step."""
 
-    model: Seq2SetModel
+    model: Seq2SetModel  # the model itself, never its DDP wrapper: what checkpoints hold
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
     train: TrainConfig
     total_steps: int  # the length of the learning-rate schedule
     device: torch.device
+    group: Group = SINGLE  # the processes training together (one by default)
+    ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
               token_embeddings: np.ndarray | None = None,
-              label_embeddings: np.ndarray | None = None) -> Trainer:
+              label_embeddings: np.ndarray | None = None, group: Group = SINGLE) -> Trainer:
         """Seed torch with train.seed, then build the model (from pretrained vectors if given),
-        the recipe's loss and Adam."""
+        the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
+        rank its own dropout stream."""
         torch.manual_seed(recipe.train.seed)
         if recipe.model.label_embedding_size is not None:
             label_embeddings = None  # the recipe asks for random ones
@@ -175,28 +192,45 @@ class Trainer:
         model = model.to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.lr,
                                      weight_decay=recipe.train.weight_decay)
+        ddp = None
+        if group.active:
+            ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
+            distributed.seed_rank(recipe.train.seed, group.rank)
         return cls(model, build_criterion(recipe.loss), optimizer, recipe.train, total_steps,
-                   device)
+                   device, group, ddp)
 
     def step(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Train on `batch` as optimiser step `step` (0-based; it sets the learning rate).
 
+        With several processes `batch` is the global batch: each rank trains on its share, and
+        the gradient, loss and parts are the whole batch's (xmtc_cli.distributed).
         Returns the loss and its parts, detached and still on the device: reading them waits
         for the device, so callers read them only now and then.
         """
         lr = cosine_lr(self.train, step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.model.train()
+        standin = False
+        if self.ddp is not None:
+            batch, standin = distributed.shard(batch, self.group.rank, self.group.world_size)
+        net = self.ddp if self.ddp is not None else self.model
+        net.train()
         batch = batch.to(self.device)
+        table = self.model.label_embedding.weight
         with autocast(self.device, self.train.amp):
-            logits = self.model(batch.src, batch.lengths, batch.gold)
-            loss, parts = self.criterion(logits, batch.gold, self.model.label_embedding.weight)
+            logits = net(batch.src, batch.lengths, batch.gold)
+            if self.ddp is None:
+                loss, parts = self.criterion(logits, batch.gold, table)
+                value = loss
+            else:
+                terms = self.criterion.terms(logits, batch.gold, table)
+                loss, value, parts = distributed.global_loss(terms, self.group, standin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # After DDP's all-reduce every rank holds the same, global gradient: the same clip.
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.optimizer.step()
-        return loss.detach().float(), {k: v.detach().float() for k, v in parts.items()}
+        return value.detach().float(), {k: v.detach().float() for k, v in parts.items()}
 
     @property
     def lr(self) -> float:
@@ -207,26 +241,79 @@ class Trainer:
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
         command: str = "", callback: Callback | None = None) -> FitResult:
-    """Train `recipe` into `run_dir`; `resume` continues the interrupted run there."""
-    callback = callback or Silent()
-    dev = resolve_device(device)
+    """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
+
+    Under torchrun every process calls `fit` with the same arguments; it joins the process group
+    (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
+    """
+    group, dev, joined = distributed.setup(device)
+    try:
+        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
+    except RuntimeError as exc:
+        if not (group.active and distributed.lost_contact(exc)):
+            raise
+        raise XmtcError(
+            f"process {group.rank} lost contact with the other training processes "
+            f"({str(exc).splitlines()[0][:200]})",
+            "another process stopped or died: its own error comes first; torchrun "
+            "--max-restarts N starts the group again, and the run resumes from its last save",
+        ) from exc
+    finally:
+        if joined:
+            distributed.teardown()
+
+
+def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
+         command: str, callback: Callback) -> FitResult:
+    if not group.is_main:
+        callback = Silent()
+    run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
     data = load_data(recipe.data.dir)
     recipe = resolve_recipe(recipe, data)
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
-    folder = (RunFolder.reopen(run_dir, recipe) if resume
-              else RunFolder.create(run_dir, recipe, command))
-    with folder:
-        epochs = _Epochs.start(recipe, data, folder, dev, callback)
+    _check_agreement(recipe, data, group)
+    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback)
+    try:
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
             if epochs.out_of_steps:
                 break
             reports.append(epochs.run(epoch))
+        group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
-        return FitResult(run_dir=folder.path, best_checkpoint=folder.best,
-                         last_checkpoint=folder.last, best_epoch=state.best_epoch,
+        return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
+                         last_checkpoint=run_dir / LAST_FILE, best_epoch=state.best_epoch,
                          best_valid=state.best_valid, epochs=reports)
+    finally:
+        if epochs.folder is not None:
+            epochs.folder.close()
+
+
+def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
+    """Every process must train the same recipe on the same data (each node reads its own)."""
+    if not group.active:
+        return
+    train = data.splits["train"]
+    mine = (recipe.to_dict(), len(train), int(train.token_ids.sum()), data.num_labels,
+            len(data.tokens))
+    differing = [r for r, theirs in enumerate(group.all_gather_object(mine)) if theirs != mine]
+    if differing:
+        raise XmtcError(
+            f"the training processes disagree on the recipe or the data: process {group.rank} "
+            f"and process(es) {', '.join(map(str, differing))} differ",
+            "start every process with the same recipe and overrides, and the same processed data "
+            "(data.dir) on every machine",
+        )
+
+
+def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str) -> RunFolder:
+    launch = distributed.launch_id()
+    if not resume and distributed.restart_count() > 0 and RunFolder.started_by(run_dir, launch):
+        resume = True  # torchrun restarted this launch after a failure: continue its run
+    if resume:
+        return RunFolder.reopen(run_dir, recipe)
+    return RunFolder.create(run_dir, recipe, command, launch=launch)
 
 
 @dataclass
@@ -238,14 +325,20 @@ class _Epochs:
     sizes: ModelSizes
     trainer: Trainer
     batcher: Batcher
-    folder: RunFolder
+    folder: RunFolder | None  # open on rank 0 alone
     state: TrainState
     callback: Callback
 
+    @property
+    def group(self) -> Group:
+        return self.trainer.group
+
     @classmethod
-    def start(cls, recipe: Recipe, data: ProcessedData, folder: RunFolder,
-              device: torch.device, callback: Callback) -> _Epochs:
-        """Build everything from the recipe; load the saved state when the folder has one."""
+    def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
+              command: str, device: torch.device, group: Group,
+              callback: Callback) -> _Epochs:
+        """Build everything from the recipe, open the run folder (rank 0) and load the saved
+        state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
         rank = (frequency_rank(data.label_counts[: data.num_labels])
                 if recipe.data.label_order == "frequency" else None)
@@ -253,21 +346,41 @@ class _Epochs:
                           recipe.data.max_labels, data.num_labels, rank)
         total = batcher.num_batches(recipe.train.batch_size) * recipe.train.epochs
         trainer = Trainer.build(recipe, sizes, device, total, data.token_embeddings,
-                                data.label_embeddings)
-        state = TrainState()
-        if folder.has_state:
-            state, rng = folder.load_state(trainer.model, trainer.optimizer, device)
-            set_rng_state(rng, device)
-        folder.truncate_metrics(state.epoch)
-        valid = data.splits.get("valid")
-        callback.on_start(RunInfo(
-            run_dir=folder.path, device=str(device), epochs=recipe.train.epochs,
-            start_epoch=state.epoch + 1, start_batch=state.batches_done,
-            steps_per_epoch=batcher.num_batches(recipe.train.batch_size),
-            train_docs=len(batcher.split), valid_docs=len(valid) if valid is not None else 0,
-            parameters=sum(p.numel() for p in trainer.model.parameters()),
-            log_every=recipe.train.log_every,
-        ))
+                                data.label_embeddings, group)
+
+        def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
+            folder = _open_folder(run_dir, recipe, resume, command)
+            try:
+                state, rng = TrainState(), None
+                if folder.has_state:
+                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device)
+                    _check_world_size(folder, distributed.saved_world_size(rng), group)
+                folder.truncate_metrics(state.epoch)
+            except BaseException:
+                folder.close()
+                raise
+            return folder, state, rng
+
+        folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
+        try:
+            if group.active:
+                state, rng = distributed.sync_start(trainer.model, trainer.optimizer, state, rng,
+                                                    group)
+            if rng is not None:
+                set_rng_state(rng, device)
+            valid = data.splits.get("valid")
+            callback.on_start(RunInfo(
+                run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
+                start_epoch=state.epoch + 1, start_batch=state.batches_done,
+                steps_per_epoch=batcher.num_batches(recipe.train.batch_size),
+                train_docs=len(batcher.split), valid_docs=len(valid) if valid is not None else 0,
+                parameters=sum(p.numel() for p in trainer.model.parameters()),
+                log_every=recipe.train.log_every,
+            ))
+        except BaseException:
+            if folder is not None:
+                folder.close()
+            raise
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback)
 
     @property
@@ -285,7 +398,7 @@ class _Epochs:
         complete = done == self.batcher.num_batches(self.recipe.train.batch_size)
         train_seconds = time.perf_counter() - start
         loss = loss_sum.item() / done
-        _check_finite(loss, epoch, self.trainer.model)
+        _check_finite(loss, epoch, self.trainer.model, self.group)
         metrics = self._validate()
         trained_docs = min(done * self.recipe.train.batch_size, len(self.batcher.split))
         trained_docs -= first * self.recipe.train.batch_size
@@ -319,7 +432,7 @@ class _Epochs:
             shown = None
             if (i + 1) % LOSS_READ_EVERY == 0 or i + 1 == steps:
                 shown = loss_sum.item() / (i + 1)
-                _check_finite(shown, epoch)
+                _check_finite(shown, epoch, group=self.group)
             self.callback.on_step(epoch, i + 1, len(batch), shown)
             if i + 1 == steps:
                 break
@@ -327,25 +440,31 @@ class _Epochs:
             if self.out_of_steps or (every and state.step % every == 0):
                 state.loss_sum = loss_sum.item()
                 state.parts_sum = {k: v.item() for k, v in parts_sum.items()}
-                self.folder.save_state(state, self.trainer.model, self.trainer.optimizer,
-                                       self.recipe, rng_state())
+                rng = distributed.gather_rng(rng_state(), self.group)  # every rank's
+                if self.folder is not None:
+                    self.folder.save_state(state, self.trainer.model, self.trainer.optimizer,
+                                           self.recipe, rng)
             if self.out_of_steps:
                 break
         return loss_sum, parts_sum
 
     def _validate(self) -> dict[str, float] | None:
+        """Validation metrics, computed by rank 0 alone exactly as one process computes them,
+        and handed to the other ranks, which wait."""
         valid = self.data.splits.get("valid")
         if valid is None or not len(valid):
             return None
-        return evaluate_split(self.trainer.model, self.data, "valid", self.recipe,
-                              self.trainer.device, progress=self.callback.on_validate)
+        return self.group.on_main(
+            lambda: evaluate_split(self.trainer.model, self.data, "valid", self.recipe,
+                                   self.trainer.device, progress=self.callback.on_validate),
+            share=True,
+        )
 
     def _save(self, epoch: int, report: EpochReport, complete: bool,
               seconds: float) -> EpochReport:
-        """Checkpoints, the metrics line, then the state: in that order (see xmtc_cli.run)."""
-        state, model = self.state, self.trainer.model
-        meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
-                               valid=report.valid, steps=state.step, partial=not complete)
+        """Checkpoints, the metrics line, then the state: in that order (see xmtc_cli.run).
+        Every rank keeps the same `TrainState`; rank 0 alone writes."""
+        state = self.state
         # No validation: the last epoch is the best. A partial epoch (train.max_steps) is never
         # the best, but it writes model.safetensors when there is none yet, so the run can be
         # tried with `xmtc predict`.
@@ -353,29 +472,61 @@ class _Epochs:
         best = complete and score > state.best_f1
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
-        if best or not self.folder.best.exists():
-            save_checkpoint(self.folder.best, model.state_dict(), meta)
-        save_checkpoint(self.folder.last, model.state_dict(), meta)
         report = dataclasses.replace(report, best=best, seconds=seconds)
-        self.folder.append_metrics(report)
+        rng = distributed.gather_rng(rng_state(), self.group) if complete else None
+        if self.folder is not None:
+            self._write(epoch, report, complete, rng)
         if complete:
             state.epoch, state.batches_done, state.loss_sum, state.parts_sum = epoch, 0, 0.0, {}
-            self.folder.save_state(state, model, self.trainer.optimizer, self.recipe,
-                                   rng_state())
         return report
+
+    def _write(self, epoch: int, report: EpochReport, complete: bool,
+               rng: dict[str, torch.Tensor] | None) -> None:
+        state, model, folder = self.state, self.trainer.model, self.folder
+        meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
+                               valid=report.valid, steps=state.step, partial=not complete)
+        if report.best or not folder.best.exists():
+            save_checkpoint(folder.best, model.state_dict(), meta)
+        save_checkpoint(folder.last, model.state_dict(), meta)
+        folder.append_metrics(report)
+        if complete:
+            done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
+                                       parts_sum={})
+            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+
+
+def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:
+    """A run continues on as many processes as it was saved by: each has its own dropout
+    stream, and the float sums of a batch depend on how it is split."""
+    if saved == group.world_size:
+        return
+    how = ("xmtc train ... --resume without torchrun" if saved == 1
+           else f"torchrun with {saved} processes in all (--nnodes x --nproc-per-node)")
+    raise XmtcError(
+        f"{folder.path} holds a run trained by {_processes(saved)}; this run has "
+        f"{_processes(group.world_size)}, and resuming on another number would not end with "
+        "the weights of the uninterrupted run",
+        f"resume it with {how}, or start a new run with another --out",
+    )
+
+
+def _processes(n: int) -> str:
+    return "one process" if n == 1 else f"{n} processes"
 
 
 def _epoch_seed(train: TrainConfig, epoch: int) -> int:
     return train.seed * 1_000_003 + epoch
 
 
-def _check_finite(loss: float, epoch: int, model: torch.nn.Module | None = None) -> None:
-    """Stop a run whose loss (or, at an epoch's end, whose weights) are no longer finite."""
+def _check_finite(loss: float, epoch: int, model: torch.nn.Module | None = None,
+                  group: Group = SINGLE) -> None:
+    """Stop a run whose loss (or, at an epoch's end, whose weights) are no longer finite. Every
+    rank sees the same loss and weights, so all stop together; rank 0 reports it."""
     broken = not math.isfinite(loss) or loss > MAX_LOSS
     if model is not None and not broken:
         broken = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if broken:
-        raise XmtcError(
+        raise (XmtcError if group.is_main else ReplicatedError)(
             f"training diverged in epoch {epoch} (loss {loss:.4g}); nothing of this epoch was "
             "saved",
             "lower train.lr or train.grad_clip, or set train.amp=false; --resume continues "

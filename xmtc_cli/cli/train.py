@@ -1,7 +1,8 @@
-"""`xmtc train`: fit a model from a recipe."""
+"""`xmtc train`: fit a model from a recipe, in one process or many (torchrun)."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from enum import Enum
 from pathlib import Path
@@ -12,6 +13,7 @@ import typer
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides, run_name, scheme_override
+from xmtc_cli.errors import UsageError, XmtcError
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
 # start fast.
@@ -46,8 +48,20 @@ def train(
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved recipe and exit.")] = False,
+    nproc: Annotated[int, typer.Option(
+        min=1, help="Train on this many processes of this machine (one per GPU, or CPU "
+        "processes), started by torchrun; for many machines run torchrun yourself.",
+    )] = 1,
+    max_restarts: Annotated[int, typer.Option(
+        min=0, help="Start the processes again this many times after a failure; the run "
+        "resumes from its last save (torchrun's --max-restarts).",
+    )] = 0,
 ) -> None:
-    """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors."""
+    """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors.
+
+    Under `torchrun --nproc-per-node K -m xmtc_cli train ...` the K processes train together
+    on the same global batches; rank 0 writes the run folder and shows progress.
+    """
     overrides = (method_overrides(method) if method else []) + list(overrides or [])
     if scheme is not None:
         overrides = scheme_override(scheme.value, overrides)
@@ -55,21 +69,73 @@ def train(
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
+    argv = (ctx.obj or {}).get("argv")
+    if nproc > 1 or max_restarts > 0:
+        _launch(nproc, max_restarts, argv or ["train", str(recipe)])
+        return
+    from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir
     from xmtc_cli.training import fit
 
-    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume)
-    # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
-    argv = (ctx.obj or {}).get("argv")
+    launch = distributed.launch_id() if distributed.restart_count() > 0 else None
+    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, launch)
     command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
-    display = TrainingDisplay()
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1:
+        command += f"  # on {world} processes (torchrun)"
+    main_rank = os.environ.get("RANK", "0") == "0"
+    display = TrainingDisplay() if main_rank else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
                      callback=display)
+    except distributed.ReplicatedError:
+        raise typer.Exit(1) from None  # rank 0 reports it
     finally:
-        display.close()
+        if display is not None:
+            display.close()
+    if not main_rank:
+        return
     if result.best_valid:
         stdout.print(metrics_table(result.best_valid,
                                    f"validation, best epoch {result.best_epoch}"))
     stdout.print(f"checkpoint: {result.best_checkpoint}")
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
+
+
+def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
+    """`xmtc train ... --nproc K [--max-restarts N]`: the same command on K processes, started
+    (and restarted) by torchrun's own launcher (torch.distributed.run) on this machine."""
+    if "WORLD_SIZE" in os.environ:
+        raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
+                         "already started",
+                         "drop them: torchrun's own --nproc-per-node and --max-restarts apply")
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    args = _without_launch_options(argv)
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", f"--max-restarts={max_restarts}",
+                  "-m", "xmtc_cli", *args])
+    except ChildFailedError as exc:
+        codes = sorted({f.exitcode for f in exc.failures.values()})
+        raise XmtcError(
+            f"training on {nproc} processes failed (exit code {', '.join(map(str, codes))})",
+            "the processes' own error is printed above",
+        ) from None
+
+
+LAUNCH_OPTIONS = ("--nproc", "--max-restarts")
+
+
+def _without_launch_options(argv: list[str]) -> list[str]:
+    """The command each process runs: `argv` without the options that only the launcher reads."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in LAUNCH_OPTIONS:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in LAUNCH_OPTIONS)):
+            out.append(arg)
+    return out

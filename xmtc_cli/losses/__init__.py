@@ -2,6 +2,7 @@
 
 from xmtc_cli.losses.criterion import (
     CrossEntropyLoss,
+    LossTerms,
     MatchingLoss,
     build_criterion,
     teacher_targets,
@@ -12,6 +13,7 @@ from xmtc_cli.losses.transport import cosine_cost, ipot
 __all__ = [
     "UNMATCHED",
     "CrossEntropyLoss",
+    "LossTerms",
     "MatchingLoss",
     "assign",
     "build_criterion",

@@ -6,11 +6,18 @@ indices left-aligned and padded with -1, and the decoder's label-embedding table
 holds the detached terms for logging. Both compute in float32 even under autocast, and neither
 reads a value back to the host except the one transfer inside `assign`.
 
+Each loss is a weighted sum of means, `sum_k weight_k * sums_k / counts_k`. `criterion.terms(...)`
+returns those sums and denominators (`LossTerms`) instead of the loss, so that training on many
+processes (xmtc_cli.distributed) can add the denominators of every process's share of a batch
+and take the loss of the whole batch, as one process would.
+
 Shapes: B batch, S logit steps (N decoding steps for matching, M + 1 for cross-entropy),
 M gold slots, V output indices, E label-embedding width.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +27,20 @@ from xmtc_cli.config import LossConfig
 from xmtc_cli.labelspace import EMPTY, EOS, GOLD_PAD
 from xmtc_cli.losses.matching import assign
 from xmtc_cli.losses.transport import cosine_cost, ipot
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    """A loss as sums over the batch and what they are divided by: the loss is
+    `sum_k weights[k] * sums[k] / counts[k]` over the names k of `sums`.
+
+    sums: float32 scalars with their gradient; counts: float32 scalars, constants of the loss
+    (weight sums, documents, targets); weights: the coefficient of each mean.
+    """
+
+    sums: dict[str, torch.Tensor]
+    counts: dict[str, torch.Tensor]
+    weights: dict[str, float]
 
 
 def teacher_targets(gold: torch.Tensor) -> torch.Tensor:
@@ -71,33 +92,59 @@ class MatchingLoss(nn.Module):
         self, logits: torch.Tensor, gold: torch.Tensor, label_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            steps = logits.size(1)
-            gold = gold[:, :steps]  # (B, M) with M <= N
-            valid = gold != GOLD_PAD  # (B, M)
-            log_p = F.log_softmax(logits.float(), dim=-1)  # (B, N, V)
-            gold_index = gold.clamp_min(0)  # padding reads column 0 (∅); never used
-            # The matching cost is -p_i(y_j): exponentiate only the gathered [B, N, M] entries.
-            columns = gold_index.unsqueeze(1).expand(-1, steps, -1)  # (B, N, M)
-            scores = log_p.detach().gather(2, columns).exp()  # (B, N, M)
-            matched = assign(scores, valid.sum(1), self.scheme)  # (B, N), -1 for ∅
-            targets = torch.where(
-                matched >= 0, gold.gather(1, matched.clamp_min(0)), EMPTY
-            )  # (B, N)
-            nll = -log_p.gather(2, targets.unsqueeze(2)).squeeze(2)  # (B, N)
-            weights = torch.where(targets == EMPTY, self.empty_weight, 1.0)  # (B, N)
+            nll, weights, ot_per_doc = self._slots(logits, gold, label_embeddings)
             # The floor only matters for empty_weight = 0 with no gold label in the batch.
             matching = (weights * nll).sum() / weights.sum().clamp_min(1e-12)
             parts = {"matching": matching.detach()}
-            if self.ot_weight == 0:
+            if ot_per_doc is None:
                 return matching, parts
-
-            table = label_embeddings.detach().float()  # (V, E)
-            expected = log_p.exp() @ table  # (B, N, E)
-            cost = cosine_cost(expected, table[gold_index])  # (B, N, M)
-            plan = ipot(cost.detach(), valid, self.ot_beta, self.ot_iters)  # (B, N, M)
-            ot = (plan * cost).sum((1, 2)).mean()
+            ot = ot_per_doc.mean()
             parts["ot"] = ot.detach()
             return matching + self.ot_weight * ot, parts
+
+    def terms(
+        self, logits: torch.Tensor, gold: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> LossTerms:
+        """The loss as sums and denominators: the matching loss's weighted NLL over its weight
+        sum, the OT term's per-document sum over the documents (`LossTerms`)."""
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            nll, weights, ot_per_doc = self._slots(logits, gold, label_embeddings)
+            sums = {"matching": (weights * nll).sum()}
+            counts = {"matching": weights.sum()}
+            factors = {"matching": 1.0}
+            if ot_per_doc is not None:
+                sums["ot"] = ot_per_doc.sum()
+                counts["ot"] = torch.tensor(float(ot_per_doc.numel()), device=logits.device)
+                factors["ot"] = self.ot_weight
+            return LossTerms(sums, counts, factors)
+
+    def _slots(
+        self, logits: torch.Tensor, gold: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Per slot: the NLL of its matched target and its class weight, both [B, N]; per
+        document: the OT term [B] (None when ot_weight is 0). Float32; call without autocast."""
+        steps = logits.size(1)
+        gold = gold[:, :steps]  # (B, M) with M <= N
+        valid = gold != GOLD_PAD  # (B, M)
+        log_p = F.log_softmax(logits.float(), dim=-1)  # (B, N, V)
+        gold_index = gold.clamp_min(0)  # padding reads column 0 (∅); never used
+        # The matching cost is -p_i(y_j): exponentiate only the gathered [B, N, M] entries.
+        columns = gold_index.unsqueeze(1).expand(-1, steps, -1)  # (B, N, M)
+        scores = log_p.detach().gather(2, columns).exp()  # (B, N, M)
+        matched = assign(scores, valid.sum(1), self.scheme)  # (B, N), -1 for ∅
+        targets = torch.where(
+            matched >= 0, gold.gather(1, matched.clamp_min(0)), EMPTY
+        )  # (B, N)
+        nll = -log_p.gather(2, targets.unsqueeze(2)).squeeze(2)  # (B, N)
+        weights = torch.where(targets == EMPTY, self.empty_weight, 1.0)  # (B, N)
+        if self.ot_weight == 0:
+            return nll, weights, None
+
+        table = label_embeddings.detach().float()  # (V, E)
+        expected = log_p.exp() @ table  # (B, N, E)
+        cost = cosine_cost(expected, table[gold_index])  # (B, N, M)
+        plan = ipot(cost.detach(), valid, self.ot_beta, self.ot_iters)  # (B, N, M)
+        return nll, weights, (plan * cost).sum((1, 2))  # (B,)
 
 
 class CrossEntropyLoss(nn.Module):
@@ -110,17 +157,36 @@ class CrossEntropyLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, gold: torch.Tensor, label_embeddings: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        targets = self._targets(logits, gold)  # (B, M + 1)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=GOLD_PAD
+            )  # over the B·(M + 1) targets
+        return loss, {"cross_entropy": loss.detach()}
+
+    def terms(
+        self, logits: torch.Tensor, gold: torch.Tensor, label_embeddings: torch.Tensor
+    ) -> LossTerms:
+        """The loss as the NLL summed over the non-padding targets and their number."""
+        targets = self._targets(logits, gold)  # (B, M + 1)
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            total = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=GOLD_PAD,
+                reduction="sum",
+            )
+        count = (targets != GOLD_PAD).sum().float()
+        return LossTerms({"cross_entropy": total}, {"cross_entropy": count},
+                         {"cross_entropy": 1.0})
+
+    @staticmethod
+    def _targets(logits: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
         targets = teacher_targets(gold)  # (B, M + 1)
         if logits.shape[:2] != targets.shape:
             raise ValueError(
                 f"cross-entropy needs logits for {targets.size(1)} steps (gold slots + EOS), "
                 f"found logits of shape {tuple(logits.shape)} for gold {tuple(gold.shape)}"
             )
-        with torch.autocast(device_type=logits.device.type, enabled=False):
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.flatten(), ignore_index=GOLD_PAD
-            )  # over the B·(M + 1) targets
-        return loss, {"cross_entropy": loss.detach()}
+        return targets
 
 
 def build_criterion(loss_cfg: LossConfig) -> nn.Module:
