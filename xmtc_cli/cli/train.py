@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
+from xmtc_cli.cli.options import Device
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides, run_name, scheme_override
 from xmtc_cli.errors import UsageError, XmtcError
@@ -22,12 +23,6 @@ from xmtc_cli.errors import UsageError, XmtcError
 class Scheme(str, Enum):
     all = "all"
     first_n = "first-n"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
 
 
 @app.command()
