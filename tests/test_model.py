@@ -17,14 +17,7 @@ from xmtc_cli.labelspace import EMPTY, EOS, NUM_SPECIALS
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, build_model, conv_min_length
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds overhead, and thrashes on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 SIZES = ModelSizes(vocab_size=30, num_labels=7, max_steps=4, embed_size=6, label_embed_size=5)

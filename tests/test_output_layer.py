@@ -97,13 +97,7 @@ def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, n
 # --- the new code against it ----------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second thread only adds overhead, and thrashes on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
 SIZES = ModelSizes(vocab_size=30, num_labels=9, max_steps=5, embed_size=6, label_embed_size=5)

@@ -61,19 +61,12 @@ def training_inverse_propensities(data: ProcessedData, a: float | None = None,
     (`keys="names"`, the strings of `data.labels`). Labels occurring only in held-out gold sets
     have a count of 0. A and B default to `propensity_constants` of the manifest's dataset.
     """
-    default_a, default_b = propensity_constants(data.manifest.get("dataset"))
     counts = data.label_counts.tolist()
     if keys == "names":
         counts = dict(zip(data.labels, counts))
-    a = default_a if a is None else a
-    b = default_b if b is None else b
-    try:
-        return inverse_propensities(counts, training_documents(data), a, b)
-    except ValueError as exc:
-        raise DataError(
-            f"no propensity-scored metrics for {data.path}: {exc}",
-            "check the processed data, or --propensity-a/--propensity-b",
-        ) from exc
+    return _propensities(counts, training_documents(data), a, b, data.manifest.get("dataset"),
+                         f"for {data.path}",
+                         "check the processed data, or --propensity-a/--propensity-b")
 
 
 def label_file_inverse_propensities(train_labels: str | Path, a: float | None = None,
@@ -84,16 +77,19 @@ def label_file_inverse_propensities(train_labels: str | Path, a: float | None = 
     """
     documents = read_label_file(train_labels)
     counts = Counter(label for labels in documents for label in set(labels))
-    default_a, default_b = propensity_constants(None)
-    a = default_a if a is None else a
-    b = default_b if b is None else b
+    return _propensities(counts, len(documents), a, b, None, f"from {train_labels}",
+                         "--train-labels takes the training set's labels, one document a line")
+
+
+def _propensities(counts, documents: int, a: float | None, b: float | None,
+                  dataset: str | None, where: str, hint: str) -> InversePropensities:
+    """`inverse_propensities` with A and B defaulting to the dataset's; a DataError if not."""
+    default_a, default_b = propensity_constants(dataset)
     try:
-        return inverse_propensities(counts, len(documents), a, b)
+        return inverse_propensities(counts, documents, default_a if a is None else a,
+                                    default_b if b is None else b)
     except ValueError as exc:
-        raise DataError(
-            f"no propensity-scored metrics from {train_labels}: {exc}",
-            "--train-labels takes the training set's labels, one document a line",
-        ) from exc
+        raise DataError(f"no propensity-scored metrics {where}: {exc}", hint) from exc
 
 
 def evaluate_files(predictions: str | Path, gold: str | Path,
