@@ -1,7 +1,7 @@
 """Benchmark the batched output layer against the step-by-step one it replaced (issue 11).
 
     PYTHONPATH=. python benchmarks/bench_output_layer.py [--labels 10000 100000] [--full]
-        [--repeats 5] [--threads T] [--src-len 500] [--no-memory]
+        [--repeats 5] [--threads T] [--src-len 500] [--no-memory] [--load]
 
 One training step is forward, the loss and backward (no optimiser) on the Amazon-670K recipe's
 model (recipes/amazon670k.yaml: bottleneck 512, N = 7, E_l = 100, no LC, matching loss without
@@ -9,13 +9,19 @@ OT) at CPU sizes: H = 128, B = 16, T = 500 tokens, E = 300, a 50K-word vocabular
 step-by-step forward kept as the oracle in tests/test_output_layer.py, NEW is
 `Seq2SetModel.forward`; both run on the same model and batch, interleaved (OLD, NEW, OLD, NEW,
 ...) so that load from other jobs hits both alike, and must give the same loss. `--full` adds
-V = 670K (needs ~12 GB free). Also times `generate` (OLD: two arg-maxes per step and a full
-softmax for the score; NEW: one arg-max and a logsumexp).
+V = 670K (OLD's steps peak near 7 GiB of RSS). Also times `generate` (OLD: two arg-maxes per
+step and a full softmax for the score; NEW: one arg-max and a logsumexp). On a machine shared
+with other jobs use --threads 1: two OpenMP threads that wait for each other turn every
+preempted step into seconds of spinning.
 
 Peak memory is the peak RSS of a fresh subprocess that builds the model, resets the kernel's
 peak counter, runs two steps of one contender and reports its RSS before the first step and the
 peak during the steps; the difference is what the steps add on top of the model.
-Prints one table; nothing is written.
+
+--load instead saves a checkpoint of the largest V's model to a temporary folder and loads it in
+fresh subprocesses: OLD builds a random model and copies the weights in, NEW is
+`Predictor.from_checkpoint` (meta device, assign); each reports the peak RSS the load adds, and
+the peak after every weight has been read once. Prints one table; nothing is kept.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from xmtc_cli.config import load_recipe, recipe_from_dict
+from xmtc_cli.config import Recipe, load_recipe, recipe_from_dict
 from xmtc_cli.labelspace import NUM_SPECIALS
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, build_model
@@ -48,14 +54,20 @@ def oracle():
     return module
 
 
-def setup(labels: int, args: argparse.Namespace, seed: int = 0):
-    """Model, loss and one random batch at the Amazon-670K shape with `labels` corpus labels."""
+def recipe_and_sizes(labels: int, args: argparse.Namespace) -> tuple[Recipe, ModelSizes]:
+    """The Amazon-670K recipe at hidden size `args.hidden`, and the sizes of its model."""
     raw = load_recipe(ROOT / "recipes" / "amazon670k.yaml").to_dict()
     raw["model"]["hidden_size"] = args.hidden
     recipe = recipe_from_dict(raw)
     sizes = ModelSizes(vocab_size=args.vocab, num_labels=labels,
                        max_steps=recipe.data.max_labels, embed_size=args.embed,
                        label_embed_size=recipe.model.label_embedding_size)
+    return recipe, sizes
+
+
+def setup(labels: int, args: argparse.Namespace, seed: int = 0):
+    """Model, loss and one random batch at the Amazon-670K shape with `labels` corpus labels."""
+    recipe, sizes = recipe_and_sizes(labels, args)
     torch.manual_seed(seed)
     model = build_model(recipe.model, recipe.loss, sizes)
     gen = torch.Generator().manual_seed(seed)
@@ -147,6 +159,57 @@ def forwarded(args: argparse.Namespace) -> list[str]:
             "--embed", str(args.embed)]
 
 
+def load_child(contender: str, path: str) -> None:
+    """Run in a fresh process: load the checkpoint at `path` one way; print the peaks it adds."""
+    from xmtc_cli.checkpoint import load_checkpoint
+    from xmtc_cli.inference import Predictor
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = rss_gib("VmRSS")
+    start = time.perf_counter()
+    if contender == "NEW":
+        model = Predictor.from_checkpoint(path, device="cpu").model
+    else:  # before: a randomly initialised model, then the weights copied into it
+        state, meta = load_checkpoint(path)
+        recipe = recipe_from_dict(meta.recipe)
+        model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
+        model.load_state_dict(state)
+        del state
+        model = Predictor(model, meta, torch.device("cpu")).model  # what NEW builds around it
+    seconds = time.perf_counter() - start
+    loaded = rss_gib("VmHWM") - before
+    for tensor in model.state_dict().values():  # read every weight once
+        float(tensor.sum())
+    print(json.dumps({"seconds": seconds, "loaded": loaded, "used": rss_gib("VmHWM") - before}))
+
+
+def measure_load(labels: int, args: argparse.Namespace) -> None:
+    """Save the model of `labels` labels, then load it OLD and NEW in fresh processes."""
+    import dataclasses
+    import tempfile
+
+    from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
+
+    model, _, _ = setup(labels, args)
+    recipe, sizes = recipe_and_sizes(labels, args)
+    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(sizes),
+                          tokens=[f"w{i}" for i in range(args.vocab)],
+                          tokenizer={"kind": "whitespace"},
+                          labels=[f"l{i}" for i in range(labels)])
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.safetensors"
+        save_checkpoint(path, model.state_dict(), meta)
+        del model
+        print(f"V={labels}: checkpoint {path.stat().st_size / 2**30:.2f} GiB; peak RSS added (GiB)")
+        print(f"{'':>4} {'load':>7} {'loading':>8} {'+ reading':>10}")
+        for contender in ("OLD", "NEW"):
+            command = [sys.executable, __file__, "--load-child", contender, str(path)]
+            out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            print(f"{contender:>4} {row['seconds']:>6.1f}s {row['loaded']:>8.2f} "
+                  f"{row['used']:>10.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[10_000, 100_000])
@@ -159,13 +222,21 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=50_000)
     parser.add_argument("--embed", type=int, default=300)
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--load", action="store_true", help="time loading a checkpoint")
     parser.add_argument("--child", choices=("OLD", "NEW"), help=argparse.SUPPRESS)
+    parser.add_argument("--load-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, args.labels[0], args)
         return
+    if args.load_child:
+        load_child(*args.load_child)
+        return
     labels = list(args.labels) + ([670_091] if args.full else [])
+    if args.load:
+        measure_load(max(labels), args)
+        return
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{args.threads} threads; H={args.hidden} B={args.batch} T<={args.src_len} "
           f"E={args.embed} vocab={args.vocab}, bottleneck 512, N=7, E_l=100; "

@@ -510,7 +510,7 @@ class Seq2SetModel(nn.Module):
         logits = state.new_zeros(batch, table.size(0)) if self.global_embedding else None
         step_logits = self.global_embedding is not None or inputs is None
         # Without the global embedding the step's logits only choose the next label: they are
-        # computed without autograd, and forward applies the output layer to all steps at once.
+        # computed without autograd, and forward gives all steps' logits the gradient at once.
         track = nullcontext if self.global_embedding is not None else torch.no_grad
         last = self._last_layer()
         for t in range(num_steps):
