@@ -103,9 +103,9 @@ class TailSpec:
     same_theme: float = 0.5
     length: tuple[int, int] = (50, 70)  # words per document, uniform, inclusive
     topic_share: float = 0.3
-    stray: float = 0.03
+    stray: float = 0.05
     own_words: int = 4
-    theme_words: int = 2
+    theme_words: int = 6
     theme_pool: int = 40
     noise_words: int = 600  # pseudo-words besides the English filler
     dim: int = 50
