@@ -56,6 +56,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,6 +247,7 @@ def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opt
     return {
         "test": test,
         "psp@5": psp_at_k(predicted, gold, training_propensities(processed), 5),
+        "predictions": str(predictions),
         "train_seconds": chosen["train_seconds"],
         "chosen": f"lr {chosen['lr']:g} of {grid(t['lr'] for t in trials)}, "
                   f"best epoch {chosen['best_epoch']} of {opts.epochs}, valid micro-F1 "
@@ -327,6 +329,7 @@ def run_svm(corpus: Corpus, opts, folder: Path) -> dict:
         "test": test,
         "psp@5": psp_at_k(sets, gold["test"], inv, 5),
         "psp@5_ranking": psp_at_k(rankings, gold["test"], inv, 5),
+        "predictions": str(predictions),
         "train_seconds": tfidf_seconds + chosen["fit_seconds"],
         "chosen": f"C {chosen['c']:g} of {grid(t['c'] for t in trials)}, valid "
                   f"micro-F1 {100 * chosen['valid_micro_f1']:.2f}",
@@ -363,6 +366,53 @@ def grid(values) -> str:
 
 def slug(spec: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", spec).strip("-")
+
+
+BUCKETS = ((0, 0), (1, 5), (6, 20), (21, 100), (101, None))  # training documents of a label
+
+
+def predictions_file(result: dict, folder: Path) -> Path:
+    """Where a contender's test label sets are (results written before they said so too)."""
+    if result.get("predictions"):
+        return Path(result["predictions"])
+    if result.get("trials") and "out" in result["trials"][0]:
+        best = max(result["trials"], key=lambda t: t["valid_micro_f1"])
+        return Path(best["out"]) / "test_predictions.txt"
+    return folder / "test_predictions.txt"
+
+
+def by_frequency(results: dict[str, dict], data_dir: Path, runs_dir: Path) -> None:
+    """Print each contender's test recall grouped by the gold label's training count, and its
+    precision grouped by the predicted label's: where in the distribution its errors are."""
+    runs = {spec: predictions_file(r, runs_dir / slug(spec)) for spec, r in results.items()}
+    runs = {spec: path for spec, path in runs.items() if path.is_file()}
+    if not runs or not (data_dir / "manifest.json").is_file():
+        return
+    data = load_processed(data_dir)
+    count = dict(zip(data.labels, data.label_counts.tolist()))
+    gold = [set(labels) for labels in gold_sets(data, "test")]
+
+    def bucket(label: str) -> int:
+        n = count.get(label, 0)
+        return next(i for i, (lo, hi) in enumerate(BUCKETS) if n >= lo and (hi is None or n <= hi))
+
+    names = [f"{lo}" if lo == hi else f"{lo}-{hi}" if hi else f">{lo - 1}" for lo, hi in BUCKETS]
+    gold_total = Counter(bucket(x) for labels in gold for x in labels)
+    print("\ntest recall (R) and precision (P) by the label's training documents; the header "
+          "gives each group's share of the gold labels:")
+    print("| contender | " + " | ".join(f"{n} ({gold_total[i] / sum(gold_total.values()):.0%})"
+                                       for i, n in enumerate(names)) + " |")
+    print("|---|" + "---|" * len(BUCKETS))
+    for spec, path in runs.items():
+        predicted = [set(line.split()) for line in path.read_text().splitlines()]
+        found = Counter(bucket(x) for p, g in zip(predicted, gold) for x in g if x in p)
+        made = Counter(bucket(x) for p in predicted for x in p)
+        right = Counter(bucket(x) for p, g in zip(predicted, gold) for x in p if x in g)
+        cells = [(f"R {100 * found[i] / gold_total[i]:.1f}" if gold_total[i] else "R -")
+                 + (f", P {100 * right[i] / made[i]:.1f}" if made[i] else ", P -")
+                 + f" ({made[i]:,})" for i in range(len(BUCKETS))]
+        print(f"| {spec} | " + " | ".join(cells) + " |")
+    print("(in brackets: how many labels the contender predicted in the group)")
 
 
 def print_table(results: dict[str, dict], skipped: dict[str, str], corpus: str) -> None:
@@ -460,6 +510,7 @@ def main() -> None:
         done.write_text(json.dumps(result, indent=2) + "\n")
         results[spec] = result
     print_table(results, skipped, opts.corpus)
+    by_frequency(results, opts.work / "processed-default", opts.runs)
 
 
 if __name__ == "__main__":
