@@ -343,3 +343,7 @@ def test_check_meta_is_what_read_meta_runs(saved):
     specs["output.bias"] = ("F32", (7,))
     with pytest.raises(CheckpointError, match=r"output.bias has shape \[7\], the model \[6\]"):
         check_meta(meta, specs)
+
+
+def test_a_name_too_long_for_the_file_system_is_refused(tmp_path):
+    _refused(tmp_path / ("x" * 300), "cannot be read: File name too long")

@@ -235,3 +235,8 @@ def test_names_that_would_leave_runs_are_refused(name):
         return
     with pytest.raises(ConfigError, match="name"):
         recipe_from_dict({"data": {"dir": "d"}, "name": name})
+
+
+def test_a_name_too_long_for_the_file_system_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read: File name too long"):
+        load_recipe(tmp_path / ("x" * 300))

@@ -334,12 +334,17 @@ def _read_header(path: Path) -> dict[str, Any]:
 
 
 def _check_is_file(path: Path) -> None:
-    if not path.exists():
+    try:  # pathlib's checks raise for a name too long, a permission on the way, ...
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc.strerror or exc}",
+                              "check the path and its permissions") from exc
+    if not exists:
         raise CheckpointError(
             f"checkpoint {path} does not exist",
             "check the path; `xmtc train` writes model.safetensors into its run folder",
         )
-    if path.is_dir():
+    if is_dir:
         raise CheckpointError(
             f"{path} is a folder, not a checkpoint file",
             f"pass the checkpoint file inside it, e.g. {path / 'model.safetensors'}",

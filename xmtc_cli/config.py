@@ -221,19 +221,19 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 def _read_recipe_text(path: Path) -> str:
     example = "pass a YAML recipe, e.g. recipes/demo.yaml (see `ls recipes/`)"
-    if path.is_dir():
-        raise ConfigError(f"recipe {path} is a folder, not a file", example)
-    if not path.exists():
-        problem = "is a broken link" if path.is_symlink() else "does not exist"
-        raise ConfigError(f"recipe {path} {problem}", example)
-    if not path.is_file():
-        raise ConfigError(f"recipe {path} is not a regular file", example)
-    try:
+    try:  # pathlib's checks raise for a name too long, a permission on the way, ...
+        if path.is_dir():
+            raise ConfigError(f"recipe {path} is a folder, not a file", example)
+        if not path.exists():
+            problem = "is a broken link" if path.is_symlink() else "does not exist"
+            raise ConfigError(f"recipe {path} {problem}", example)
+        if not path.is_file():
+            raise ConfigError(f"recipe {path} is not a regular file", example)
         with open(path, "rb") as f:
             data = f.read(MAX_RECIPE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"recipe {path} cannot be read: {exc.strerror or exc}",
-                          "check the file's permissions") from exc
+                          "check the path and the file's permissions") from exc
     if len(data) > MAX_RECIPE_BYTES:
         raise ConfigError(f"recipe {path} is larger than {MAX_RECIPE_BYTES:,} bytes",
                           "a recipe is a short YAML file; check that this is the right file")
