@@ -233,10 +233,10 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
 
 def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], refuse) -> None:
     """The header's tensors are those of the model `recipe` and `sizes` build, all float32."""
-    from xmtc_cli.model import build_model
+    from xmtc_cli.model import build_model, on_meta_device
 
     try:
-        with torch.device("meta"):  # shapes only: nothing is allocated
+        with on_meta_device():  # shapes only: nothing is allocated
             model = build_model(recipe.model, recipe.loss, sizes)
     except Exception as exc:  # sizes no model can have (a tensor beyond int64 elements, ...)
         raise refuse(f"describes a model that cannot be built ({_cut(str(exc), 80)})") from None

@@ -15,7 +15,7 @@ from xmtc_cli.data.processed import UNK_ID, Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
-from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
+from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,7 @@ class Predictor:
         # become its parameters (assign=True): loading holds one copy of the weights, not a
         # random model's as well. Safe because the model ties no weights and has no buffers
         # outside its state dict (tests/test_output_layer.py checks both).
-        with torch.device("meta"):
+        with on_meta_device():
             model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
         model.load_state_dict(state, assign=True)
         return cls(model.to(dev), meta, dev)

@@ -16,6 +16,7 @@ Shape legend:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.overrides import TorchFunctionMode
 
 from xmtc_cli.config import LossConfig, ModelConfig
 from xmtc_cli.data.processed import PAD_ID
@@ -556,3 +558,29 @@ class Seq2SetModel(nn.Module):
     def _last_layer(self) -> nn.Linear:
         """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""
         return self.output[-1] if isinstance(self.output, nn.Sequential) else self.output
+
+
+_INITIALISERS = frozenset({
+    "normal_", "uniform_", "zero_", "fill_", "copy_", "xavier_uniform_", "xavier_normal_",
+    "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "trunc_normal_", "__setitem__",
+})
+
+
+class _SkipInitialisers(TorchFunctionMode):
+    """Makes in-place initialisers no-ops: on the meta device they have nothing to fill, and
+    running them there goes through torch's Python decompositions, whose first use imports
+    torch._dynamo (about 3 s of every `xmtc predict`)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in _INITIALISERS:
+            return args[0] if args else kwargs["tensor"]
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def on_meta_device() -> Iterator[None]:
+    """Build modules with shapes and no storage (nothing allocated, nothing initialised): for
+    checking shapes, or for `load_state_dict(..., assign=True)` from a checkpoint."""
+    with torch.device("meta"), _SkipInitialisers():
+        yield
