@@ -82,11 +82,12 @@ def test_overrides_that_cannot_be_right_are_refused(override, fragment, tiny_dat
     _refused(cli("train", recipe, override, "--dry-run"), fragment)
 
 
+@pytest.mark.parametrize("lr", ["1e9", "10"])  # a loss of 1e19; a finite loss 1000x its start
 def test_a_diverging_run_stops_with_one_error_and_saves_no_best_epoch(tiny_data, tmp_path, cli,
-                                                                      single_thread):
+                                                                      single_thread, lr):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data.processed, epochs=2)
     run = tmp_path / "run"
-    result = cli("train", recipe, "train.lr=1e9", "--out", run, "--device", "cpu")
+    result = cli("train", recipe, f"train.lr={lr}", "--out", run, "--device", "cpu")
     _refused(result, "training diverged in epoch 1")
     assert not (run / "model.safetensors").exists() and not (run / "last.safetensors").exists()
     assert (run / "metrics.jsonl").read_text() == ""  # no epoch recorded as finished

@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 from xmtc_cli.atomic import atomic_file, atomic_write_text
 from xmtc_cli.config import Recipe
 from xmtc_cli.errors import ConfigError, XmtcError
+from xmtc_cli.fileerrors import file_error
 from xmtc_cli.tensorfile import write_safetensors
 
 try:  # POSIX; elsewhere runs go unlocked
@@ -112,7 +113,10 @@ class RunFolder:
         `launch` (xmtc_cli.distributed.launch_id) names the torchrun launch that starts it.
         """
         run = cls(path)
-        run.path.mkdir(parents=True, exist_ok=True)
+        try:
+            run.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise file_error(exc, "create the run folder", run.path) from exc
         run._acquire()
         try:
             run._remove_leftovers()

@@ -51,6 +51,7 @@ from xmtc_cli.run import (
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
 MAX_LOSS = 1e6  # a mean loss this large means the run has diverged, even if still finite
+MAX_GROWTH = 100.0  # ... and so does one 100 times the first step's (or 100, if that was < 1)
 LOSS_READ_EVERY = 10  # steps between reads of the running loss (each read waits for the device)
 
 
@@ -328,6 +329,7 @@ class _Epochs:
     folder: RunFolder | None  # open on rank 0 alone
     state: TrainState
     callback: Callback
+    reference_loss: float | None = None  # this process's first step's loss: what growth means
 
     @property
     def group(self) -> Group:
@@ -398,7 +400,7 @@ class _Epochs:
         complete = done == self.batcher.num_batches(self.recipe.train.batch_size)
         train_seconds = time.perf_counter() - start
         loss = loss_sum.item() / done
-        _check_finite(loss, epoch, self.trainer.model, self.group)
+        _check_finite(loss, epoch, self.trainer.model, self.group, self.reference_loss)
         metrics = self._validate()
         trained_docs = min(done * self.recipe.train.batch_size, len(self.batcher.split))
         trained_docs -= first * self.recipe.train.batch_size
@@ -429,10 +431,12 @@ class _Epochs:
             loss_sum += loss
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0) + v
+            if self.reference_loss is None:  # this process's first step: taken before any update
+                self.reference_loss = loss.item()
             shown = None
             if (i + 1) % LOSS_READ_EVERY == 0 or i + 1 == steps:
                 shown = loss_sum.item() / (i + 1)
-                _check_finite(shown, epoch, group=self.group)
+                _check_finite(shown, epoch, group=self.group, reference=self.reference_loss)
             self.callback.on_step(epoch, i + 1, len(batch), shown)
             if i + 1 == steps:
                 break
@@ -519,16 +523,20 @@ def _epoch_seed(train: TrainConfig, epoch: int) -> int:
 
 
 def _check_finite(loss: float, epoch: int, model: torch.nn.Module | None = None,
-                  group: Group = SINGLE) -> None:
-    """Stop a run whose loss (or, at an epoch's end, whose weights) are no longer finite. Every
-    rank sees the same loss and weights, so all stop together; rank 0 reports it."""
+                  group: Group = SINGLE, reference: float | None = None) -> None:
+    """Stop a run whose loss (or, at an epoch's end, whose weights) are no longer finite, or
+    whose loss has grown MAX_GROWTH-fold over the first one it read (`reference`): a healthy
+    run's loss falls. Every rank sees the same loss and weights, so all stop together; rank 0
+    reports it."""
     broken = not math.isfinite(loss) or loss > MAX_LOSS
+    if reference is not None and loss > MAX_GROWTH * max(reference, 1.0):
+        broken = True
     if model is not None and not broken:
         broken = not all(bool(torch.isfinite(p).all()) for p in model.parameters())
     if broken:
         raise (XmtcError if group.is_main else ReplicatedError)(
             f"training diverged in epoch {epoch} (loss {loss:.4g}); nothing of this epoch was "
             "saved",
-            "lower train.lr or train.grad_clip, or set train.amp=false; --resume continues "
-            "from the last save",
+            "start a new run (another --out) with a lower train.lr or train.grad_clip, or "
+            "train.amp=false; --resume keeps the recipe, so it would diverge again",
         )

@@ -73,6 +73,11 @@ def _report(exc: BaseException) -> int:
         return getattr(exc, "exit_code", 2)
     if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, XmtcError):
         exc = _os_error(exc)
+    if isinstance(exc, MemoryError) or (
+            isinstance(exc, RuntimeError) and "allocate" in str(exc).lower()):
+        exc = XmtcError("out of memory: " + (str(exc).splitlines() or ["?"])[0][:200],
+                        "use smaller sizes (model.hidden_size, train.batch_size, "
+                        "data.max_src_tokens) or a machine with more memory")
     if isinstance(exc, XmtcError):
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

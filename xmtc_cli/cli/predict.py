@@ -17,7 +17,7 @@ from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
 from xmtc_cli.cli.render import stderr
-from xmtc_cli.errors import XmtcError
+from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
 from xmtc_cli.textio import open_lines
 
@@ -45,7 +45,10 @@ def predict(
     """Predict a label set for every line of DOCS, in input order."""
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
 
+    if out is not None:
+        _refuse_overwriting_inputs(out, {"DOCS": Path(docs), "CHECKPOINT": checkpoint})
     start, count = time.perf_counter(), 0
+    last_line = start
     with open_lines(docs, encoding, what="documents file") as lines:
         predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
         with _output(out) as sink:
@@ -54,11 +57,31 @@ def predict(
                 count += 1
                 if count % batch_size == 0:  # a batch done: let a pipe's reader see it now
                     sink.flush()
+                    now = time.perf_counter()
                     if stderr.is_terminal:
                         stderr.print(f"\r{count:,} documents", end="")
+                    elif out is not None and now - last_line >= PROGRESS_EVERY:
+                        last_line = now  # a log file: a plain line a minute
+                        stderr.print(f"predicted {count:,} documents, "
+                                     f"{count / (now - start):,.1f} docs/s")
     seconds = time.perf_counter() - start
     stderr.print(f"\rpredicted {count:,} document{'' if count == 1 else 's'} in {seconds:.1f}s"
                  + (f" -> {out}" if out else ""))
+
+
+PROGRESS_EVERY = 60.0  # seconds between progress lines off a terminal
+
+
+def _refuse_overwriting_inputs(out: Path, inputs: dict[str, Path]) -> None:
+    """--out naming an input file would replace it (the checkpoint, even): refuse."""
+    for name, path in inputs.items():
+        try:
+            same = out.exists() and path.exists() and out.samefile(path)
+        except OSError:
+            same = False
+        if same:
+            raise UsageError(f"--out {out} is the {name} file: writing it would replace it",
+                             "write the predictions to another file")
 
 
 def _render(names: list[str], scores: list[float], format: Format) -> str:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from xmtc_cli.atomic import atomic_dir
@@ -222,8 +223,10 @@ def load_processed(path: str | Path) -> ProcessedData:
         raise DataError(f"{path} is not a processed-data folder (no {MANIFEST})", hint)
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest_path} cannot be read: {exc}", hint) from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DataError(f"{manifest_path} cannot be read: {str(exc)[:200]}", hint) from exc
+    if not isinstance(manifest, dict):
+        raise DataError(f"{manifest_path} is not an xmtc manifest (not a JSON object)", hint)
     version = manifest.get("format_version")
     if version != FORMAT_VERSION:
         raise DataError(
@@ -238,22 +241,40 @@ def load_processed(path: str | Path) -> ProcessedData:
         splits = {}
         for name in manifest.get("splits", {}):
             arrays = load_file(str(path / f"{name}.safetensors"))
-            splits[name] = Split(**arrays)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"processed data in {path} is damaged: {exc}", hint) from exc
+            splits[name] = _checked(Split(**arrays), name, len(tokens), len(labels))
+        num_labels = int(manifest["num_labels"])
+        if not 0 <= num_labels <= len(labels):
+            raise ValueError(f"num_labels {num_labels} for {len(labels)} labels")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
+        raise DataError(f"processed data in {path} is damaged: {str(exc)[:200]}", hint) from exc
     return ProcessedData(
         tokens=tokens,
         token_counts=np.asarray(token_counts, dtype=np.int64),
         labels=labels,
         label_names=label_names,
         label_counts=np.asarray(label_counts, dtype=np.int64),
-        num_labels=int(manifest["num_labels"]),
+        num_labels=num_labels,
         splits=splits,
         label_embeddings=emb.get("labels"),
         token_embeddings=emb.get("tokens"),
         manifest=manifest,
         path=path,
     )
+
+
+def _checked(split: Split, name: str, tokens: int, labels: int) -> Split:
+    """`split` if its offsets and ids are consistent with each other and the vocabularies (a
+    truncated or foreign file is refused here, not as an IndexError in the middle of training)."""
+    for ids, offsets, limit, what in ((split.token_ids, split.token_offsets, tokens, "token"),
+                                      (split.label_ids, split.label_offsets, labels, "label")):
+        if (offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0
+                or offsets[-1] != len(ids) or (np.diff(offsets) < 0).any()):
+            raise ValueError(f"{name}.safetensors: {what} offsets do not index its {what} ids")
+        if len(ids) and (ids.min() < 0 or ids.max() >= limit):
+            raise ValueError(f"{name}.safetensors: {what} ids outside the vocabulary")
+    if len(split.token_offsets) != len(split.label_offsets):
+        raise ValueError(f"{name}.safetensors: token and label offsets disagree on documents")
+    return split
 
 
 def _read_tsv(path: Path, columns: int) -> list[list]:
