@@ -4,7 +4,7 @@ Like the demo corpus (`xmtc_cli.data.synthetic`) its documents are drawn from la
 topic words plus shared noise words, its labels have readable names made of words with vectors,
 and it ships a GloVe-format `vectors.txt` whose geometry carries the labels' meaning. Unlike it,
 most labels are rare: label frequencies follow a power law, so that most labels have 2-5
-training documents and a head of a few dozen labels has hundreds.
+training documents and a head of about twenty labels has hundreds.
 
 Labels. `themes x qualifiers` readable names, e.g. `railway_safety` "Railway safety": a theme
 noun (60 of them: river, music, banking, ...) and a qualifier (50: policy, history, safety,
