@@ -69,6 +69,8 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
         with _in_place(path, mode, encoding) as handle:
             yield handle
         return
+    if path.is_file() and not path.stat().st_mode & 0o222:  # read-only: a rename would not ask
+        raise file_error(OSError(errno.EACCES, "Permission denied"), "write", path)
     _make_parent(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

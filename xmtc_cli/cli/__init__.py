@@ -73,6 +73,11 @@ def _report(exc: BaseException) -> int:
         return getattr(exc, "exit_code", 2)
     if isinstance(exc, OSError) and exc.errno is not None and not isinstance(exc, XmtcError):
         exc = _os_error(exc)
+    if isinstance(exc, RuntimeError) and "symlink loop" in str(exc).lower():
+        exc = XmtcError(str(exc)[:300], "replace the looping link with a file or a folder")
+    if isinstance(exc, UnicodeError):
+        exc = XmtcError(f"cannot decode the input: {str(exc)[:200]}",
+                        "check --encoding (utf-16 files start with a byte-order mark)")
     if isinstance(exc, MemoryError) or (
             isinstance(exc, RuntimeError) and "allocate" in str(exc).lower()):
         exc = XmtcError("out of memory: " + (str(exc).splitlines() or ["?"])[0][:200],

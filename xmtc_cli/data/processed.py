@@ -28,6 +28,7 @@ manifest says so and it holds nothing else, so a mistyped `--out` never deletes 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from dataclasses import dataclass, field
@@ -149,19 +150,31 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
             emb["labels"] = np.ascontiguousarray(data.label_embeddings, dtype=np.float32)
         if data.token_embeddings is not None:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
-        save_file(emb, str(tmp / "embeddings.safetensors"))
+        _save_arrays(emb, tmp / "embeddings.safetensors")
         for name, split in data.splits.items():
-            save_file(
+            _save_arrays(
                 {
                     "token_ids": split.token_ids.astype(np.int32, copy=False),
                     "token_offsets": split.token_offsets.astype(np.int64, copy=False),
                     "label_ids": split.label_ids.astype(np.int32, copy=False),
                     "label_offsets": split.label_offsets.astype(np.int64, copy=False),
                 },
-                str(tmp / f"{name}.safetensors"),
+                tmp / f"{name}.safetensors",
             )
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return dest
+
+
+def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """safetensors' save_file, whose I/O failures (a full disk) are its own error type: made
+    the OSError they are, so that the CLI names the file and the fix."""
+    try:
+        save_file(arrays, str(path))
+    except SafetensorError as exc:
+        text = str(exc)
+        code = errno.ENOSPC if "os error 28" in text else errno.EFBIG if "os error 27" in text \
+            else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from exc
 
 
 def why_not_replaceable(folder: str | Path) -> str | None:
