@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from xmtc_cli.atomic import atomic_dir
+from xmtc_cli.data import synthetic
 
 VECTORS_FILE = "vectors.txt"
 
@@ -71,16 +72,7 @@ conference volunteers partnerships investment licensing disputes subsidies tourn
 exhibitions sponsorship
 """.split())
 
-FILLER = tuple("""
-the of and a to in is was for on with as by at from this that it be are were has have had
-not but or an they which their its new more also about after first two one year years time
-people other some would could said report week today many most while during between each
-because through over again later early local group part several before around still well
-high long small large recent former major public state world city country news day month
-last next good great little own same few every another such much very just only even then
-there here where when what who how all both into than out up down off we our you your he she
-his her them those these may might will can should
-""".split())
+FILLER = synthetic.FILLER  # the demo corpus's English filler words
 
 _CONSONANTS = "bdfgklmnprstvz"
 _VOWELS = "aeiou"

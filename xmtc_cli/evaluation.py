@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import UNK_ID, ProcessedData, Split, load_processed
+from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
@@ -136,7 +136,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
             "choose --split " + " or --split ".join(data.splits),
         )
     part = data.splits[split]
-    check_checkpoint_data(predictor, data, part, split, checkpoint, data_dir)
+    gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
+    check_checkpoint_data(predictor, data, gold, split, checkpoint, data_dir)
     # The data's token ids, read as the checkpoint's: the same tokenizer, maybe another vocabulary.
     remap = np.array([predictor.token_ids.get(t, UNK_ID) for t in data.tokens], dtype=np.int32)
     as_checkpoint = dataclasses.replace(part, token_ids=remap[part.token_ids])
@@ -146,7 +147,6 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
                                     batch_size, predictor.device, recipe.train.amp)
     ]
-    gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
     metrics = score_label_sets(predicted, gold, inv_propensity=inv)
     metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels)["macro_f1"]
@@ -177,11 +177,11 @@ def check_label_sets(predicted: list[list[str]], gold: list[list[str]], predicti
         )
 
 
-def check_checkpoint_data(predictor: Predictor, data: ProcessedData, part: Split, split: str,
-                          checkpoint: str | Path, data_dir: str | Path) -> None:
+def check_checkpoint_data(predictor: Predictor, data: ProcessedData, gold: list[list[str]],
+                          split: str, checkpoint: str | Path, data_dir: str | Path) -> None:
     """Refuse data the checkpoint cannot be scored on: text tokenized another way (its token
     ids would be read as other words), an empty split, no gold label, or gold labels none of
-    which the model knows (another corpus)."""
+    which the model knows (another corpus). `gold`: the split's gold sets, by label name."""
     ours, theirs = predictor.meta.tokenizer, data.tokenizer
     if dict(ours) != dict(theirs):
         raise DataError(
@@ -191,10 +191,9 @@ def check_checkpoint_data(predictor: Predictor, data: ProcessedData, part: Split
             "evaluate a checkpoint trained on this data",
         )
     where = f"the {split!r} split of {data_dir}"
-    if len(part) == 0:
+    if not gold:
         raise DataError(f"{where} holds no documents: there is nothing to score",
                         "choose another --split")
-    gold = [[data.labels[k] for k in part.labels(i)] for i in range(len(part))]
     _check_gold_labels(gold, where)
     gold_labels = {label for labels in gold for label in labels}
     if not gold_labels & set(predictor.labels):
