@@ -62,6 +62,10 @@ class ModelConfig:
     """Softmax temperature of the global embedding."""
     masked_softmax: bool = False
     """SGM's masked softmax: a label already generated cannot be generated again."""
+    output_init: Literal["random", "prototype"] = "random"
+    """How the output layer's label rows start: `random` (the paper), or `prototype`, each
+    label's row the centred mean of the freshly built model's features over its training
+    documents (beyond the paper, for rare labels; docs/design.md §10)."""
 
 
 @dataclass(frozen=True)

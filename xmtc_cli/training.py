@@ -38,6 +38,7 @@ from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
+from xmtc_cli.prototypes import init_output_prototypes
 from xmtc_cli.run import (
     BEST_FILE,
     LAST_FILE,
@@ -357,6 +358,10 @@ class _Epochs:
                 if folder.has_state:
                     state, rng = folder.load_state(trainer.model, trainer.optimizer, device)
                     _check_world_size(folder, distributed.saved_world_size(rng), group)
+                elif recipe.model.output_init == "prototype":
+                    # Rank 0's rows reach the other ranks with its weights (sync_start).
+                    init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
+                                           device)
                 folder.truncate_metrics(state.epoch)
             except BaseException:
                 folder.close()
