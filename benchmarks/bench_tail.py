@@ -25,6 +25,13 @@ Contenders, given as specs:
                       preprocess as is (names, centroid, names+centroid are being built on other
                       branches); where the installed xmtc refuses the option (a usage error,
                       exit 2), the contender is skipped with the refusal printed.
+  METHOD[:EMB],K=V,.. the same with recipe overrides K=V added to `xmtc train`, e.g.
+                      otseq2set,model.output_init=prototype; `features=lsaD` (not an override)
+                      adds side embeddings: each document's TF-IDF vector (as the SVM's) reduced
+                      to D dimensions by a truncated SVD fit on the train split, L2-normalised,
+                      written as {split}_features.npy beside a copy of the corpus, so that
+                      `xmtc preprocess` carries them (a text encoder's embedding standing in for
+                      the precomputed embeddings a user would bring).
 The recipe is recipes/reuters.yaml (its model sizes, batch, scheme first-n, OT weight) with
 `train.epochs` and `train.lr` from the command line, chosen on validation for the tail corpus.
 
@@ -209,15 +216,55 @@ def preprocess(corpus: Corpus, work: Path, embeddings: str | None) -> tuple[Path
     return out, args
 
 
+def lsa_corpus(corpus: Corpus, work: Path, width: int) -> Corpus:
+    """A copy of the corpus with TF-IDF + truncated-SVD side embeddings of width `width`."""
+    import shutil
+
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    raw = work / f"raw-lsa{width}"
+    if (raw / "test_features.npy").is_file():
+        return Corpus(corpus.name, raw, raw / corpus.vectors.name, corpus.preprocess_options)
+    data = load_processed(preprocess(corpus, work, None)[0])
+    texts = {split: split_texts(data, split) for split in ("train", "valid", "test")}
+    vectorizer = TfidfVectorizer(tokenizer=str.split, token_pattern=None, lowercase=False,
+                                 sublinear_tf=True)
+    svd = TruncatedSVD(width, random_state=0)
+    reduced = {"train": svd.fit_transform(vectorizer.fit_transform(texts["train"]))}
+    for split in ("valid", "test"):
+        reduced[split] = svd.transform(vectorizer.transform(texts[split]))
+    partial = raw.with_name(raw.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(corpus.raw, partial)
+    for split, x in reduced.items():
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        np.save(partial / f"{split}_features.npy", x.astype(np.float32))
+    shutil.rmtree(raw, ignore_errors=True)
+    partial.rename(raw)
+    log(f"side embeddings: TF-IDF + SVD to {width} dimensions in {raw} (explained variance "
+        f"{svd.explained_variance_ratio_.sum():.2f})")
+    return Corpus(corpus.name, raw, raw / corpus.vectors.name, corpus.preprocess_options)
+
+
 def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opts, folder: Path,
-             ) -> dict:
-    data, preprocess_args = preprocess(corpus, opts.work, embeddings)
+             overrides: Sequence[str] = ()) -> dict:
+    features = [o.partition("=")[2] for o in overrides if o.startswith("features=")]
+    overrides = [o for o in overrides if not o.startswith("features=")]
+    work = opts.work
+    if features:
+        match = re.fullmatch(r"lsa(\d+)", features[0])
+        if not match:
+            sys.exit(f"error: {spec}: features=lsaD is the one kind of side embedding")
+        corpus = lsa_corpus(corpus, opts.work, int(match[1]))
+        work = opts.work / corpus.raw.name
+    data, preprocess_args = preprocess(corpus, work, embeddings)
     trials = []
     for lr in opts.lr:
         out = folder / f"lr{lr:g}"
         train = ["train", str(RECIPE.relative_to(ROOT)), "--method", method,
                  f"name=bench-{corpus.name}", f"data.dir={data}", f"train.epochs={opts.epochs}",
-                 f"train.lr={lr:g}", "--out", str(out)]
+                 f"train.lr={lr:g}", *overrides, "--out", str(out)]
         resume = ["--resume"] if (out / "train_state.safetensors").exists() else []
         log(f"== {spec}, lr {lr:g}: xmtc {' '.join(train)}")
         xmtc(*train, *resume)
@@ -496,12 +543,14 @@ def main() -> None:
             continue
         if opts.table:
             continue
-        method, _, embeddings = spec.partition(":")
+        head, *overrides = spec.split(",")
+        method, _, embeddings = head.partition(":")
         try:
             if spec == "svm":
                 result = run_svm(corpus, opts, folder)
             else:
-                result = run_xmtc(spec, method, embeddings or None, corpus, opts, folder)
+                result = run_xmtc(spec, method, embeddings or None, corpus, opts, folder,
+                                  overrides)
         except Refused as exc:
             log(f"skipping {spec}: {exc}")
             skipped[spec] = str(exc)
