@@ -39,6 +39,7 @@ from safetensors.torch import load_file
 
 from xmtc_cli import __version__
 from xmtc_cli.config import MAX_INT, MAX_STEPS, recipe_from_dict
+from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
@@ -68,7 +69,8 @@ class CheckpointMeta:
     """The resolved recipe (`Recipe.to_dict()`) the model was trained with."""
     sizes: dict[str, Any]
     """Sizes derived from the data that the model builder needs (vocab_size, num_labels,
-    max_steps, embed_size, label_embed_size, ...)."""
+    max_steps, embed_size, label_embed_size, feature_size, ...); a size a file lacks takes
+    `ModelSizes`' default (feature_size 0: no side features)."""
     tokens: list[str]
     """The source vocabulary: token id k is `tokens[k]`."""
     tokenizer: dict[str, Any]
@@ -164,7 +166,8 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
 
     Checks, in order: the type of every field; the sizes (vocab_size == len(tokens),
     num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= max_steps <=
-    MAX_STEPS); the tokenizer settings; the recipe (it must validate); and that the tensors are
+    MAX_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older than
+    side features); the tokenizer settings; the recipe (it must validate); and that the tensors are
     exactly the model that recipe and sizes describe: the same names and shapes (so the token
     embedding has vocab_size rows and the output layer num_labels + 3), all float32.
     """
@@ -225,6 +228,9 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
     if not 1 <= sizes.max_steps <= MAX_STEPS:
         raise refuse(f"claims {sizes.max_steps:,} decoding steps (sizes.max_steps); xmtc decodes "
                      f"at most {MAX_STEPS:,}")
+    if sizes.feature_size > MAX_FEATURE_WIDTH:
+        raise refuse(f"claims side features of width {sizes.feature_size:,} "
+                     f"(sizes.feature_size); xmtc reads at most {MAX_FEATURE_WIDTH:,}")
     if sizes.vocab_size < 2:  # <pad> and <unk> are always there
         raise refuse(f"claims a vocabulary of {sizes.vocab_size} tokens; every vocabulary holds "
                      "<pad> and <unk>")

@@ -281,8 +281,9 @@ def shard(batch: Batch, rank: int, world_size: int) -> tuple[Batch, bool]:
     gold = batch.gold[rows]
     width = max(int(lengths.max()), 1)
     slots = max(int((gold != GOLD_PAD).sum(1).max()), 1)
+    features = None if batch.features is None else batch.features[rows].contiguous()
     part = Batch(batch.src[rows, :width].contiguous(), lengths.contiguous(),
-                 gold[:, :slots].contiguous(), batch.index[rows.numpy()])
+                 gold[:, :slots].contiguous(), batch.index[rows.numpy()], features)
     return part, standin
 
 

@@ -140,7 +140,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     check_checkpoint_data(predictor, data, gold, split, checkpoint, data_dir)
     # The data's token ids, read as the checkpoint's: the same tokenizer, maybe another vocabulary.
     remap = np.array([predictor.token_ids.get(t, UNK_ID) for t in data.tokens], dtype=np.int32)
-    as_checkpoint = dataclasses.replace(part, token_ids=remap[part.token_ids])
+    # A model trained without side features reads the text alone, whatever the data has.
+    as_checkpoint = dataclasses.replace(
+        part, token_ids=remap[part.token_ids],
+        features=part.features if predictor.feature_size else None)
     recipe = predictor.recipe
     predicted = [
         [predictor.labels[k] for k in labels]
@@ -180,7 +183,8 @@ def check_label_sets(predicted: list[list[str]], gold: list[list[str]], predicti
 def check_checkpoint_data(predictor: Predictor, data: ProcessedData, gold: list[list[str]],
                           split: str, checkpoint: str | Path, data_dir: str | Path) -> None:
     """Refuse data the checkpoint cannot be scored on: text tokenized another way (its token
-    ids would be read as other words), an empty split, no gold label, or gold labels none of
+    ids would be read as other words), no side features (or others) for a model trained with
+    them, an empty split, no gold label, or gold labels none of
     which the model knows (another corpus). `gold`: the split's gold sets, by label name."""
     ours, theirs = predictor.meta.tokenizer, data.tokenizer
     if dict(ours) != dict(theirs):
@@ -189,6 +193,14 @@ def check_checkpoint_data(predictor: Predictor, data: ProcessedData, gold: list[
             f"{data_dir} was preprocessed with {_tokenizer_flags(theirs)}",
             f"preprocess the corpus again with {_tokenizer_flags(ours)} (and a new --out), or "
             "evaluate a checkpoint trained on this data",
+        )
+    need, have = predictor.feature_size, data.feature_size
+    if need and need != have:
+        raise DataError(
+            f"{checkpoint} was trained with side features of width {need}, and {data_dir} "
+            + (f"has features of width {have}" if have else "has none"),
+            "preprocess the corpus again with its {split}_features.npy files beside the texts, "
+            "computed as for training (README: side embeddings)",
         )
     where = f"the {split!r} split of {data_dir}"
     if not gold:

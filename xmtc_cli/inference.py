@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
 from xmtc_cli.config import recipe_from_dict
-from xmtc_cli.data.batching import pad_sources
+from xmtc_cli.data.batching import feature_rows, pad_sources
+from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import UNK_ID, Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.device import autocast, resolve_device
+from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 
@@ -44,20 +47,24 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
-                max_src_tokens: int, device: torch.device,
-                amp: bool = True) -> list[Prediction]:
-    """Label sets for a batch of documents given as token-id arrays.
+                max_src_tokens: int, device: torch.device, amp: bool = True,
+                features: np.ndarray | None = None) -> list[Prediction]:
+    """Label sets for a batch of documents given as token-id arrays, with their side features
+    float32 [len(docs), D] for a model that reads them.
 
-    A document with no tokens gets the empty set: there is nothing to read labels from, and
-    the model would otherwise answer with whatever its decoder favours a priori.
+    Without side features a document with no tokens gets the empty set: there is nothing to
+    read labels from, and the model would otherwise answer with whatever its decoder favours
+    a priori. With them it is decoded like any other: its features are something to read.
     """
     model.eval()
     out = [Prediction([], []) for _ in docs]
-    filled = [i for i, doc in enumerate(docs) if len(doc)]
+    filled = [i for i, doc in enumerate(docs) if len(doc) or features is not None]
     if filled:
         src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
+        rows = feature_rows(features, filled)
         with autocast(device, amp):
-            labels, scores = model.generate(src.to(device), lengths)  # lengths stay on the host
+            labels, scores = model.generate(  # lengths stay on the host
+                src.to(device), lengths, None if rows is None else rows.to(device))
         for i, pred in zip(filled, decode(labels, scores)):
             out[i] = pred
     return out
@@ -76,7 +83,9 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
     result: list[list[int]] = [[] for _ in range(len(split))]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp)
+        rows = None if split.features is None else split.features[idx]
+        preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp,
+                            rows)
         for i, p in zip(idx, preds):
             result[i] = p.labels
         if progress is not None:
@@ -129,20 +138,62 @@ class Predictor:
         model.load_state_dict(state, assign=True)
         return cls(model.to(dev), meta, dev)
 
-    def predict_texts(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label sets for raw texts, tokenized as the training data was."""
+    @property
+    def feature_size(self) -> int:
+        """D of the side features the model reads; 0: none."""
+        return self.model.feature_size
+
+    def predict_texts(self, texts: Sequence[str],
+                      features: np.ndarray | None = None) -> list[Prediction]:
+        """Label sets for raw texts, tokenized as the training data was, with their side
+        features float32 [len(texts), D] for a model trained with them."""
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
-                           self.recipe.train.amp)
+                           self.recipe.train.amp, features)
+
+    def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
+        """The side-features file `path` (None: none given) opened for `label_lines`, refused
+        unless the model reads side features of its width: a model trained with them needs
+        them, one trained without cannot use them."""
+        if path is None:
+            if self.feature_size:
+                raise UsageError(
+                    f"{checkpoint} was trained with side features of width {self.feature_size}, "
+                    "and no --features file was given",
+                    "pass --features FILE: one row of the same features per line of DOCS",
+                )
+            return None
+        if not self.feature_size:
+            raise UsageError(f"{checkpoint} was trained without side features, so --features "
+                             f"{path} cannot be used", "leave out --features")
+        return open_features(path, width=self.feature_size)
 
 
-def label_lines(predictor: Predictor, texts: Iterable[str],
-                batch_size: int) -> Iterator[tuple[list[str], list[float]]]:
+def label_lines(predictor: Predictor, texts: Iterable[str], batch_size: int,
+                features: np.ndarray | None = None,
+                features_path: str | Path = "--features"
+                ) -> Iterator[tuple[list[str], list[float]]]:
     """(label names, scores) for each text, in input order, predicted `batch_size` at a time.
 
     Texts are read lazily, one batch ahead at most, so memory stays flat however many come in
-    and a reader of the output sees a batch's labels before the next batch is read.
+    and a reader of the output sees a batch's labels before the next batch is read. `features`
+    (`Predictor.open_features`, read from `features_path`) holds a row per text; each batch
+    reads its rows only. A text past its last row is refused before its batch is predicted,
+    and rows left over once the texts end are refused then (texts may come from a pipe, whose
+    lines cannot be counted first).
     """
+    done = 0
     for chunk in chunks(texts, batch_size):
-        for pred in predictor.predict_texts(chunk):
+        rows = None
+        if features is not None:
+            if done + len(chunk) > len(features):
+                raise DataError(f"{features_path} has {len(features):,} rows, and the "
+                                f"documents go on past line {len(features):,}",
+                                "write one row per document, in the documents' order")
+            rows = checked_rows(features, features_path, done, done + len(chunk))
+        done += len(chunk)
+        for pred in predictor.predict_texts(chunk, rows):
             yield [predictor.labels[k] for k in pred.labels], pred.scores
+    if features is not None and done != len(features):
+        raise DataError(f"{features_path} has {len(features):,} rows for {done:,} documents",
+                        "write one row per document, in the documents' order")

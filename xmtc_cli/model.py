@@ -12,6 +12,7 @@ Shape legend:
     V   output labels (corpus labels + 3 specials, see labelspace.py)
     H   hidden size                C   context width, 2H           A   attention width (= H)
     E   token embedding width      E_l label embedding width
+    D   side-feature width (ModelSizes.feature_size)
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class ModelSizes:
     """E: token embedding width (the pretrained vectors' width when there are some)."""
     label_embed_size: int = 300
     """E_l: label embedding width."""
+    feature_size: int = 0
+    """D: width of the side features each document comes with (beyond the paper, after ViXML;
+    docs/design.md §2); 0: none."""
 
     @property
     def num_outputs(self) -> int:
@@ -87,6 +91,7 @@ def build_model(
         masked_softmax=model_cfg.masked_softmax,
         teacher_forcing=loss_cfg.kind == "cross-entropy",
         max_steps=sizes.max_steps,
+        feature_size=sizes.feature_size,
     )
     with torch.no_grad():
         if token_embeddings is not None:
@@ -363,17 +368,27 @@ class Seq2SetModel(nn.Module):
         masked_softmax: bool,
         teacher_forcing: bool,
         max_steps: int,
+        feature_size: int = 0,
     ):
         super().__init__()
         self.teacher_forcing = teacher_forcing
         self.masked_softmax = masked_softmax
         self.max_steps = max_steps
+        self.feature_size = feature_size
         context = 2 * hidden_size * (2 if conv_kernels else 1)  # [c_t ; ĉ_t]
         self.encoder = Encoder(vocab_size, embed_size, hidden_size, encoder_layers, dropout)
         self.conv = (
             LightConv(2 * hidden_size, conv_kernels, conv_last_stride) if conv_kernels else None
         )
         self.attention = AdditiveAttention(hidden_size, 2 * hidden_size, hidden_size)
+        # Side features [B, D] -> one more position of the word-level memory [B, C]. The tanh
+        # puts it in the range of the GRU states beside it (-1..1), whatever the scale of the
+        # user's embeddings (CLIP's rows have norms in the tens): neither its keys U f nor its
+        # share of c_t can swamp the words'.
+        self.feature_projection = (
+            nn.Sequential(nn.Linear(feature_size, 2 * hidden_size), nn.Tanh())
+            if feature_size > 0 else None
+        )
         self.label_embedding = nn.Embedding(num_outputs, label_embed_size)
         # Label embeddings start as unknown words do (docs/design.md §2).
         nn.init.uniform_(self.label_embedding.weight, -0.1, 0.1)
@@ -392,8 +407,10 @@ class Seq2SetModel(nn.Module):
             )
         )
 
-    def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None) -> Tensor:
-        """Training logits [B, S, V] for src [B, T] and lengths [B].
+    def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None,
+                features: Tensor | None = None) -> Tensor:
+        """Training logits [B, S, V] for src [B, T], lengths [B] and, for a model with side
+        features, features [B, D] (`_encode`).
 
         Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
@@ -408,7 +425,7 @@ class Seq2SetModel(nn.Module):
         embedding reads the previous step's logits with their gradient, so with it the output
         layer stays step by step.
         """
-        memories, state = self._encode(src, lengths)
+        memories, state = self._encode(src, lengths, features)
         inputs = None
         if self.teacher_forcing:
             if gold is None:
@@ -444,15 +461,17 @@ class Seq2SetModel(nn.Module):
         return _ComputedLinear.apply(features, last.weight, last.bias, logits, mask)
 
     @torch.no_grad()
-    def generate(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def generate(self, src: Tensor, lengths: Tensor,
+                 features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
-        [B, S], the probability each label had at the step that produced it.
+        [B, S], the probability each label had at the step that produced it. `features` [B, D]:
+        the side features of a model that has them (`_encode`).
 
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
         score 0, and decoding stops once every document has ended.
         """
-        memories, state = self._encode(src, lengths)
+        memories, state = self._encode(src, lengths, features)
         num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
@@ -473,8 +492,17 @@ class Seq2SetModel(nn.Module):
                 break
         return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
 
-    def _encode(self, src: Tensor, lengths: Tensor) -> tuple[list[Memory], Tensor]:
-        """The memories every decoding step attends to, and the start state s_0 [B, H]."""
+    def _encode(self, src: Tensor, lengths: Tensor,
+                features: Tensor | None = None) -> tuple[list[Memory], Tensor]:
+        """The memories every decoding step attends to, and the start state s_0 [B, H].
+
+        A model with side features (feature_size D > 0) needs `features` [B, D], and one
+        without refuses them (ValueError). Their projection tanh(W_f f) [B, C] becomes one more
+        position of the word-level memory, after the padding: h [B, T + 1, C], always valid.
+        Attention alone reads it, so it adds to c_t (and to s_t through it) but not to s_0
+        or the conv branch, which convolves the words only (docs/design.md §2).
+        """
+        self._check_features(features, src.size(0))
         # An empty document is read as one <pad> token (a zero vector), so that the encoder
         # state is defined and attention always has a position; the paper keeps such documents.
         src = F.pad(src, (0, max(0, 1 - src.size(1))), value=PAD_ID)  # (B, max(T, 1))
@@ -487,10 +515,30 @@ class Seq2SetModel(nn.Module):
         lengths = host_lengths.to(src.device, non_blocking=True)  # (B,)
         h, state = self.encoder(src, host_lengths)  # (B, T, C), (B, H)
         valid = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, T)
+        words = h
+        if self.feature_projection is not None:
+            slot = self.feature_projection(features.to(h.device, torch.float32))  # (B, C)
+            h = torch.cat([h, slot.to(h.dtype).unsqueeze(1)], dim=1)  # (B, T + 1, C)
+            valid = F.pad(valid, (0, 1), value=True)  # (B, T + 1)
         memories = [self.attention.memory(h, valid)]
         if self.conv is not None:  # ĉ_t uses the same W, U, v (paper Eq. 7)
-            memories.append(self.attention.memory(*self.conv(h, lengths)))  # T' positions
+            memories.append(self.attention.memory(*self.conv(words, lengths)))  # T' positions
         return memories, state
+
+    def _check_features(self, features: Tensor | None, batch: int) -> None:
+        """ValueError unless `features` is what this model reads: [B, D] or, without side
+        features, None."""
+        if self.feature_projection is None:
+            if features is not None:
+                raise ValueError("this model was built without side features (feature_size 0) "
+                                 "and was given some")
+            return
+        if features is None:
+            raise ValueError(f"this model reads side features of width {self.feature_size}: "
+                             "pass `features` [B, D]")
+        if tuple(features.shape) != (batch, self.feature_size):
+            raise ValueError(f"side features of shape {tuple(features.shape)}, the model "
+                             f"expects ({batch}, {self.feature_size})")
 
     def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
                 inputs: Tensor | None = None) -> Iterator[DecoderStep]:

@@ -141,6 +141,7 @@ def model_sizes(recipe: Recipe, data: ProcessedData) -> ModelSizes:
         max_steps=recipe.data.max_labels,
         embed_size=emb.shape[1] if emb is not None else DEFAULT_EMBED_SIZE,
         label_embed_size=int(label_width),
+        feature_size=data.feature_size,
     )
 
 
@@ -220,7 +221,7 @@ class Trainer:
         batch = batch.to(self.device)
         table = self.model.label_embedding.weight
         with autocast(self.device, self.train.amp):
-            logits = net(batch.src, batch.lengths, batch.gold)
+            logits = net(batch.src, batch.lengths, batch.gold, batch.features)
             if self.ddp is None:
                 loss, parts = self.criterion(logits, batch.gold, table)
                 value = loss
@@ -298,7 +299,7 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
         return
     train = data.splits["train"]
     mine = (recipe.to_dict(), len(train), int(train.token_ids.sum()), data.num_labels,
-            len(data.tokens))
+            len(data.tokens), data.feature_size)
     differing = [r for r, theirs in enumerate(group.all_gather_object(mine)) if theirs != mine]
     if differing:
         raise XmtcError(

@@ -38,6 +38,10 @@ def predict(
     format: Annotated[Format, typer.Option(
         "--format", help='text: labels separated by spaces; jsonl: {"labels": [...], '
         '"scores": [...]}.')] = Format.text,
+    features: Annotated[Path | None, typer.Option(
+        "--features", help="Side features of the documents (.npy, or .safetensors with one "
+        "tensor 'features'), one row per line of DOCS: for a model trained with them.",
+    )] = None,
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
     encoding: EncodingOption = "utf-8",
@@ -46,13 +50,17 @@ def predict(
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
 
     if out is not None:
-        _refuse_overwriting_inputs(out, {"DOCS": Path(docs), "CHECKPOINT": checkpoint})
+        inputs = {"DOCS": Path(docs), "CHECKPOINT": checkpoint}
+        if features is not None:
+            inputs["--features"] = features
+        _refuse_overwriting_inputs(out, inputs)
     start, count = time.perf_counter(), 0
     last_line = start
     with open_lines(docs, encoding, what="documents file") as lines:
         predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
+        rows = predictor.open_features(features, checkpoint)
         with _output(out) as sink:
-            for names, scores in label_lines(predictor, lines, batch_size):
+            for names, scores in label_lines(predictor, lines, batch_size, rows, features):
                 sink.write(_render(names, scores, format))
                 count += 1
                 if count % batch_size == 0:  # a batch done: let a pipe's reader see it now

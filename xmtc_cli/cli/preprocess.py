@@ -155,6 +155,9 @@ def _render(console: Console, s: PreprocessSummary) -> None:
         )
     if s.label_embeddings is not None:
         console.print(_label_line(s.label_embeddings))
+    if s.features is not None:
+        console.print(f"side features: {s.features}-d, one row per document of every split "
+                      "(the model attends to them as one more memory slot)")
 
 
 def _label_line(e: LabelEmbeddingStats) -> str:

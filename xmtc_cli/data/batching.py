@@ -1,7 +1,8 @@
 """Turn processed documents into padded tensor batches for the model.
 
 A `Batch` holds source token ids padded with <pad> (id 0) and each document's gold labels as
-decoder output indices (`xmtc_cli.labelspace`), left-aligned and padded with -1.
+decoder output indices (`xmtc_cli.labelspace`), left-aligned and padded with -1, and, where
+the split has side features, each document's row of them.
 """
 
 from __future__ import annotations
@@ -22,16 +23,19 @@ class Batch:
     lengths: torch.Tensor  # (B,) long on the host, tokens kept per document (0 when empty)
     gold: torch.Tensor  # (B, M) long, output indices, GOLD_PAD after each gold set
     index: np.ndarray  # (B,) positions of the documents in their split
+    features: torch.Tensor | None = None  # (B, D) float32 side features (row b: document b)
 
     def to(self, device: torch.device | str) -> Batch:
-        """The batch with `src` and `gold` on `device`; `lengths` stays on the host, where
-        the encoder's packing reads it (reading it back from a GPU would wait for the GPU)."""
+        """The batch with `src`, `gold` and `features` on `device`; `lengths` stays on the
+        host, where the encoder's packing reads it (reading it back from a GPU would wait for
+        the GPU)."""
         nb = torch.device(device).type == "cuda"
         return Batch(
             self.src.to(device, non_blocking=nb),
             self.lengths,
             self.gold.to(device, non_blocking=nb),
             self.index,
+            None if self.features is None else self.features.to(device, non_blocking=nb),
         )
 
     def __len__(self) -> int:
@@ -73,7 +77,8 @@ class Batcher:
         gold = np.full((len(indices), width), GOLD_PAD, dtype=np.int64)
         for row, g in enumerate(golds):
             gold[row, : len(g)] = g
-        return Batch(src, lengths, torch.from_numpy(gold), np.asarray(indices))
+        return Batch(src, lengths, torch.from_numpy(gold), np.asarray(indices),
+                     feature_rows(self.split.features, indices))
 
     def _gold(self, labels: np.ndarray) -> np.ndarray:
         # Duplicate labels in a gold line would be matched twice: keep the first occurrence.
@@ -97,6 +102,15 @@ class Batcher:
 
     def num_batches(self, batch_size: int) -> int:
         return -(-len(self.split) // batch_size)
+
+
+def feature_rows(features: np.ndarray | None,
+                 indices: np.ndarray | Sequence[int]) -> torch.Tensor | None:
+    """float32 (B, D): the side-feature rows of the documents `indices` (None without)."""
+    if features is None:
+        return None
+    rows = np.asarray(features[np.asarray(indices, dtype=np.int64)], dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(rows))
 
 
 def frequency_rank(label_counts: np.ndarray) -> np.ndarray:

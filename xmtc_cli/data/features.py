@@ -6,6 +6,10 @@ embedding for every item puts it beside the texts as `{split}_features.npy` (or
 k of `{split}_texts.txt`. The model projects it to its own width and attends to it as one more
 memory slot (docs/design.md §2). This module reads and checks such files; nothing here loads
 pickles (`allow_pickle=False`), and a file is checked for shape and finiteness before use.
+
+`read_features` reads a whole file (preprocess); `open_features` checks a file's shape without
+reading its rows (a memory map, for .npy) and `checked_rows` reads and checks a range of them,
+so that `xmtc predict` holds one batch's rows at a time.
 """
 
 from __future__ import annotations
@@ -37,6 +41,14 @@ def read_features(path: str | Path, documents: int | None = None,
     `documents`: the rows the file must have (the split's documents, the lines of DOCS);
     `width`: the D it must have (a checkpoint's). Errors name the file and the fix.
     """
+    return checked_rows(open_features(path, documents, width), path)
+
+
+def open_features(path: str | Path, documents: int | None = None,
+                  width: int | None = None) -> np.ndarray:
+    """A features file's array [rows, D], its shape and type checked as `read_features` checks
+    them, its values not read: a read-only memory map for .npy (safetensors are read whole).
+    Read rows with `checked_rows`."""
     path = Path(path)
     if not path.exists() or path.is_dir():
         raise DataError(f"features file {path} does not exist",
@@ -58,10 +70,17 @@ def read_features(path: str | Path, documents: int | None = None,
                                                                           np.integer):
         raise DataError(f"{path} holds {array.dtype} values, not numbers",
                         "save a float array")
-    out = np.asarray(array, dtype=np.float32)
+    return array
+
+
+def checked_rows(array: np.ndarray, path: str | Path, start: int = 0,
+                 stop: int | None = None) -> np.ndarray:
+    """Rows start..stop of an `open_features` array as float32 [rows, D], refused (naming the
+    first bad row, counted from 1 over the whole file) if any holds nan or inf."""
+    out = np.asarray(array[start:stop], dtype=np.float32)
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
-        row = int(np.flatnonzero(bad)[0])
+        row = start + int(np.flatnonzero(bad)[0])
         raise DataError(f"{path}: row {row + 1} (document {row + 1}) holds nan or inf",
                         "replace missing features, e.g. by zeros")
     return out

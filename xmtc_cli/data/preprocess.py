@@ -22,12 +22,17 @@ Choices (see also docs/design.md §5, §9):
   Where names mean nothing (Amazon-670K) and no centroids are asked for, no table is stored.
 - The output folder is replaced whole, so only a folder provably written by xmtc is replaced,
   and never the raw corpus (`_check_out`); input files are never touched.
+- Side features (`{split}_features.npy`/`.safetensors`, beyond the paper, docs/design.md §2):
+  all of train, test and a shipped valid split have them, or none does. No document is ever
+  dropped, so row k stays document k; a validation split held out of the training file takes
+  its documents' rows of the training features.
 - Problems that do not stop the run (label names that match nothing, vectors that cover no
   word) are returned as warnings, which the CLI prints and the manifest keeps.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from array import array
 from collections.abc import Callable
@@ -48,6 +53,7 @@ from xmtc_cli.data.catalog import (
     find_dataset,
     unknown_dataset,
 )
+from xmtc_cli.data.features import features_file, read_features
 from xmtc_cli.data.processed import (
     PAD_ID,
     UNK_ID,
@@ -213,6 +219,8 @@ class PreprocessSummary:
     """Labels that occur only in validation or test gold sets."""
     coverage: Coverage | None
     label_embeddings: LabelEmbeddingStats | None = None
+    features: int | None = None
+    """D, the width of the side features every split carries; None without them."""
     warnings: tuple[str, ...] = ()
     """Problems that did not stop preprocessing but may spoil training (shown on stderr)."""
     seconds: float = 0.0
@@ -264,11 +272,20 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
     read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
+    side = _side_feature_files(files)
 
     progress(f"reading {files.texts['train']}")
     training = _read_training(read, files, options.max_vocab)
+    if side:
+        progress(f"reading side features {side['train']}")
+        rows = _read_side_features(side["train"], len(training.split), None, checksums)
+        training = replace(training, split=replace(training.split, features=rows))
     progress(f"vocabulary: {training.distinct_words:,} words, {len(training.labels):,} labels")
     splits, all_labels, valid_from = _read_splits(read, files, training, options, progress)
+    for split in side.keys() - {"train"}:  # test, and a shipped validation split
+        width = training.split.features.shape[1]
+        rows = _read_side_features(side[split], len(splits[split]), width, checksums)
+        splits[split] = replace(splits[split], features=rows)
 
     num_labels = len(training.labels)
     names = _label_names(files, encoding, checksums, all_labels, warnings)
@@ -291,6 +308,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         gold_only_labels=len(all_labels) - num_labels,
         coverage=coverage,
         label_embeddings=label_stats,
+        features=None if not side else int(training.split.features.shape[1]),
         warnings=tuple(warnings),
     )
     progress(f"writing {out}")
@@ -430,6 +448,50 @@ class _SplitReader:
             )
         token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
         return _Encoded(token_ids, offsets(lengths), labels)
+
+
+def _side_feature_files(files: CorpusFiles) -> dict[str, Path]:
+    """split -> its side-features file, for every split preprocess reads, or {} without any;
+    refused before anything is read unless every split that is read has one."""
+    splits = [split for split in ("train", "valid", "test") if split in files.texts]
+    found = {split: features_file(files.folder, split) for split in splits}
+    found = {split: path for split, path in found.items() if path is not None}
+    stray = features_file(files.folder, "valid") if "valid" not in files.texts else None
+    if stray is not None:
+        raise DataError(
+            f"{stray} gives features of a validation split, but {files.folder} has no "
+            "validation texts: validation is held out of the training file",
+            f"remove {stray.name}; the held-out documents take their rows of the training "
+            "split's features",
+        )
+    if not found:
+        return {}
+    missing = [split for split in splits if split not in found]
+    if missing:
+        have, lack = next(iter(found)), missing[0]
+        wanted = files.folder / f"{lack}_features.npy"
+        raise DataError(
+            f"{found[have]} gives side features, but {wanted} (or .safetensors) is missing",
+            f"give every split ({', '.join(splits)}) a {{split}}_features file of one row per "
+            "document, or remove them all",
+        )
+    return found
+
+
+def _read_side_features(path: Path, documents: int, width: int | None,
+                        checksums: dict[str, str]) -> np.ndarray:
+    """float32 [documents, D] from `path` (`read_features` checks rows and finiteness), of the
+    training features' width `width` when given; its sha256 goes into `checksums`."""
+    rows = read_features(path, documents=documents)
+    if width is not None and rows.shape[1] != width:
+        raise DataError(f"{path} has features of width {rows.shape[1]}, the training split's "
+                        f"have {width}", "compute every split's features the same way")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    checksums[path.name] = digest.hexdigest()
+    return rows
 
 
 def _read_training(read: _SplitReader, files: CorpusFiles, max_vocab: int) -> _Training:

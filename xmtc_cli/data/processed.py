@@ -17,7 +17,12 @@ Layout (FORMAT_VERSION 1)::
     {split}.safetensors    for split in train, valid, test: "token_ids" int32 [all tokens],
                            "token_offsets" int64 [docs + 1], "label_ids" int32 [all labels],
                            "label_offsets" int64 [docs + 1]; document i is
-                           token_ids[token_offsets[i]:token_offsets[i + 1]]
+                           token_ids[token_offsets[i]:token_offsets[i + 1]]; and, where the
+                           raw corpus had side features (`xmtc_cli.data.features`), "features"
+                           float32 [docs, D]: row i belongs to document i
+
+The manifest's "features" is D, or null without side features (every split has them or none;
+a manifest written before they existed has no key and reads as null).
 
 Label ids are corpus ids (0..); the decoder's output space adds special symbols in front of
 them (`xmtc_cli.labelspace`).
@@ -60,6 +65,8 @@ class Split:
     token_offsets: np.ndarray  # int64 [docs + 1]
     label_ids: np.ndarray  # int32 [total labels]
     label_offsets: np.ndarray  # int64 [docs + 1]
+    # float32 [docs, D]: the side features of each document (row i, document i); None without
+    features: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.token_offsets) - 1
@@ -83,10 +90,12 @@ class Split:
         )
 
     def select(self, keep: np.ndarray) -> Split:
-        """The documents where the bool mask `keep` [docs] is true, in order, without a loop."""
+        """The documents where the bool mask `keep` [docs] is true, in order, without a loop
+        (their feature rows with them)."""
         token_ids, token_offsets = _rows(self.token_ids, self.token_offsets, keep)
         label_ids, label_offsets = _rows(self.label_ids, self.label_offsets, keep)
-        return Split(token_ids, token_offsets, label_ids, label_offsets)
+        features = None if self.features is None else self.features[keep]
+        return Split(token_ids, token_offsets, label_ids, label_offsets, features)
 
 
 def flatten(rows: list[list[int]]) -> np.ndarray:
@@ -125,6 +134,11 @@ class ProcessedData:
     path: Path | None = None
 
     @property
+    def feature_size(self) -> int:
+        """D, the width of the side features every split carries; 0 without them."""
+        return _feature_width(self.splits) or 0
+
+    @property
     def tokenizer(self) -> dict[str, Any]:
         """Tokenizer settings, for `xmtc_cli.data.tokenize.tokenizer_from_settings`."""
         return self.manifest["tokenizer"]
@@ -138,6 +152,7 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
     manifest["format_version"] = FORMAT_VERSION
     manifest["num_labels"] = data.num_labels
     manifest["splits"] = {name: len(split) for name, split in data.splits.items()}
+    manifest["features"] = _feature_width(data.splits)
     with atomic_dir(dest) as tmp:
         with open(tmp / "tokens.tsv", "w", encoding="utf-8") as f:
             counts = data.token_counts.tolist()
@@ -152,17 +167,26 @@ def save_processed(data: ProcessedData, dest: str | Path) -> Path:
             emb["tokens"] = np.ascontiguousarray(data.token_embeddings, dtype=np.float32)
         _save_arrays(emb, tmp / "embeddings.safetensors")
         for name, split in data.splits.items():
-            _save_arrays(
-                {
-                    "token_ids": split.token_ids.astype(np.int32, copy=False),
-                    "token_offsets": split.token_offsets.astype(np.int64, copy=False),
-                    "label_ids": split.label_ids.astype(np.int32, copy=False),
-                    "label_offsets": split.label_offsets.astype(np.int64, copy=False),
-                },
-                tmp / f"{name}.safetensors",
-            )
+            arrays = {
+                "token_ids": split.token_ids.astype(np.int32, copy=False),
+                "token_offsets": split.token_offsets.astype(np.int64, copy=False),
+                "label_ids": split.label_ids.astype(np.int32, copy=False),
+                "label_offsets": split.label_offsets.astype(np.int64, copy=False),
+            }
+            if split.features is not None:
+                arrays["features"] = np.ascontiguousarray(split.features, dtype=np.float32)
+            _save_arrays(arrays, tmp / f"{name}.safetensors")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return dest
+
+
+def _feature_width(splits: dict[str, Split]) -> int | None:
+    """D of the splits' side features, None without; ValueError unless all agree (a caller's
+    mistake: preprocess checks the user's files before it gets here)."""
+    widths = {None if s.features is None else int(s.features.shape[1]) for s in splits.values()}
+    if len(widths) > 1:
+        raise ValueError(f"splits disagree on their side features: widths {widths}")
+    return widths.pop() if widths else None
 
 
 def _save_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
@@ -252,9 +276,10 @@ def load_processed(path: str | Path) -> ProcessedData:
         labels, label_names, label_counts = _read_tsv(path / "labels.tsv", 3)
         emb = load_file(str(path / "embeddings.safetensors"))
         splits = {}
+        width = _manifest_width(manifest.get("features"))
         for name in manifest.get("splits", {}):
             arrays = load_file(str(path / f"{name}.safetensors"))
-            splits[name] = _checked(Split(**arrays), name, len(tokens), len(labels))
+            splits[name] = _checked(Split(**arrays), name, len(tokens), len(labels), width)
         num_labels = int(manifest["num_labels"])
         if not 0 <= num_labels <= len(labels):
             raise ValueError(f"num_labels {num_labels} for {len(labels)} labels")
@@ -275,9 +300,20 @@ def load_processed(path: str | Path) -> ProcessedData:
     )
 
 
-def _checked(split: Split, name: str, tokens: int, labels: int) -> Split:
-    """`split` if its offsets and ids are consistent with each other and the vocabularies (a
-    truncated or foreign file is refused here, not as an IndexError in the middle of training)."""
+def _manifest_width(value: Any) -> int | None:
+    """The manifest's "features": D, or None (null, or absent in older folders)."""
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"manifest.json: features is {value!r}, not a width")
+    return value
+
+
+def _checked(split: Split, name: str, tokens: int, labels: int,
+             width: int | None = None) -> Split:
+    """`split` if its offsets and ids are consistent with each other and the vocabularies, and
+    its side features with its documents and the manifest's width `width` (a truncated or
+    foreign file is refused here, not as an IndexError in the middle of training)."""
     for ids, offsets, limit, what in ((split.token_ids, split.token_offsets, tokens, "token"),
                                       (split.label_ids, split.label_offsets, labels, "label")):
         if (offsets.ndim != 1 or len(offsets) == 0 or offsets[0] != 0
@@ -287,6 +323,16 @@ def _checked(split: Split, name: str, tokens: int, labels: int) -> Split:
             raise ValueError(f"{name}.safetensors: {what} ids outside the vocabulary")
     if len(split.token_offsets) != len(split.label_offsets):
         raise ValueError(f"{name}.safetensors: token and label offsets disagree on documents")
+    features = split.features
+    if (features is None) != (width is None):
+        raise ValueError(f"{name}.safetensors: {'no' if features is None else 'unexpected'} "
+                         f"side features (manifest.json says features: {width})")
+    if features is not None:
+        if features.ndim != 2 or features.shape != (len(split), width):
+            raise ValueError(f"{name}.safetensors: features of shape {list(features.shape)} for "
+                             f"{len(split)} documents of width {width}")
+        if features.dtype != np.float32 or not np.isfinite(features).all():
+            raise ValueError(f"{name}.safetensors: features are not finite float32 numbers")
     return split
 
 
