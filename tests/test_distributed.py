@@ -58,6 +58,7 @@ ORACLES = {
 }
 RUN = ["train.epochs=2", "train.checkpoint_every=5"]  # 12 steps an epoch, saves inside it
 ZERO_DROPOUT_RUN = ["model.dropout=0", "train.epochs=1", "train.batch_size=15"]
+PROTOTYPE = ["model.output_init=prototype"]  # rank 0 sets the rows, the others receive them
 
 
 # --- pieces that need no second process -------------------------------------------------------
@@ -243,6 +244,7 @@ def _pair_worker(rank: int, port: int, recipe_file: Path, out: Path, locked: Pat
         run("resumed", [*RUN, "train.max_steps=17"])  # stops at epoch 2, step 5
         run("resumed", RUN, resume=True)
         run("zero-dropout", ZERO_DROPOUT_RUN)
+        run("zero-dropout-prototype", [*ZERO_DROPOUT_RUN, *PROTOTYPE])
         try:
             fit(load_recipe(recipe_file, RUN), locked, device="cpu")
         except XmtcError as exc:
@@ -379,6 +381,20 @@ def test_a_checkpoint_of_two_processes_is_one_processes_checkpoint(pair, tiny, t
         worst = max(float((got[k] - want[k]).abs().max()) for k in want)
         assert worst < 1e-3, worst  # 12 Adam steps at lr 1e-2 amplify float rounding
     assert read_meta(pair / "zero-dropout" / "last.safetensors").extra["steps"] == 12
+
+
+def test_prototype_rows_reach_every_process(pair, tiny, tmp_path):
+    """Rank 0 alone computes the prototype rows; if rank 1 kept its random rows, DDP would
+    average gradients of two different models and end far from one process's run."""
+    with threads(1):
+        fit(load_recipe(tiny[0], [*ZERO_DROPOUT_RUN, *PROTOTYPE]), tmp_path / "one",
+            device="cpu")
+    got = load_file(pair / "zero-dropout-prototype" / "last.safetensors")
+    want = load_file(tmp_path / "one" / "last.safetensors")
+    worst = max(float((got[k] - want[k]).abs().max()) for k in want)
+    assert worst < 1e-3, worst
+    random = load_file(pair / "zero-dropout" / "last.safetensors")
+    assert float((random["output.weight"] - want["output.weight"]).abs().max()) > 1e-2
 
 
 # --- torchrun ---------------------------------------------------------------------------------
