@@ -257,7 +257,7 @@ def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opt
         if not match:
             sys.exit(f"error: {spec}: features=lsaD is the one kind of side embedding")
         corpus = lsa_corpus(corpus, opts.work, int(match[1]))
-        work = opts.work / corpus.raw.name
+        work = opts.work / f"features-{features[0]}"  # not inside the corpus folder
     data, preprocess_args = preprocess(corpus, work, embeddings)
     trials = []
     for lr in opts.lr:

@@ -26,7 +26,8 @@ from xmtc_cli.data.synthetic import FILLER, write_demo_corpus
 from xmtc_cli.errors import CheckpointError, DataError
 from xmtc_cli.inference import Predictor, decode, encode_texts
 from xmtc_cli.model import ModelSizes, build_model
-from xmtc_cli.training import fit
+from xmtc_cli.prototypes import init_output_prototypes
+from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
@@ -443,3 +444,22 @@ def test_old_checkpoints_read_as_without_features_and_sizes_are_bounded(feature_
                                                                   "feature_size": 10**6}))
     with pytest.raises(CheckpointError, match="side features of width 1,000,000"):
         read_meta(huge)
+
+
+def test_prototype_rows_read_the_side_features(feature_runs):
+    """model.output_init=prototype runs the new model on each document with its features: the
+    rows set differ from those of the same documents with their features zeroed."""
+    data = load_processed(feature_runs.data["with"])
+    recipe = resolve_recipe(load_recipe(feature_runs.runs["with"] / "recipe.yaml"), data)
+    rows = {}
+    for name in ("features", "zeros"):
+        split = data.splits["train"]
+        if name == "zeros":
+            split = dataclasses.replace(split, features=np.zeros_like(split.features))
+        batcher = Batcher(split, recipe.data.max_src_tokens, recipe.data.max_labels,
+                          data.num_labels)
+        trainer = Trainer.build(recipe, model_sizes(recipe, data), torch.device("cpu"), 1,
+                                data.token_embeddings, data.label_embeddings)
+        assert init_output_prototypes(trainer.model, batcher, 32, torch.device("cpu")) == LABELS
+        rows[name] = trainer.model.output.weight.detach().clone()
+    assert not torch.allclose(rows["features"], rows["zeros"], atol=1e-3)

@@ -45,7 +45,7 @@ def first_step_features(model, batcher: Batcher, batch_size: int,
         squares, docs = 0.0, 0
         for batch in batcher.epoch(batch_size, seed=None):
             batch = batch.to(device)
-            memories, state = model._encode(batch.src, batch.lengths)
+            memories, state = model._encode(batch.src, batch.lengths, batch.features)
             u = next(model._decode(memories, state, 1)).features.float()  # (B, F)
             if sums is None:
                 outputs = model._last_layer().weight.size(0)
