@@ -240,10 +240,11 @@ def test_features_are_required_exactly_by_a_model_built_for_them():
 
 
 @pytest.mark.parametrize("light_conv", (True, False))
-def test_the_slot_acts_through_attention_alone(light_conv, monkeypatch):
-    """With the feature slot masked out of attention, the model is exactly its featureless
-    twin (same weights): the slot reaches the output through attention and nowhere else. Left
-    in, it changes the output, and different features change it differently."""
+def test_the_features_act_through_the_slot_and_the_start_state_alone(light_conv, monkeypatch):
+    """With the feature slot masked out of attention and W_0 f = 0, the model is exactly its
+    featureless twin (same weights): the features reach the output through those two paths and
+    nowhere else. Either path alone changes the output, and different features change it
+    differently."""
     torch.manual_seed(0)
     model = _model(light_conv).eval()
     twin = _model(light_conv, feature_size=0).eval()
@@ -268,8 +269,14 @@ def test_the_slot_acts_through_attention_alone(light_conv, monkeypatch):
         return memory(values, valid)
 
     monkeypatch.setattr(model.attention, "memory", slot_masked)
-    torch.testing.assert_close(model(src, lengths, features=features), plain)
+    start_only = model(src, lengths, features=features)  # the slot masked: s_0's path alone
+    assert not torch.allclose(start_only, plain, atol=1e-3)
     assert len(calls) == (2 if light_conv else 1)
+    with torch.no_grad():
+        model.feature_state.weight.zero_()
+        model.feature_state.bias.zero_()
+    calls.clear()
+    torch.testing.assert_close(model(src, lengths, features=features), plain)
 
 
 @pytest.mark.parametrize("kind,light_conv", [("matching", True), ("matching", False),

@@ -127,9 +127,11 @@ class Encoder(nn.Module):
                           bidirectional=True, dropout=dropout if num_layers > 1 else 0.0)
         self.bridge = nn.Linear(2 * hidden_size, hidden_size)  # W_s
 
-    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, src: Tensor, lengths: Tensor,
+                start: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """src [B, T], lengths [B] (CPU, in 1..T) -> states h [B, T, C] (zeros past each
-        document) and the decoder's start state s_0 [B, H]."""
+        document) and the decoder's start state s_0 [B, H]; `start` [B, H] is added inside
+        s_0's tanh (the side features' share of it)."""
         x = self.dropout(self.embedding(src))  # (B, T, E)
         # cuDNN reads packed sequences natively, and without autograd the CPU's packed GRU is
         # the faster one (no padding computed); training on the CPU avoids it (_padded_gru).
@@ -140,7 +142,8 @@ class Encoder(nn.Module):
         else:
             h, last = _padded_gru(self.rnn, x, lengths)  # (B, T, C), (layers * 2, B, H)
         # s_0 = tanh(W_s [h_fwd_last ; h_bwd_last]) of the top layer (docs/design.md §2).
-        s0 = torch.tanh(self.bridge(torch.cat([last[-2], last[-1]], dim=-1)))  # (B, H)
+        s0 = self.bridge(torch.cat([last[-2], last[-1]], dim=-1))  # (B, H)
+        s0 = torch.tanh(s0 if start is None else s0 + start.to(s0.dtype))  # (B, H)
         return h, s0
 
 
@@ -389,6 +392,10 @@ class Seq2SetModel(nn.Module):
             nn.Sequential(nn.Linear(feature_size, 2 * hidden_size), nn.Tanh())
             if feature_size > 0 else None
         )
+        # ... and W_0 f inside s_0's tanh: a direct path to every step's state. Through the
+        # slot alone, attention first spreads ~1/T of its weight on it, and the features are
+        # learnt slowly where the text also carries the labels (docs/design.md §2).
+        self.feature_state = nn.Linear(feature_size, hidden_size) if feature_size > 0 else None
         self.label_embedding = nn.Embedding(num_outputs, label_embed_size)
         # Label embeddings start as unknown words do (docs/design.md §2).
         nn.init.uniform_(self.label_embedding.weight, -0.1, 0.1)
@@ -498,9 +505,9 @@ class Seq2SetModel(nn.Module):
 
         A model with side features (feature_size D > 0) needs `features` [B, D], and one
         without refuses them (ValueError). Their projection tanh(W_f f) [B, C] becomes one more
-        position of the word-level memory, after the padding: h [B, T + 1, C], always valid.
-        Attention alone reads it, so it adds to c_t (and to s_t through it) but not to s_0
-        or the conv branch, which convolves the words only (docs/design.md §2).
+        position of the word-level memory, after the padding: h [B, T + 1, C], always valid;
+        and W_0 f [B, H] joins the start state, s_0 = tanh(W_s [h_fwd; h_bwd] + W_0 f). The
+        conv branch convolves the words only (docs/design.md §2).
         """
         self._check_features(features, src.size(0))
         # An empty document is read as one <pad> token (a zero vector), so that the encoder
@@ -513,11 +520,15 @@ class Seq2SetModel(nn.Module):
         src = src.masked_fill((lengths.to(src.device) == 0).unsqueeze(1), PAD_ID)  # (B, T)
         host_lengths = host_lengths.clamp(1, src.size(1))  # (B,)
         lengths = host_lengths.to(src.device, non_blocking=True)  # (B,)
-        h, state = self.encoder(src, host_lengths)  # (B, T, C), (B, H)
+        start = None
+        if self.feature_state is not None:
+            features = features.to(src.device, torch.float32)  # (B, D)
+            start = self.feature_state(features)  # W_0 f: (B, H)
+        h, state = self.encoder(src, host_lengths, start)  # (B, T, C), (B, H)
         valid = torch.arange(src.size(1), device=src.device) < lengths.unsqueeze(1)  # (B, T)
         words = h
         if self.feature_projection is not None:
-            slot = self.feature_projection(features.to(h.device, torch.float32))  # (B, C)
+            slot = self.feature_projection(features)  # (B, C)
             h = torch.cat([h, slot.to(h.dtype).unsqueeze(1)], dim=1)  # (B, T + 1, C)
             valid = F.pad(valid, (0, 1), value=True)  # (B, T + 1)
         memories = [self.attention.memory(h, valid)]
