@@ -26,12 +26,13 @@ Contenders, given as specs:
                       branches); where the installed xmtc refuses the option (a usage error,
                       exit 2), the contender is skipped with the refusal printed.
   METHOD[:EMB],K=V,.. the same with recipe overrides K=V added to `xmtc train`, e.g.
-                      otseq2set,model.output_init=prototype; `features=lsaD` (not an override)
-                      adds side embeddings: each document's TF-IDF vector (as the SVM's) reduced
-                      to D dimensions by a truncated SVD fit on the train split, L2-normalised,
-                      written as {split}_features.npy beside a copy of the corpus, so that
-                      `xmtc preprocess` carries them (a text encoder's embedding standing in for
-                      the precomputed embeddings a user would bring).
+                      otseq2set,model.output_init=prototype; `features=tfidf|lsaD` (not an
+                      override) adds side embeddings: each document's TF-IDF vector (the SVM's
+                      input), dense, or reduced to D dimensions by a truncated SVD fit on the
+                      train split; L2-normalised and written as {split}_features.npy beside a
+                      copy of the corpus, so that `xmtc preprocess` carries them (another
+                      encoder's view of the same text, standing in for the precomputed
+                      embeddings a user would bring).
 The recipe is recipes/reuters.yaml (its model sizes, batch, scheme first-n, OT weight) with
 `train.epochs` and `train.lr` from the command line, chosen on validation for the tail corpus.
 
@@ -216,34 +217,43 @@ def preprocess(corpus: Corpus, work: Path, embeddings: str | None) -> tuple[Path
     return out, args
 
 
-def lsa_corpus(corpus: Corpus, work: Path, width: int) -> Corpus:
-    """A copy of the corpus with TF-IDF + truncated-SVD side embeddings of width `width`."""
+def feature_corpus(corpus: Corpus, work: Path, kind: str) -> Corpus:
+    """A copy of the corpus with side embeddings of `kind`: `tfidf` (each document's TF-IDF
+    vector, as the SVM reads it, dense) or `lsaD` (that vector reduced to D dimensions by a
+    truncated SVD fit on the train split); rows L2-normalised."""
     import shutil
 
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    raw = work / f"raw-lsa{width}"
+    match = re.fullmatch(r"tfidf|lsa(\d+)", kind)
+    if not match:
+        sys.exit(f"error: features={kind}: the side embeddings are tfidf or lsaD")
+    raw = work / f"raw-{kind}"
     if (raw / "test_features.npy").is_file():
         return Corpus(corpus.name, raw, raw / corpus.vectors.name, corpus.preprocess_options)
     data = load_processed(preprocess(corpus, work, None)[0])
     texts = {split: split_texts(data, split) for split in ("train", "valid", "test")}
     vectorizer = TfidfVectorizer(tokenizer=str.split, token_pattern=None, lowercase=False,
                                  sublinear_tf=True)
-    svd = TruncatedSVD(width, random_state=0)
-    reduced = {"train": svd.fit_transform(vectorizer.fit_transform(texts["train"]))}
-    for split in ("valid", "test"):
-        reduced[split] = svd.transform(vectorizer.transform(texts[split]))
+    vectorizer.fit(texts["train"])
+    rows = {split: vectorizer.transform(texts[split]) for split in texts}
+    if match[1]:
+        svd = TruncatedSVD(int(match[1]), random_state=0).fit(rows["train"])
+        rows = {split: svd.transform(x) for split, x in rows.items()}
+        log(f"side embeddings: TF-IDF + SVD to {match[1]} dimensions (explained variance "
+            f"{svd.explained_variance_ratio_.sum():.2f})")
+    else:
+        rows = {split: x.toarray() for split, x in rows.items()}
+        log(f"side embeddings: TF-IDF vectors of {len(vectorizer.vocabulary_):,} dimensions")
     partial = raw.with_name(raw.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     shutil.copytree(corpus.raw, partial)
-    for split, x in reduced.items():
+    for split, x in rows.items():
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         np.save(partial / f"{split}_features.npy", x.astype(np.float32))
     shutil.rmtree(raw, ignore_errors=True)
     partial.rename(raw)
-    log(f"side embeddings: TF-IDF + SVD to {width} dimensions in {raw} (explained variance "
-        f"{svd.explained_variance_ratio_.sum():.2f})")
     return Corpus(corpus.name, raw, raw / corpus.vectors.name, corpus.preprocess_options)
 
 
@@ -253,10 +263,7 @@ def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opt
     overrides = [o for o in overrides if not o.startswith("features=")]
     work = opts.work
     if features:
-        match = re.fullmatch(r"lsa(\d+)", features[0])
-        if not match:
-            sys.exit(f"error: {spec}: features=lsaD is the one kind of side embedding")
-        corpus = lsa_corpus(corpus, opts.work, int(match[1]))
+        corpus = feature_corpus(corpus, opts.work, features[0])
         work = opts.work / f"features-{features[0]}"  # not inside the corpus folder
     data, preprocess_args = preprocess(corpus, work, embeddings)
     trials = []
@@ -283,6 +290,8 @@ def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opt
     predictions = chosen["out"] / "test_predictions.txt"
     predict_args = ["predict", str(checkpoint), str(corpus.raw / "test_texts.txt"),
                     "--out", str(predictions)]
+    if (corpus.raw / "test_features.npy").is_file():
+        predict_args += ["--features", str(corpus.raw / "test_features.npy")]
     xmtc(*predict_args)
     processed = load_processed(data)
     predicted = [line.split() for line in predictions.read_text().splitlines()]

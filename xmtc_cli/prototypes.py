@@ -6,15 +6,18 @@ XMC a label is better started from the centroid of its training documents' repre
 (ViXML, Ortego et al. 2025): then a rare label begins as a nearest-centroid classifier.
 
 Here the representation is the model's own: u_1(d), the input of the output layer's last,
-V-wide linear map at the first decoding step of document d, computed by the freshly
-initialised network (eval mode, no dropout). A corpus label l with training documents D_l gets
+V-wide linear map at the first decoding step of document d (with its side features, if any),
+computed by the freshly initialised network in eval mode (no dropout). A corpus label l with
+training documents D_l gets
 
-    w_l = κ · (p_l − ū) / ‖p_l − ū‖,   p_l = mean of u_1(d) over D_l,   ū = mean over all d
-    b_l = −w_l · ū
+    w_l = (κ / σ) · (p_l − ū) / ‖p_l − ū‖,   b_l = −w_l · ū,
+    p_l = mean of u_1(d) over D_l,   ū = mean over all d,   σ² = mean of ‖u_1(d) − ū‖²
 
-so that its logit is κ ‖u − ū‖ cos(u − ū, p_l − ū): the centred prototype's cosine, scaled by
-κ / the root-mean-square ‖u − ū‖ (κ = `SCALE`). Labels without training documents and the
-special symbols keep their random rows. Nothing random is drawn: a run stays reproducible.
+so that its logit is κ (‖u − ū‖ / σ) cos(u − ū, p_l − ū): the centred prototype's cosine,
+about κ for a typical document pointing its way (κ = `SCALE`). Labels without training
+documents and the special symbols keep their random rows. Nothing random is drawn, and the
+rows are set once, before the first step (never on `--resume`): a run stays reproducible.
+With several processes rank 0 sets them and the others receive its weights.
 """
 
 from __future__ import annotations
