@@ -393,8 +393,8 @@ class Seq2SetModel(nn.Module):
             if feature_size > 0 else None
         )
         # ... and W_0 f inside s_0's tanh: a direct path to every step's state. Through the
-        # slot alone, attention first spreads ~1/T of its weight on it, and the features are
-        # learnt slowly where the text also carries the labels (docs/design.md §2).
+        # slot alone, attention at first gives it about 1/T of its weight, and its gradient is
+        # as small (docs/design.md §2).
         self.feature_state = nn.Linear(feature_size, hidden_size) if feature_size > 0 else None
         self.label_embedding = nn.Embedding(num_outputs, label_embed_size)
         # Label embeddings start as unknown words do (docs/design.md §2).
