@@ -377,3 +377,29 @@ def test_progress_off_a_terminal_prints_a_line_every_log_every_seconds(capsys):
         "epoch 1/2 step 40/100 loss 2.0000, 10.7 docs/s, elapsed 1m00s, epoch ETA 1m30s",
         "epoch 1/2 step 80/100 loss 2.0000, 10.7 docs/s, elapsed 2m00s, epoch ETA 30s",
     ]
+
+
+def test_resume_refuses_processed_data_that_changed_under_the_same_path(tiny_data, tmp_path,
+                                                                      cli):
+    """Preprocessed again with other options into the same folder, the data would be read with
+    the saved weights as if nothing had changed (here the sizes happen to differ; they need
+    not); the same corpus preprocessed the same way again resumes."""
+    data = tmp_path / "data"
+    preprocess = ["preprocess", tiny_data.raw, "--out", data, "--glove",
+                  tiny_data.raw / "vectors.txt"]
+    assert cli(*preprocess).code == 0
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", data))
+    with threads(1), pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run", device="cpu", callback=StopAfter(epoch=1))
+
+    assert cli(*preprocess).code == 0  # the same corpus and options, written again
+    with threads(1), pytest.raises(KeyboardInterrupt):  # resumes; stopped again after epoch 2
+        fit(recipe, tmp_path / "run", device="cpu", resume=True, callback=StopAfter(epoch=2))
+
+    assert cli(*preprocess, "--tokenizer", "punct").code == 0  # other options, same folder
+    result = cli("train", tmp_path / "tiny.yaml", "--out", tmp_path / "run", "--device", "cpu",
+                 "--resume")
+    assert result.code == 1
+    assert f"{data} is not the processed data this run trained on" in result.err
+    assert "Traceback" not in result.err
+    assert [line["epoch"] for line in metrics_lines(tmp_path / "run")] == [1, 2]

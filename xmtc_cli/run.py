@@ -78,6 +78,8 @@ class TrainState:
     loss_sum: float = 0.0
     """Sum of those batches' losses, so that the epoch reports the same mean after a resume."""
     parts_sum: dict[str, float] = field(default_factory=dict)
+    data: str = ""
+    """The processed data's fingerprint (`data_fingerprint`); "" in states saved before it."""
 
 
 @dataclass(frozen=True)
@@ -278,13 +280,26 @@ class RunFolder:
         write_safetensors(self.path / STATE_FILE, tensors, meta)
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   device: torch.device) -> tuple[TrainState, dict[str, torch.Tensor]]:
-        """Fill `model` and `optimizer` from the saved state; the state and the RNG tensors."""
+                   device: torch.device, data: tuple[str, str] | None = None,
+                   ) -> tuple[TrainState, dict[str, torch.Tensor]]:
+        """Fill `model` and `optimizer` from the saved state; the state and the RNG tensors.
+
+        `data`: (folder, fingerprint) of the processed data the run resumes on; a state saved
+        on other data is refused before any tensor is read.
+        """
         path = self.path / STATE_FILE
         meta = _metadata(path)
         if meta.get("format") not in ("1", str(STATE_FORMAT), str(MANY_PROCESS_STATE_FORMAT)):
             raise XmtcError(f"{path} is from another version of xmtc",
                             "start a new run with another --out")
+        saved = json.loads(meta["state"]).get("data", "")
+        if data is not None and saved and saved != data[1]:
+            raise XmtcError(
+                f"{data[0]} is not the processed data this run trained on: it was preprocessed "
+                "again, from other files or with other options, since the run started",
+                "resume with the data the run started with, or start a new run with another "
+                "--out",
+            )
         try:
             tensors = load_file(path)
         except Exception as exc:  # safetensors raises its own error types for damaged files

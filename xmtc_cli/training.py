@@ -31,7 +31,7 @@ from xmtc_cli import distributed
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import Recipe, TrainConfig
 from xmtc_cli.data.batching import Batch, Batcher, frequency_rank
-from xmtc_cli.data.processed import ProcessedData, load_data
+from xmtc_cli.data.processed import ProcessedData, data_fingerprint, load_data
 from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
@@ -355,9 +355,12 @@ class _Epochs:
         def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
             folder = _open_folder(run_dir, recipe, resume, command)
             try:
-                state, rng = TrainState(), None
+                fingerprint = data_fingerprint(data)
+                state, rng = TrainState(data=fingerprint), None
                 if folder.has_state:
-                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device)
+                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device,
+                                                   (recipe.data.dir, fingerprint))
+                    state.data = fingerprint  # states saved before fingerprints had none
                     _check_world_size(folder, distributed.saved_world_size(rng), group)
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).

@@ -34,6 +34,7 @@ manifest says so and it holds nothing else, so a mistyped `--out` never deletes 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -142,6 +143,23 @@ class ProcessedData:
     def tokenizer(self) -> dict[str, Any]:
         """Tokenizer settings, for `xmtc_cli.data.tokenize.tokenizer_from_settings`."""
         return self.manifest["tokenizer"]
+
+
+def data_fingerprint(data: ProcessedData) -> str:
+    """A digest of what the manifest says the processed data is: source checksums, options,
+    split sizes, statistics, labels, tokenizer, features. The same corpus preprocessed the same
+    way gives the same digest wherever it lies (paths and the xmtc version are left out); a run
+    records it so that `--resume` refuses data that changed under the same path."""
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k != "path"}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    kept = {k: v for k, v in data.manifest.items() if k not in ("xmtc_version", "title")}
+    text = json.dumps(strip(kept), sort_keys=True, ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
 def save_processed(data: ProcessedData, dest: str | Path) -> Path:
