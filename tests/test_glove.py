@@ -2,6 +2,8 @@
 
 import gzip
 import hashlib
+import os
+import threading
 
 import numpy as np
 import pytest
@@ -88,6 +90,27 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="word-vector file .*glove.txt does not exist") as info:
         read_word_vectors(tmp_path / "glove.txt", ["cat"])
     assert "--glove" in info.value.hint
+
+
+def test_a_folder_is_named_as_one(tmp_path):
+    with pytest.raises(DataError, match="word-vector file .* is a folder"):
+        read_word_vectors(tmp_path, ["cat"])
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_pipe_is_read_like_the_file(tmp_path, compress):
+    """`--glove <(zcat FILE)`: a named pipe gives the same vectors and checksum as the file."""
+    data = gzip.compress(VECTORS.encode()) if compress else VECTORS.encode()
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    writer = threading.Thread(target=pipe.write_bytes, args=(data,))
+    writer.start()
+    try:
+        vectors = read_word_vectors(pipe, ["cat", "dog"])
+    finally:
+        writer.join(timeout=10)
+    np.testing.assert_array_equal(vectors.get("dog"), [0, 1, 0])
+    assert vectors.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_a_truncated_gzip_file_is_a_clear_error(tmp_path):

@@ -60,9 +60,10 @@ class WordVectors:
 def read_word_vectors(path: str | Path, words: Iterable[str]) -> WordVectors:
     """Read the vectors of `words` (and of their lower-case forms) from a GloVe file."""
     path = Path(path)
-    if not path.is_file():
+    # Anything that reads as a stream will do: a file, or a pipe (`--glove <(zcat FILE)`).
+    if not path.exists() or path.is_dir():
         raise DataError(
-            f"word-vector file {path} does not exist",
+            f"word-vector file {path} " + ("is a folder" if path.is_dir() else "does not exist"),
             "pass a GloVe .txt or .txt.gz file (e.g. glove.840B.300d.txt), or leave out --glove",
         )
     wanted: dict[bytes, str] = {}
