@@ -305,7 +305,8 @@ def test_a_gold_file_that_is_not_utf8(tmp_path, cli):
     assert result.code == 1
     assert result.err.splitlines() == [
         f"error: {tmp_path / 'g.txt'}:2: byte 0xe9 at column 1 is not utf-8 text",
-        "hint: convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`",
+        "hint: convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`, or name its "
+        "encoding with --encoding",
     ]
 
 

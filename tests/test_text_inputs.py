@@ -156,6 +156,22 @@ def test_a_byte_order_mark_changes_no_score(tmp_path, cli):
         assert got["micro_f1"] == got["macro_f1"] == got["p@1"] == 1.0
 
 
+def test_eval_reads_label_files_in_the_encoding_given(tmp_path, cli):
+    """Latin-1 labels score as their UTF-8 twins with --encoding latin-1, and are refused at
+    their line, with the option named, without it."""
+    lines = "café thé\nnaïve\n"
+    latin, utf8 = tmp_path / "latin.txt", tmp_path / "utf8.txt"
+    latin.write_bytes(lines.encode("latin-1"))
+    utf8.write_text(lines, encoding="utf-8")
+    (tmp_path / "train.txt").write_bytes("café\nthé naïve\ncafé thé\n".encode("latin-1"))
+    got = metrics(cli("eval", "--predictions", latin, "--gold", latin, "--train-labels",
+                      tmp_path / "train.txt", "--encoding", "latin-1", "--json"))
+    assert got["micro_f1"] == 1.0 and got["psp@1"] == 1.0
+    refused = cli("eval", "--predictions", latin, "--gold", utf8)
+    assert refused.code == 1 and f"{latin}:1" in refused.err and "--encoding" in refused.err
+    assert cli("eval", "CKPT", "--data", tmp_path, "--encoding", "latin-1").code == 2
+
+
 def test_eval_reads_the_jsonl_that_predict_writes(tiny_run, tiny_data, tmp_path, cli):
     texts, gold = tiny_data.raw / "test_texts.txt", tiny_data.raw / "test_labels.txt"
     as_text, as_jsonl = tmp_path / "p.txt", tmp_path / "p.jsonl"

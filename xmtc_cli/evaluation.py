@@ -70,12 +70,13 @@ def training_inverse_propensities(data: ProcessedData, a: float | None = None,
 
 
 def label_file_inverse_propensities(train_labels: str | Path, a: float | None = None,
-                                    b: float | None = None) -> InversePropensities:
+                                    b: float | None = None,
+                                    encoding: str = "utf-8") -> InversePropensities:
     """1/p of each label of a training label file (one document a line), by label.
 
     A and B default to 0.55 and 1.5 (a label file does not say which dataset it is).
     """
-    documents = read_label_file(train_labels)
+    documents = read_label_file(train_labels, encoding)
     counts = Counter(label for labels in documents for label in set(labels))
     return _propensities(counts, len(documents), a, b, None, f"from {train_labels}",
                          "--train-labels takes the training set's labels, one document a line")
@@ -94,15 +95,17 @@ def _propensities(counts, documents: int, a: float | None, b: float | None,
 
 def evaluate_files(predictions: str | Path, gold: str | Path,
                    train_labels: str | Path | None = None, propensity_a: float | None = None,
-                   propensity_b: float | None = None) -> dict[str, float]:
-    """Metrics of a predictions file against a gold file, one document per line each.
+                   propensity_b: float | None = None,
+                   encoding: str = "utf-8") -> dict[str, float]:
+    """Metrics of a predictions file against a gold file, one document per line each, all
+    files read in `encoding`.
 
     Macro-F1 averages over the labels that occur in either file. With `train_labels`, the
     training set's label file, the result adds PSP@k and PSnDCG@k (`metrics.PS_METRIC_KEYS`)
     with propensities counted there.
     """
-    pred_sets = read_label_file(predictions)
-    gold_sets = read_label_file(gold)
+    pred_sets = read_label_file(predictions, encoding)
+    gold_sets = read_label_file(gold, encoding)
     if len(pred_sets) != len(gold_sets):
         raise DataError(
             f"{predictions} has {len(pred_sets)} lines but {gold} has {len(gold_sets)}",
@@ -111,7 +114,8 @@ def evaluate_files(predictions: str | Path, gold: str | Path,
     check_label_sets(pred_sets, gold_sets, str(predictions), str(gold))
     inv = None
     if train_labels is not None:
-        inv = label_file_inverse_propensities(train_labels, propensity_a, propensity_b)
+        inv = label_file_inverse_propensities(train_labels, propensity_a, propensity_b,
+                                              encoding)
     return score_label_sets(pred_sets, gold_sets, inv_propensity=inv)
 
 

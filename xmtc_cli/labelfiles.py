@@ -12,24 +12,26 @@ import logging
 from pathlib import Path
 
 from xmtc_cli.errors import DataError, at
-from xmtc_cli.textio import open_lines
+from xmtc_cli.textio import ENCODING_HINT, open_lines
 
 log = logging.getLogger(__name__)
 
-UTF8_HINT = "convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`"
+UTF8_HINT = ("convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`, or name its "
+             "encoding with --encoding")
 
 
-def read_label_file(path: str | Path) -> list[list[str]]:
-    """Read a UTF-8 label file (or `-`, standard input) into one list of labels per line.
+def read_label_file(path: str | Path, encoding: str = "utf-8") -> list[list[str]]:
+    """Read a label file (or `-`, standard input) in `encoding` into one list of labels per line.
 
     Any run of whitespace separates labels, so stray spaces and Windows line ends are harmless.
     A file whose first line is a JSON object is read as JSON lines: one object a line, each
-    with "labels". Raises DataError naming the file (and line) when it is missing, not valid
-    UTF-8 or a malformed JSON line; warns (logging) when labels hold commas, a likely wrong
-    separator.
+    with "labels". Raises DataError naming the file (and line) when it is missing, not text in
+    `encoding` or a malformed JSON line; warns (logging) when labels hold commas, a likely
+    wrong separator.
     """
     name = "<stdin>" if str(path) == "-" else str(path)
-    with open_lines(path, "utf-8", what="label file", hint=UTF8_HINT) as lines:
+    hint = UTF8_HINT if encoding.replace("-", "").lower() == "utf8" else ENCODING_HINT
+    with open_lines(path, encoding, what="label file", hint=hint) as lines:
         documents: list[list[str]] = []
         commas = CommaLabels(name)
         for number, line in enumerate(lines, start=1):

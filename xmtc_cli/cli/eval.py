@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption
+from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
 from xmtc_cli.cli.render import metrics_table, stdout
 from xmtc_cli.errors import UsageError
 
@@ -38,14 +38,16 @@ def eval_command(
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
+    encoding: EncodingOption = "utf-8",
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
 
     if checkpoint is not None:
-        if data is None or predictions or gold or train_labels:
+        if data is None or predictions or gold or train_labels or encoding != "utf-8":
             raise UsageError(
-                "with CHECKPOINT give --data DIR (and no --predictions/--gold/--train-labels)"
+                "with CHECKPOINT give --data DIR (and no --predictions/--gold/--train-labels/"
+                "--encoding: processed data has no text encoding)"
             )
         metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size,
                                       propensity_a, propensity_b)
@@ -56,7 +58,8 @@ def eval_command(
                              "give the other one as a file")
         if train_labels is None and (propensity_a is not None or propensity_b is not None):
             raise UsageError("--propensity-a/--propensity-b need --train-labels FILE")
-        metrics = evaluate_files(predictions, gold, train_labels, propensity_a, propensity_b)
+        metrics = evaluate_files(predictions, gold, train_labels, propensity_a, propensity_b,
+                                 encoding)
         title = f"{predictions} against {gold}"
     else:
         raise UsageError(
