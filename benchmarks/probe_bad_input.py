@@ -1773,6 +1773,9 @@ _fcase("predict: empty DOCS, 20 rows",
                            check=err_has("has 20 rows for 0 documents"))])
 
 # predict: the array itself
+# numpy reads what is not .npy as a pickle and says "load it unsafely using allow_pickle":
+# advice a features file must not get.
+_not_pickle = err_has("is not a .npy file")
 _fcase("predict: width one more",
        lambda d: [fpredict(d, _doc_rows(width=FEATURE_WIDTH + 1), check=err_has(
            f"width {FEATURE_WIDTH + 1}, the model was trained with {FEATURE_WIDTH}"))])
@@ -1813,21 +1816,26 @@ _fcase("predict: an object array (np.save pickles it)",
                            check=err_has("pickle"))])
 _fcase("predict: a pickle that runs code, named .npy",
        lambda d: [fpredict(d, write(d / "f.npy", pickle.dumps(_Evil())),
-                           check=no_file("PWNED"))])
+                           check=both(no_file("PWNED"), _not_pickle))])
 _fcase("predict: a .npy holding a pickled object that runs code",
        lambda d: [fpredict(d, feats(d / "f.npy", np.array([_Evil()], dtype=object)),
                            check=no_file("PWNED"))])
 _fcase("predict: a .npz archive",
-       lambda d: [fpredict(d, (np.savez(d / "f.npz", features=_doc_rows()), d / "f.npz")[1])])
+       lambda d: [fpredict(d, (np.savez(d / "f.npz", features=_doc_rows()), d / "f.npz")[1],
+                           check=err_has("(a zip archive: .npz?)"))])
 _fcase("predict: a .npz archive named .npy",
        lambda d: [fpredict(d, (np.savez(d / "f.npz", features=_doc_rows()),
-                               (d / "f.npz").rename(d / "f.npy"), d / "f.npy")[2])])
+                               (d / "f.npz").rename(d / "f.npy"), d / "f.npy")[2],
+                           check=err_has("(a zip archive: .npz?)"))])
 _fcase("predict: a CSV file",
        lambda d: [fpredict(d, write(d / "f.csv", "\n".join(
-           ",".join(map(str, row)) for row in _doc_rows()) + "\n"))])
+           ",".join(map(str, row)) for row in _doc_rows()) + "\n"), check=_not_pickle)])
 _fcase("predict: an empty file", lambda d: [fpredict(d, write(d / "f.npy", b""))])
 _fcase("predict: random bytes named .npy",
-       lambda d: [fpredict(d, write(d / "f.npy", os.urandom(5000)))])
+       lambda d: [fpredict(d, write(d / "f.npy", os.urandom(5000)), check=_not_pickle)])
+_fcase("predict: --features /dev/stdin, a pipe",  # memory-mapped: a pipe cannot be
+       lambda d: [fpredict(d, "/dev/stdin", stdin=_npy_bytes(_doc_rows()),
+                           check=err_has("not a file"))])
 
 
 def _npy_bytes(rows: np.ndarray) -> bytes:
@@ -1844,10 +1852,12 @@ _fcase("predict: .npy truncated mid-data",
 _fcase("predict: .npy header claims 10^12 rows",
        lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows()).replace(
            b"(20, ", b"(1000000000000, ", 1)))])
+# Refused by numpy's memory map (the file is far shorter than the header says) before the
+# width is compared with MAX_WIDTH: "not a readable .npy array", not "out of range".
 _fcase("predict: .npy header claims a width of 10^9",
        lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows()).replace(
            f"(20, {FEATURE_WIDTH})".encode(), b"(20, 1000000000)", 1)),
-           check=err_has("out of range"))])
+           check=err_has("mmap length"))])
 _fcase("predict: a big-endian float64 array",
        lambda d: [fpredict(d, _doc_rows().astype(">f8"), expect=(0,),
                            check=lines_out(lambda _: 20))])
@@ -1888,7 +1898,7 @@ _fcase("predict: .safetensors of int64",
 _fcase("predict: a .npy named .safetensors",
        lambda d: [fpredict(d, feats(d / "f.safetensors", _doc_rows()))])
 _fcase("predict: a .safetensors named .npy",
-       lambda d: [fpredict(d, _st(d / "f.npy", {"features": _doc_rows()}))])
+       lambda d: [fpredict(d, _st(d / "f.npy", {"features": _doc_rows()}), check=_not_pickle)])
 _fcase("predict: --out is the features file",
        lambda d: [fpredict(d, _doc_rows(), "--out", d / "f.npy", expect=(2,),
                            check=err_has("is the --features file"))])
@@ -1899,7 +1909,7 @@ _fcase("predict: --out is the features file through a symlink",
 _fcase("predict: --features is the checkpoint",
        lambda d: [fpredict(d, FX.ckpt_feat)])
 _fcase("predict: --features is the DOCS file",
-       lambda d: [fpredict(d, FX.docs)])
+       lambda d: [fpredict(d, FX.docs, check=_not_pickle)])
 
 
 # preprocess: the raw corpus's feature files
@@ -1979,16 +1989,19 @@ _feat_corpus("a shipped valid split with its features",
              lambda r: [shutil.copy(r / f"test_{k}", r / f"valid_{k}")
                         for k in ("texts.txt", "labels.txt", "features.npy")], expect=(0,))
 _feat_corpus("train_features.npy is a folder",
-             lambda r: ((r / "train_features.npy").unlink(), (r / "train_features.npy").mkdir()))
+             lambda r: ((r / "train_features.npy").unlink(), (r / "train_features.npy").mkdir()),
+             fragment="is a folder, not a file")
 _feat_corpus("test_features.npy is a broken symlink",
              lambda r: ((r / "test_features.npy").unlink(),
                         os.symlink("nowhere.npy", r / "test_features.npy")))
 _feat_corpus("test_features.npy is a symlink loop",
              lambda r: ((r / "test_features.npy").unlink(), loop(r, "test_features.npy")))
 _feat_corpus("train_features.npy unreadable",
-             lambda r: unreadable(r / "train_features.npy"), no_dac=True)
+             lambda r: unreadable(r / "train_features.npy"), no_dac=True,
+             fragment="permission denied")
 _feat_corpus("train_features.npy a pickle that runs code",
-             lambda r: write(r / "train_features.npy", pickle.dumps(_Evil())))
+             lambda r: write(r / "train_features.npy", pickle.dumps(_Evil())),
+             fragment="is not a .npy file", check=no_file("PWNED"))
 _feat_corpus("train_features.npy a 1-D array",
              lambda r: feats(r / "train_features.npy", np.zeros(200)),
              fragment="not [documents, D]")
