@@ -44,10 +44,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GIB = 1 << 30
+FEATURE_WIDTH = 6  # D of the side-features fixtures
 HINT = "hint:"
 MEMORY_WORDS = ("MemoryError", "can't allocate memory", "not enough memory", "out of memory",
                 "bad_alloc", "Cannot allocate memory")
@@ -153,16 +156,28 @@ class Fixtures:
     docs: Path = field(init=False)
     gold: Path = field(init=False)
     pred: Path = field(init=False)
+    # Side features: the raw corpus with {split}_features.npy of width FEATURE_WIDTH, its
+    # processed folder, a 1-epoch run on it, and the rows of `docs` (test rows 1..20).
+    raw_feat: Path = field(init=False)
+    proc_feat: Path = field(init=False)
+    run_feat: Path = field(init=False)
+    docs_feat: Path = field(init=False)
 
     def __post_init__(self) -> None:
         fx = self.root
         self.raw, self.proc, self.proc_punct = fx / "raw", fx / "proc", fx / "proc-punct"
         self.recipe, self.run = fx / "tiny.yaml", fx / "run"
         self.docs, self.gold, self.pred = fx / "docs.txt", fx / "gold.txt", fx / "pred.txt"
+        self.raw_feat, self.proc_feat = fx / "raw-feat", fx / "proc-feat"
+        self.run_feat, self.docs_feat = fx / "run-feat", fx / "docs_features.npy"
 
     @property
     def ckpt(self) -> Path:
         return self.run / "model.safetensors"
+
+    @property
+    def ckpt_feat(self) -> Path:
+        return self.run_feat / "model.safetensors"
 
 
 FX: Fixtures  # set by main()
@@ -184,6 +199,18 @@ def build_fixtures(root: Path, env: dict[str, str]) -> Fixtures:
     fx.docs.write_text("\n".join(texts) + "\n")
     fx.gold.write_text("\n".join(labels) + "\n")
     fx.pred.write_text("\n".join(" ".join(line.split()[:1]) for line in labels) + "\n")
+    # Side features (about 7 s more): the same corpus with random rows, one epoch.
+    shutil.copytree(fx.raw, fx.raw_feat)
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        docs = len((fx.raw / f"{split}_texts.txt").read_text().splitlines())
+        np.save(fx.raw_feat / f"{split}_features.npy",
+                rng.normal(size=(docs, FEATURE_WIDTH)).astype(np.float32))
+    _must([*_xmtc(), "preprocess", fx.raw_feat, "--out", fx.proc_feat, "--glove",
+           fx.raw_feat / "vectors.txt"], env)
+    _must([*_xmtc(), "train", recipe(fx.root / "tiny-feat.yaml", fx.proc_feat, epochs=1),
+           "--out", fx.run_feat, "--device", "cpu"], env)
+    np.save(fx.docs_feat, np.load(fx.raw_feat / "test_features.npy")[:20])
     return fx
 
 
@@ -491,14 +518,14 @@ BAD_FILES: dict[str, Callable[[Path], Path]] = {
 
 
 def _file_slot(command: str, make: Callable[[Callable[[Path], Path]], Callable[[Path], Step]],
-               kinds: dict[str, tuple[int, ...]]) -> None:
+               kinds: dict[str, tuple[int, ...]], family: str = "paths") -> None:
     for kind, expect in kinds.items():
         def build(d: Path, kind=kind, expect=expect) -> list[Step]:
             step = make(BAD_FILES[kind])(d)
             step.no_dac = kind == "unreadable"
             step.expect = (1, 2) if step.no_dac else expect  # click checks readable paths
             return [step]
-        add(f"{command} {kind}", "paths", build)
+        add(f"{command} {kind}", family, build)
 
 
 _ALL_FAIL = {k: (1,) for k in BAD_FILES}
@@ -1652,6 +1679,419 @@ def _epochs_done(run: Path, epochs: int) -> str | None:
     if not (run / "model.safetensors").exists():
         return "no model.safetensors after --resume"
     return None
+
+
+# --- family: side features ---------------------------------------------------------------------
+# A raw corpus may carry {split}_features.npy/.safetensors, float [documents, D]; a model trained
+# on it needs `predict --features FILE` (a row per line of DOCS, width D) and processed data with
+# features of its width for `eval`. Every case name starts with "features" (-k features).
+
+def feats(path: Path, rows) -> Path:
+    """`rows` saved with np.save at `path` (a .npy whatever the name)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.save(f, rows)
+    return path
+
+
+def _doc_rows(rows: int | None = None, width: int = FEATURE_WIDTH) -> np.ndarray:
+    """The rows of FX.docs (20), cut or repeated to `rows` and `width`."""
+    base = np.load(FX.docs_feat)
+    rows = len(base) if rows is None else rows
+    out = np.resize(base, (rows, base.shape[1]))
+    return np.resize(out.T, (width, rows)).T.astype(np.float32).copy()
+
+
+def fpredict(d: Path, rows, *extra, ckpt=None, docs=None, **kw) -> Step:
+    """`predict` of the features-trained checkpoint on DOCS (FX.docs) with --features `rows`
+    (an array, saved as f.npy in the case folder, or a path)."""
+    path = rows if isinstance(rows, (Path, str)) else feats(d / "f.npy", rows)
+    return predict(ckpt or FX.ckpt_feat, docs or FX.docs, "--features", path, *extra, **kw)
+
+
+def _fcase(name: str, build: Callable[[Path], list[Step]], may_change=()) -> None:
+    add(f"features {name}", "features", build, may_change)
+
+
+# predict: the model and the option must agree
+_fcase("predict: features model without --features",
+       lambda d: [predict(FX.ckpt_feat, FX.docs, expect=(2,), check=err_has(
+           f"trained with side features of width {FEATURE_WIDTH}", "pass --features"))])
+_fcase("predict: plain model given --features",
+       lambda d: [fpredict(d, _doc_rows(), ckpt=FX.ckpt, expect=(2,),
+                           check=err_has("trained without side features"))])
+_fcase("predict: sanity, rows of DOCS (jsonl, batches of 7)",
+       lambda d: [fpredict(d, _doc_rows(), "--format", "jsonl", "--batch-size", "7",
+                           expect=(0,), check=lines_out(lambda _: 20))])
+_fcase("predict: sanity, DOCS from stdin",
+       lambda d: [fpredict(d, _doc_rows(), docs="-", stdin=FX.docs.read_bytes(), expect=(0,),
+                           check=lines_out(lambda _: 20))])
+_fcase("predict: integer features are numbers",
+       lambda d: [fpredict(d, np.ones((20, FEATURE_WIDTH), dtype=np.int16), expect=(0,),
+                           check=lines_out(lambda _: 20))])
+_fcase("predict: an empty line with features is labelled",  # README: still labelled
+       lambda d: [fpredict(d, _doc_rows(3), docs=write(d / "docs.txt", "rocket\n\ngalaxy\n"),
+                           expect=(0,), check=lines_out(lambda _: 3))])
+
+# predict: --features as each kind of bad path (the option is a plain Path: xmtc checks it)
+_file_slot("features predict --features",
+           lambda bad: lambda d: predict(FX.ckpt_feat, FX.docs, "--features", bad(d)),
+           _ALL_FAIL, family="features")
+
+
+@case("features predict: --features - (stdin is no file)", "features")
+def _(d):
+    return [predict(FX.ckpt_feat, FX.docs, "--features", "-", stdin=b"")]
+
+
+# predict: rows and lines must agree, as DOCS streams in
+_fcase("predict: one row too few",
+       lambda d: [fpredict(d, _doc_rows(19), check=err_has("has 19 rows"))])
+_fcase("predict: one row too many",
+       lambda d: [fpredict(d, _doc_rows(21), check=err_has("has 21 rows for 20 documents"))])
+_fcase("predict: one row too few, --out not written",
+       lambda d: [fpredict(d, _doc_rows(19), "--out", d / "out.txt", "--batch-size", "8",
+                           check=both(err_has("has 19 rows"), no_file("out.txt")))])
+_fcase("predict: one row too many, --out not written",
+       lambda d: [fpredict(d, _doc_rows(21), "--out", d / "out.txt",
+                           check=both(err_has("has 21 rows"), no_file("out.txt")))])
+_fcase("predict: rows too few, DOCS from stdin",
+       lambda d: [fpredict(d, _doc_rows(5), "--batch-size", "4", docs="-",
+                           stdin=FX.docs.read_bytes(), check=err_has("has 5 rows"))])
+_fcase("predict: rows too many, DOCS from stdin",
+       lambda d: [fpredict(d, _doc_rows(40), docs="-", stdin=FX.docs.read_bytes(),
+                           check=err_has("has 40 rows for 20 documents"))])
+_fcase("predict: no rows for DOCS",
+       lambda d: [fpredict(d, _doc_rows(0), check=err_has("has 0 rows"))])
+# An empty DOCS with a 0-row file is consistent (0 rows for 0 documents): nothing to label,
+# exit 0 and no output, as `predict` of an empty file without features.
+_fcase("predict: empty DOCS, 0-row features",
+       lambda d: [fpredict(d, _doc_rows(0), docs=write(d / "e.txt", b""), expect=(0,),
+                           check=lambda f, r: "printed output" if r.out else None)])
+_fcase("predict: empty DOCS, 20 rows",
+       lambda d: [fpredict(d, _doc_rows(), docs=write(d / "e.txt", b""),
+                           check=err_has("has 20 rows for 0 documents"))])
+
+# predict: the array itself
+# numpy reads what is not .npy as a pickle and says "load it unsafely using allow_pickle":
+# advice a features file must not get.
+_not_pickle = err_has("is not a .npy file")
+_fcase("predict: width one more",
+       lambda d: [fpredict(d, _doc_rows(width=FEATURE_WIDTH + 1), check=err_has(
+           f"width {FEATURE_WIDTH + 1}, the model was trained with {FEATURE_WIDTH}"))])
+_fcase("predict: width one less",
+       lambda d: [fpredict(d, _doc_rows(width=FEATURE_WIDTH - 1), check=err_has(
+           f"width {FEATURE_WIDTH - 1}"))])
+_fcase("predict: width 0",
+       lambda d: [fpredict(d, np.zeros((20, 0), np.float32), check=err_has("out of range"))])
+_fcase("predict: a nan row",
+       lambda d: [fpredict(d, np.where(np.arange(20)[:, None] == 4, np.nan, _doc_rows()),
+                           check=err_has("row 5 (document 5) holds nan"))])
+_fcase("predict: an inf row in the second batch, --out not written",
+       lambda d: [fpredict(d, np.where(np.arange(20)[:, None] == 12, -np.inf, _doc_rows()),
+                           "--batch-size", "8", "--out", d / "out.txt",
+                           check=both(err_has("row 13 (document 13)"), no_file("out.txt")))])
+_fcase("predict: float64 overflowing float32",
+       lambda d: [fpredict(d, np.full((20, FEATURE_WIDTH), 1e300),
+                           check=err_has("row 1 (document 1) holds nan or inf"))])
+_fcase("predict: a 1-D array",
+       lambda d: [fpredict(d, np.zeros(20, np.float32), check=err_has("not [documents, D]"))])
+_fcase("predict: a 3-D array",
+       lambda d: [fpredict(d, np.zeros((20, FEATURE_WIDTH, 1), np.float32),
+                           check=err_has("not [documents, D]"))])
+_fcase("predict: a 0-D array",
+       lambda d: [fpredict(d, np.float32(1.0), check=err_has("not [documents, D]"))])
+_fcase("predict: a string array",
+       lambda d: [fpredict(d, np.full((20, FEATURE_WIDTH), "0.5"), check=err_has("not numbers"))])
+_fcase("predict: a bool array",
+       lambda d: [fpredict(d, np.ones((20, FEATURE_WIDTH), bool), expect=(0, 1))])
+_fcase("predict: a complex array",
+       lambda d: [fpredict(d, np.ones((20, FEATURE_WIDTH), np.complex64),
+                           check=err_has("not numbers"))])
+_fcase("predict: a structured array",
+       lambda d: [fpredict(d, np.zeros((20, FEATURE_WIDTH), [("a", "f4"), ("b", "f4")]),
+                           check=err_has("not numbers"))])
+_fcase("predict: an object array (np.save pickles it)",
+       lambda d: [fpredict(d, np.array([[0.5] * FEATURE_WIDTH] * 20, dtype=object),
+                           check=err_has("pickle"))])
+_fcase("predict: a pickle that runs code, named .npy",
+       lambda d: [fpredict(d, write(d / "f.npy", pickle.dumps(_Evil())),
+                           check=both(no_file("PWNED"), _not_pickle))])
+_fcase("predict: a .npy holding a pickled object that runs code",
+       lambda d: [fpredict(d, feats(d / "f.npy", np.array([_Evil()], dtype=object)),
+                           check=no_file("PWNED"))])
+_fcase("predict: a .npz archive",
+       lambda d: [fpredict(d, (np.savez(d / "f.npz", features=_doc_rows()), d / "f.npz")[1],
+                           check=err_has("(a zip archive: .npz?)"))])
+_fcase("predict: a .npz archive named .npy",
+       lambda d: [fpredict(d, (np.savez(d / "f.npz", features=_doc_rows()),
+                               (d / "f.npz").rename(d / "f.npy"), d / "f.npy")[2],
+                           check=err_has("(a zip archive: .npz?)"))])
+_fcase("predict: a CSV file",
+       lambda d: [fpredict(d, write(d / "f.csv", "\n".join(
+           ",".join(map(str, row)) for row in _doc_rows()) + "\n"), check=_not_pickle)])
+_fcase("predict: an empty file", lambda d: [fpredict(d, write(d / "f.npy", b""))])
+_fcase("predict: random bytes named .npy",
+       lambda d: [fpredict(d, write(d / "f.npy", os.urandom(5000)), check=_not_pickle)])
+_fcase("predict: --features /dev/stdin, a pipe",  # memory-mapped: a pipe cannot be
+       lambda d: [fpredict(d, "/dev/stdin", stdin=_npy_bytes(_doc_rows()),
+                           check=err_has("not a file"))])
+
+
+def _npy_bytes(rows: np.ndarray) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.save(buf, rows)
+    return buf.getvalue()
+
+
+_fcase("predict: .npy truncated mid-header",
+       lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows())[:40]))])
+_fcase("predict: .npy truncated mid-data",
+       lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows())[:-100]))])
+_fcase("predict: .npy header claims 10^12 rows",
+       lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows()).replace(
+           b"(20, ", b"(1000000000000, ", 1)))])
+# Refused by numpy's memory map (the file is far shorter than the header says) before the
+# width is compared with MAX_WIDTH: "not a readable .npy array", not "out of range".
+_fcase("predict: .npy header claims a width of 10^9",
+       lambda d: [fpredict(d, write(d / "f.npy", _npy_bytes(_doc_rows()).replace(
+           f"(20, {FEATURE_WIDTH})".encode(), b"(20, 1000000000)", 1)),
+           check=err_has("mmap length"))])
+_fcase("predict: a big-endian float64 array",
+       lambda d: [fpredict(d, _doc_rows().astype(">f8"), expect=(0,),
+                           check=lines_out(lambda _: 20))])
+_fcase("predict: a Fortran-order array",
+       lambda d: [fpredict(d, np.asfortranarray(_doc_rows()), expect=(0,),
+                           check=lines_out(lambda _: 20))])
+
+
+def _st(path: Path, tensors: dict) -> Path:
+    from safetensors.numpy import save_file
+    save_file(tensors, str(path))
+    return path
+
+
+_fcase("predict: .safetensors (sanity)",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {"features": _doc_rows()}),
+                           expect=(0,), check=lines_out(lambda _: 20))])
+_fcase("predict: .safetensors with a wrong tensor name",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {"embeddings": _doc_rows()}),
+                           check=err_has("not one tensor named 'features'"))])
+_fcase("predict: .safetensors with two tensors",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {"features": _doc_rows(),
+                                                        "extra": _doc_rows()}),
+                           check=err_has("not one tensor named 'features'"))])
+_fcase("predict: .safetensors with no tensor",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {}))])
+_fcase("predict: .safetensors truncated",
+       lambda d: [fpredict(d, write(d / "f.safetensors", _st(
+           d / "f.safetensors", {"features": _doc_rows()}).read_bytes()[:-50]))])
+_fcase("predict: .safetensors random bytes",
+       lambda d: [fpredict(d, write(d / "f.safetensors", os.urandom(5000)))])
+_fcase("predict: .safetensors of float16",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {"features": _doc_rows().astype(
+           np.float16)}), expect=(0,), check=lines_out(lambda _: 20))])
+_fcase("predict: .safetensors of int64",
+       lambda d: [fpredict(d, _st(d / "f.safetensors", {"features": _doc_rows().astype(
+           np.int64)}), expect=(0,), check=lines_out(lambda _: 20))])
+_fcase("predict: a .npy named .safetensors",
+       lambda d: [fpredict(d, feats(d / "f.safetensors", _doc_rows()))])
+_fcase("predict: a .safetensors named .npy",
+       lambda d: [fpredict(d, _st(d / "f.npy", {"features": _doc_rows()}), check=_not_pickle)])
+_fcase("predict: --out is the features file",
+       lambda d: [fpredict(d, _doc_rows(), "--out", d / "f.npy", expect=(2,),
+                           check=err_has("is the --features file"))])
+_fcase("predict: --out is the features file through a symlink",
+       lambda d: [fpredict(d, feats(d / "f.npy", _doc_rows()), "--out",
+                           (os.symlink("f.npy", d / "link.npy"), d / "link.npy")[1],
+                           expect=(2,))])
+_fcase("predict: --features is the checkpoint",
+       lambda d: [fpredict(d, FX.ckpt_feat)])
+_fcase("predict: --features is the DOCS file",
+       lambda d: [fpredict(d, FX.docs, check=_not_pickle)])
+
+
+# preprocess: the raw corpus's feature files
+def _feat_corpus(name: str, change: Callable[[Path], object], expect=(1,),
+                 fragment: str | None = None, extra: tuple = (), check=None, **kw) -> None:
+    """preprocess of a copy of the featured raw corpus changed by `change`; a refusal writes
+    no output folder."""
+    def build(d: Path) -> list[Step]:
+        raw = d / "raw"
+        shutil.copytree(FX.raw_feat, raw)
+        change(raw)
+        checks = [c for c in (check, err_has(fragment) if fragment else None,
+                              no_file("out") if expect == (1,) else None) if c]
+        return [preprocess(raw, "--out", d / "out", *extra, expect=expect,
+                           check=both(*checks) if checks else None, **kw)]
+    _fcase(f"preprocess: {name}", build)
+
+
+def _raw_rows(raw: Path, split: str) -> np.ndarray:
+    return np.load(raw / f"{split}_features.npy")
+
+
+def _valid_has_rows(folder: Path, res: Result) -> str | None:
+    """A check: the processed valid split has its held-out documents' rows of train's file."""
+    from xmtc_cli.data.processed import load_processed
+    data = load_processed(folder / "out")
+    valid = data.splits.get("valid")
+    if valid is None or valid.features is None:
+        return "no valid split with features"
+    train_rows = np.load(folder / "raw" / "train_features.npy")
+    if not all((train_rows == row).all(axis=1).any() for row in valid.features):
+        return "a valid row is not a row of train_features.npy"
+    if len(valid) + len(data.splits["train"]) != len(train_rows):
+        return "documents dropped between train and valid"
+    return None
+
+
+_feat_corpus("sanity", lambda r: None, expect=(0,))
+_feat_corpus("valid held out of train keeps its rows", lambda r: None, expect=(0,),
+             extra=("--valid-fraction", "0.2"), check=_valid_has_rows)
+_feat_corpus("features for train only", lambda r: (r / "test_features.npy").unlink(),
+             fragment="test_features.npy (or .safetensors) is missing")
+_feat_corpus("features for test only", lambda r: (r / "train_features.npy").unlink(),
+             fragment="train_features.npy (or .safetensors) is missing")
+_feat_corpus("a nan in a train row", lambda r: feats(
+    r / "train_features.npy",
+    np.where(np.arange(200)[:, None] == 16, np.nan, _raw_rows(r, "train"))),
+    fragment="row 17 (document 17) holds nan")
+_feat_corpus("an inf in a test row", lambda r: feats(
+    r / "test_features.npy",
+    np.where(np.arange(40)[:, None] == 39, np.inf, _raw_rows(r, "test"))),
+    fragment="row 40 (document 40)")
+_feat_corpus("test one row short",
+             lambda r: feats(r / "test_features.npy", _raw_rows(r, "test")[:-1]),
+             fragment="has 39 rows for 40 documents")
+_feat_corpus("train one row long",
+             lambda r: feats(r / "train_features.npy", np.concatenate(
+                 [_raw_rows(r, "train"), _raw_rows(r, "train")[:1]])),
+             fragment="has 201 rows for 200 documents")
+_feat_corpus("test of another width",
+             lambda r: feats(r / "test_features.npy", np.zeros((40, FEATURE_WIDTH + 1))),
+             fragment=f"width {FEATURE_WIDTH + 1}, the training split's have {FEATURE_WIDTH}")
+_feat_corpus("both .npy and .safetensors for train",
+             lambda r: _st(r / "train_features.safetensors",
+                           {"features": _raw_rows(r, "train")}), fragment="has both")
+_feat_corpus(".safetensors for test (and .npy for train)",
+             lambda r: (_st(r / "test_features.safetensors", {"features": _raw_rows(r, "test")}),
+                        (r / "test_features.npy").unlink()), expect=(0,))
+_feat_corpus("valid_features.npy with valid held out of train",
+             lambda r: feats(r / "valid_features.npy", np.zeros((20, FEATURE_WIDTH))),
+             fragment="gives features of a validation split")
+_feat_corpus("a shipped valid split without its features",
+             lambda r: [shutil.copy(r / f"test_{k}.txt", r / f"valid_{k}.txt")
+                        for k in ("texts", "labels")],
+             fragment="valid_features.npy (or .safetensors) is missing")
+_feat_corpus("a shipped valid split with its features",
+             lambda r: [shutil.copy(r / f"test_{k}", r / f"valid_{k}")
+                        for k in ("texts.txt", "labels.txt", "features.npy")], expect=(0,))
+_feat_corpus("train_features.npy is a folder",
+             lambda r: ((r / "train_features.npy").unlink(), (r / "train_features.npy").mkdir()),
+             fragment="is a folder, not a file")
+_feat_corpus("test_features.npy is a broken symlink",
+             lambda r: ((r / "test_features.npy").unlink(),
+                        os.symlink("nowhere.npy", r / "test_features.npy")))
+_feat_corpus("test_features.npy is a symlink loop",
+             lambda r: ((r / "test_features.npy").unlink(), loop(r, "test_features.npy")))
+_feat_corpus("train_features.npy unreadable",
+             lambda r: unreadable(r / "train_features.npy"), no_dac=True,
+             fragment="permission denied")
+_feat_corpus("train_features.npy a pickle that runs code",
+             lambda r: write(r / "train_features.npy", pickle.dumps(_Evil())),
+             fragment="is not a .npy file", check=no_file("PWNED"))
+_feat_corpus("train_features.npy a 1-D array",
+             lambda r: feats(r / "train_features.npy", np.zeros(200)),
+             fragment="not [documents, D]")
+_feat_corpus("train_features.npy strings",
+             lambda r: feats(r / "train_features.npy", np.full((200, 3), "x")),
+             fragment="not numbers")
+_feat_corpus("train_features.npy truncated",
+             lambda r: _truncate(r / "train_features.npy", 0.7))
+_feat_corpus("test_features.safetensors with a wrong tensor name",
+             lambda r: (_st(r / "test_features.safetensors", {"x": _raw_rows(r, "test")}),
+                        (r / "test_features.npy").unlink()), fragment="'features'")
+
+
+# eval: a features-trained checkpoint and the processed data's features
+def _other_width(d: Path, width: int = FEATURE_WIDTH + 2) -> Path:
+    """A copy of the featured processed data whose stored features are `width` wide."""
+    from safetensors.numpy import load_file, save_file
+    proc = d / "proc"
+    shutil.copytree(FX.proc_feat, proc)
+    manifest = json.loads((proc / "manifest.json").read_text())
+    for split in manifest["splits"]:
+        arrays = load_file(str(proc / f"{split}.safetensors"))
+        arrays["features"] = np.zeros((len(arrays["token_offsets"]) - 1, width), np.float32)
+        save_file(arrays, str(proc / f"{split}.safetensors"))
+    write(proc / "manifest.json", json.dumps({**manifest, "features": width}))
+    return proc
+
+
+_fcase("eval: sanity, on its own data",
+       lambda d: [evalc(FX.ckpt_feat, FX.proc_feat, "--json", expect=(0,))])
+_fcase("eval: on processed data without features",
+       lambda d: [evalc(FX.ckpt_feat, FX.proc, check=err_has("has none"))])
+_fcase("eval: on processed data of another width",
+       lambda d: [evalc(FX.ckpt_feat, _other_width(d),
+                        check=err_has(f"has features of width {FEATURE_WIDTH + 2}"))])
+_fcase("eval: plain model on data with features",  # README: it reads the text alone
+       lambda d: [evalc(FX.ckpt, FX.proc_feat, "--json", expect=(0,))])
+
+
+# train (and eval) on damaged stored features
+def _damaged_feat(name: str, change: Callable[[Path], None], expect=(1,)) -> None:
+    def build(d: Path) -> list[Step]:
+        proc = d / "proc"
+        shutil.copytree(FX.proc_feat, proc)
+        change(proc)
+        return [train(recipe(d / "r.yaml", proc), "--out", d / "run", expect=expect,
+                      check=no_file("run/model.safetensors") if expect == (1,) else None),
+                evalc(FX.ckpt_feat, proc, expect=expect)]
+    _fcase(f"train+eval on processed data: {name}", build)
+
+
+def _split_arrays(proc: Path, split: str, change: Callable[[dict], None]) -> None:
+    from safetensors.numpy import load_file, save_file
+    arrays = load_file(str(proc / f"{split}.safetensors"))
+    change(arrays)
+    save_file(arrays, str(proc / f"{split}.safetensors"))
+
+
+def _manifest_features(proc: Path, value) -> None:
+    manifest = json.loads((proc / "manifest.json").read_text())
+    if value is None:
+        manifest.pop("features")
+    else:
+        manifest["features"] = value
+    write(proc / "manifest.json", json.dumps(manifest))
+
+
+_damaged_feat("features tensor missing from train",
+              lambda p: _split_arrays(p, "train", lambda a: a.pop("features")))
+_damaged_feat("features tensor missing from test",
+              lambda p: _split_arrays(p, "test", lambda a: a.pop("features")))
+_damaged_feat("features tensor one row short",
+              lambda p: _split_arrays(p, "train", lambda a: a.update(
+                  features=a["features"][:-1].copy())))
+_damaged_feat("features tensor 1-D",
+              lambda p: _split_arrays(p, "valid", lambda a: a.update(
+                  features=a["features"][:, 0].copy())))
+_damaged_feat("features tensor holds nan",
+              lambda p: _split_arrays(p, "train", lambda a: a["features"].__setitem__(
+                  (3, 1), np.nan)))
+_damaged_feat("features tensor float64",
+              lambda p: _split_arrays(p, "train", lambda a: a.update(
+                  features=a["features"].astype(np.float64))))
+_damaged_feat("manifest features one wider",
+              lambda p: _manifest_features(p, FEATURE_WIDTH + 1))
+_damaged_feat("manifest features removed", lambda p: _manifest_features(p, None))
+_damaged_feat("manifest features a string", lambda p: _manifest_features(p, "six"))
+_damaged_feat("manifest features true", lambda p: _manifest_features(p, True))
+_damaged_feat("manifest features 0", lambda p: _manifest_features(p, 0))
+_damaged_feat("manifest features 10^12", lambda p: _manifest_features(p, 10**12))
 
 
 # --- main --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from xmtc_cli import distributed
 from xmtc_cli.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from xmtc_cli.config import LossConfig, ModelConfig, load_recipe
 from xmtc_cli.data.batching import Batcher, pad_sources
+from xmtc_cli.data.features import read_features
 from xmtc_cli.data.processed import load_processed
 from xmtc_cli.data.synthetic import FILLER, write_demo_corpus
 from xmtc_cli.errors import CheckpointError, DataError
@@ -437,6 +438,51 @@ def test_predict_refuses_features_that_do_not_fit(feature_runs, tmp_path, cli):
         out = tmp_path / "out.txt"
         _refused(cli("predict", *args, "--device", "cpu", "--out", out), *fragments)
         assert not out.exists()  # --out is written atomically: nothing of a refused run
+
+
+class _Evil:
+    """Unpickled, it would create the file PWNED in the current folder."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path("PWNED"),))
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda p: np.savez(p, features=np.ones((3, 2))), "(a zip archive: .npz?)"),
+    (lambda p: p.write_bytes(__import__("pickle").dumps(_Evil())), "is not a .npy file"),
+    (lambda p: p.write_text("0.5,0.5\n0.1,0.2\n"), "is not a .npy file"),
+    (lambda p: p.write_bytes(b""), "is not a .npy file"),
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+], ids=["npz", "pickle", "csv", "empty", "folder"])
+def test_what_is_not_a_npy_file_is_refused_before_numpy_reads_it(make, fragment, tmp_path,
+                                                                  monkeypatch):
+    """numpy would take a .npz for an archive (and fail later on .ndim) and anything else for a
+    pickle, with a message that suggests allow_pickle: refused as not .npy, never unpickled."""
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "f.npy"
+    make(path)
+    if not path.exists():  # np.savez appends .npz
+        (tmp_path / "f.npy.npz").rename(path)
+    with pytest.raises(DataError) as info:
+        read_features(path)
+    assert fragment in info.value.message
+    assert "allow_pickle" not in info.value.message
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_a_pipe_is_refused_and_a_float32_overflow_names_its_row(tmp_path, recwarn):
+    import os
+
+    fifo = tmp_path / "f.npy"
+    os.mkfifo(fifo)
+    with pytest.raises(DataError, match="is a pipe or a device, not a file"):
+        read_features(fifo)  # memory-mapped: it must be a file (and opening it would block)
+    rows = np.zeros((4, 2))
+    rows[2, 1] = 1e300  # finite in float64, inf in float32
+    with pytest.raises(DataError, match=r"row 3 \(document 3\) holds nan or inf \(or a number "
+                       "beyond float32's range"):
+        read_features(_save(tmp_path / "big.npy", rows))
+    assert not [w for w in recwarn if "overflow" in str(w.message)]  # no stray warning line
 
 
 def test_old_checkpoints_read_as_without_features_and_sizes_are_bounded(feature_runs,

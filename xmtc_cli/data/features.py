@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 
 from xmtc_cli.errors import DataError
+from xmtc_cli.fileerrors import file_error
 
 SUFFIXES = (".npy", ".safetensors")
 MAX_WIDTH = 65_536  # a bound on D: a header claiming more is not an embedding
+NPY_MAGIC = b"\x93NUMPY"  # how every .npy file starts
 
 
 def features_file(folder: Path, split: str) -> Path | None:
@@ -50,9 +52,13 @@ def open_features(path: str | Path, documents: int | None = None,
     them, its values not read: a read-only memory map for .npy (safetensors are read whole).
     Read rows with `checked_rows`."""
     path = Path(path)
-    if not path.exists() or path.is_dir():
+    if not path.exists():
         raise DataError(f"features file {path} does not exist",
                         "pass a .npy or .safetensors file of shape [documents, D]")
+    if not path.is_file():  # a folder; a pipe or a device cannot be memory-mapped
+        kind = "folder" if path.is_dir() else "pipe or a device"
+        raise DataError(f"features file {path} is a {kind}, not a file",
+                        "save the features to a .npy or .safetensors file")
     array = _load(path)
     if array.ndim != 2:
         raise DataError(f"{path} holds an array of shape {tuple(array.shape)}, not "
@@ -77,11 +83,13 @@ def checked_rows(array: np.ndarray, path: str | Path, start: int = 0,
                  stop: int | None = None) -> np.ndarray:
     """Rows start..stop of an `open_features` array as float32 [rows, D], refused (naming the
     first bad row, counted from 1 over the whole file) if any holds nan or inf."""
-    out = np.asarray(array[start:stop], dtype=np.float32)
+    with np.errstate(over="ignore"):  # float64 beyond float32's range: inf, refused below
+        out = np.asarray(array[start:stop], dtype=np.float32)
     bad = ~np.isfinite(out).all(axis=1)
     if bad.any():
         row = start + int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: row {row + 1} (document {row + 1}) holds nan or inf",
+        raise DataError(f"{path}: row {row + 1} (document {row + 1}) holds nan or inf (or "
+                        "a number beyond float32's range)",
                         "replace missing features, e.g. by zeros")
     return out
 
@@ -96,10 +104,22 @@ def _load(path: Path) -> np.ndarray:
                 raise DataError(f"{path} holds {sorted(tensors)[:3]}, not one tensor named "
                                 "'features'", "save {'features': X} with safetensors")
             return tensors["features"]
+        with open(path, "rb") as f:  # numpy reads what is not .npy as a pickle (then refuses)
+            magic = f.read(len(NPY_MAGIC))
+        if magic != NPY_MAGIC:
+            kind = " (a zip archive: .npz?)" if magic.startswith(b"PK") else ""
+            raise DataError(f"{path} is not a .npy file{kind}: it does not start as one",
+                            "save one array with numpy.save, or a .safetensors file holding "
+                            "one tensor named 'features'")
         return np.load(path, allow_pickle=False, mmap_mode="r")
     except DataError:
         raise
-    except (ValueError, OSError, EOFError) as exc:
+    except OSError as exc:  # permission denied, an I/O error: the file, not its content
+        if exc.errno is None:
+            raise DataError(f"{path} is not a readable .npy array ({exc})"[:300],
+                            "save the features with numpy.save") from exc
+        raise file_error(exc, "read", path) from None
+    except (ValueError, EOFError) as exc:
         raise DataError(f"{path} is not a readable .npy or .safetensors array ({exc})"[:300],
                         "save the features with numpy.save (no pickled objects)") from exc
     except Exception as exc:  # safetensors raises its own error types for damaged files
