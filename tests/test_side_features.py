@@ -433,6 +433,7 @@ def test_predict_refuses_features_that_do_not_fit(feature_runs, tmp_path, cli):
         ((best, texts, "--features", _save(tmp_path / "nan.npy", np.where(
             np.arange(60)[:, None] == 41, np.nan, rows))), ["row 42 (document 42) holds nan"]),
         ((best, texts, "--features", tmp_path / "missing.npy"), ["does not exist"]),
+        ((best, texts, "--features", "-"), ["cannot read standard input", "save the features"]),
     ]
     for args, fragments in cases:
         out = tmp_path / "out.txt"

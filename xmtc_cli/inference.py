@@ -166,6 +166,9 @@ class Predictor:
         if not self.feature_size:
             raise UsageError(f"{checkpoint} was trained without side features, so --features "
                              f"{path} cannot be used", "leave out --features")
+        if str(path) == "-":  # rows are read by position, a batch at a time: a file, not a pipe
+            raise UsageError("--features cannot read standard input (-)",
+                             "save the features to a .npy file and pass its path")
         return open_features(path, width=self.feature_size)
 
 
