@@ -1741,7 +1741,8 @@ _file_slot("features predict --features",
 
 @case("features predict: --features - (stdin is no file)", "features")
 def _(d):
-    return [predict(FX.ckpt_feat, FX.docs, "--features", "-", stdin=b"")]
+    return [predict(FX.ckpt_feat, FX.docs, "--features", "-", stdin=b"", expect=(2,),
+                    check=err_has("cannot read standard input"))]
 
 
 # predict: rows and lines must agree, as DOCS streams in
