@@ -360,7 +360,8 @@ def feature_runs(tmp_path_factory) -> FeatureRuns:
 
 def test_features_that_carry_the_labels_are_learnt(feature_runs):
     """The texts carry no label signal, the features all of it: with them validation micro-F1
-    must be far above what the texts alone give (measured: 0.87 against 0.16)."""
+    must be far above what the texts alone give (measured: 0.92 against 0.16 at the best
+    epoch; 0.87 before the features also entered s_0)."""
     with_, without = max(feature_runs.valid["with"]), max(feature_runs.valid["without"])
     assert with_ > without + 0.30, feature_runs.valid
     assert with_ > 0.6, feature_runs.valid
