@@ -130,15 +130,27 @@ def test_a_label_id_outside_the_names_file_names_file_line_and_names_file(tmp_pa
 def test_label_names_are_tab_separated(tmp_path):
     path = write(tmp_path / "label_names.txt",
                  "money-fx\tMoney/Foreign  Exchange\r\n\nacq\tMergers\tand more\ngold\t\n")
-    assert read_label_names(path, "utf-8", {}) == {
-        "money-fx": "Money/Foreign Exchange", "acq": "Mergers and more", "gold": "gold"
+    warnings = []
+    assert read_label_names(path, "utf-8", {}, warnings) == {
+        "money-fx": ("Money/Foreign Exchange", 1), "acq": ("Mergers and more", 3),
+        "gold": ("gold", 4),
     }
+    assert warnings == []
+
+
+def test_a_label_named_twice_keeps_its_first_name_with_a_warning(tmp_path):
+    path = write(tmp_path / "label_names.txt", "acq\tMergers\ngold\tGold\nacq\tOther\n")
+    warnings = []
+    assert read_label_names(path, "utf-8", {}, warnings)["acq"] == ("Mergers", 1)
+    assert warnings == [f"{path}: 1 line names a label again; the first name counts "
+                        "('acq' on line 3, first on line 1)"]
 
 
 def test_a_label_names_line_without_a_tab_is_an_error_at_its_line(tmp_path):
     path = write(tmp_path / "label_names.txt", "acq\tMergers\nmoney-fx Money\n")
-    with pytest.raises(DataError, match=r"label_names.txt:2: expected `label<TAB>name`"):
-        read_label_names(path, "utf-8", {})
+    with pytest.raises(DataError, match=r"label_names.txt:2: expected `label<TAB>readable "
+                       r"name`, found 'money-fx Money' \(no tab\)"):
+        read_label_names(path, "utf-8", {}, [])
 
 
 def make_layout(folder: Path, *names: str) -> None:

@@ -70,7 +70,9 @@ from xmtc_cli.data.readers import (
     check_encoding,
     iter_lines,
     locate,
+    quote,
     read_label_ids,
+    read_label_names,
     read_labels,
 )
 from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
@@ -81,7 +83,7 @@ from xmtc_cli.data.vocab import (
     label_vocabulary,
     word_vocabulary,
 )
-from xmtc_cli.errors import DataError, at
+from xmtc_cli.errors import DataError
 
 RANDOM_LABEL_DIM = 100  # label embeddings without word vectors
 LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
@@ -605,7 +607,7 @@ def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
     if files.label_names is None:
         return list(labels)
     path = files.label_names
-    names = _read_label_names(path, encoding, checksums, warnings)
+    names = read_label_names(path, encoding, checksums, warnings)
     if names:
         known = set(labels)
         unused = [(label, line) for label, (_, line) in names.items() if label not in known]
@@ -619,55 +621,9 @@ def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
             label, line = unused[0]
             warnings.append(
                 f"{path}: {len(unused):,} of its {len(names):,} labels occur in no label file; "
-                f"their names are unused (the first: {_quote(label)} on line {line})"
+                f"their names are unused (the first: {quote(label)} on line {line})"
             )
     return [names[label][0] if label in names else label for label in labels]
-
-
-def _read_label_names(path: Path, encoding: str, checksums: dict[str, str],
-                      warnings: list[str]) -> dict[str, tuple[str, int]]:
-    """label -> (readable name, line) from `label<TAB>name` lines; blank lines are skipped.
-
-    A label named twice keeps its first name, with a warning. A line without a tab (a list of
-    names alone, or spaces for the tab) is an error: nothing says which label it names.
-    """
-    names: dict[str, tuple[str, int]] = {}
-    repeats: list[tuple[str, int]] = []
-    for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
-        if not text.strip():
-            continue
-        label, tab, name = text.rstrip("\r\n").partition("\t")
-        label = label.strip()
-        if not tab or not label or len(label.split()) > 1:
-            why = ("no tab" if not tab else "nothing before the tab" if not label
-                   else "spaces in the label")
-            raise DataError(
-                f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
-                f"{_quote(text.strip(), 60)} ({why})",
-                f"each line of {path.name} is one label as the label files write it, a tab, and "
-                "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
-                "labels without a line keep the label as their name",
-            )
-        if label in names:
-            repeats.append((label, lineno))
-            continue
-        names[label] = (" ".join(name.split()) or label, lineno)
-    if repeats:
-        label, line = repeats[0]
-        warnings.append(
-            f"{path}: {_lines(len(repeats))} a label again; the first name counts "
-            f"({_quote(label)} on line {line}, first on line {names[label][1]})"
-        )
-    return names
-
-
-def _lines(count: int) -> str:
-    return "1 line names" if count == 1 else f"{count:,} lines name"
-
-
-def _quote(value: str, limit: int = 40) -> str:
-    """`value` quoted for a message, cut to `limit` characters."""
-    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 # --- embeddings ------------------------------------------------------------------------------

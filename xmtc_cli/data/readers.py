@@ -166,17 +166,47 @@ def _label_by_id(token: str, id_names: tuple[Path, list[str]], path: Path, linen
     )
 
 
-def read_label_names(path: Path, encoding: str, checksums: dict[str, str]) -> dict[str, str]:
-    """Readable names from `label<TAB>name` lines (blank lines are skipped)."""
-    names = {}
+def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
+                      warnings: list[str]) -> dict[str, tuple[str, int]]:
+    """label -> (readable name, line) from `label<TAB>name` lines; blank lines are skipped.
+
+    A label named twice keeps its first name, with a warning. A line without a tab (a list of
+    names alone, or spaces for the tab) is an error: nothing says which label it names.
+    """
+    names: dict[str, tuple[str, int]] = {}
+    repeats: list[tuple[str, int]] = []
     for lineno, text in enumerate(iter_lines(path, encoding, checksums), 1):
         if not text.strip():
             continue
-        label, tab, name = text.partition("\t")
-        if not tab or not label.strip() or len(label.split()) > 1:
+        label, tab, name = text.rstrip("\r\n").partition("\t")
+        label = label.strip()
+        if not tab or not label or len(label.split()) > 1:
+            why = ("no tab" if not tab else "nothing before the tab" if not label
+                   else "spaces in the label")
             raise DataError(
-                f"{at(path, lineno)}: expected `label<TAB>name`, found {text.strip()[:60]!r}",
-                f"separate the label from its name with one tab character in {path.name}",
+                f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
+                f"{quote(text.strip(), 60)} ({why})",
+                f"each line of {path.name} is one label as the label files write it, a tab, and "
+                "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
+                "labels without a line keep the label as their name",
             )
-        names[label.strip()] = " ".join(name.split()) or label.strip()
+        if label in names:
+            repeats.append((label, lineno))
+            continue
+        names[label] = (" ".join(name.split()) or label, lineno)
+    if repeats:
+        label, line = repeats[0]
+        warnings.append(
+            f"{path}: {_lines(len(repeats))} a label again; the first name counts "
+            f"({quote(label)} on line {line}, first on line {names[label][1]})"
+        )
     return names
+
+
+def _lines(count: int) -> str:
+    return "1 line names" if count == 1 else f"{count:,} lines name"
+
+
+def quote(value: str, limit: int = 40) -> str:
+    """`value` quoted for a message, cut to `limit` characters."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
