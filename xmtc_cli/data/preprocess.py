@@ -32,7 +32,6 @@ Choices (see also docs/design.md §5, §9):
 
 from __future__ import annotations
 
-import hashlib
 import time
 from array import array
 from collections.abc import Callable
@@ -68,6 +67,7 @@ from xmtc_cli.data.readers import (
     CorpusFiles,
     Layout,
     check_encoding,
+    file_sha256,
     iter_lines,
     locate,
     quote,
@@ -488,11 +488,7 @@ def _read_side_features(path: Path, documents: int, width: int | None,
     if width is not None and rows.shape[1] != width:
         raise DataError(f"{path} has features of width {rows.shape[1]}, the training split's "
                         f"have {width}", "compute every split's features the same way")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    checksums[path.name] = digest.hexdigest()
+    checksums[path.name] = file_sha256(path)
     return rows
 
 

@@ -110,6 +110,15 @@ def open_checksummed(path: Path) -> tuple[io.BufferedReader, ChecksumReader]:
     return io.BufferedReader(reader, buffer_size=1 << 20), reader
 
 
+def file_sha256(path: Path) -> str:
+    """The sha256 of a whole file, read through the same checksummed stream as the corpus."""
+    stream, reader = open_checksummed(path)
+    with stream:
+        while stream.read(1 << 20):
+            pass
+    return reader.sha256.hexdigest()
+
+
 def iter_lines(path: Path, encoding: str, checksums: dict[str, str]) -> Iterator[str]:
     """Yield the lines of `path` without their line ends; once all are read, record its sha256
     in `checksums`."""
