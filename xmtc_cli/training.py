@@ -297,9 +297,7 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
     """Every process must train the same recipe on the same data (each node reads its own)."""
     if not group.active:
         return
-    train = data.splits["train"]
-    mine = (recipe.to_dict(), len(train), int(train.token_ids.sum()), data.num_labels,
-            len(data.tokens), data.feature_size)
+    mine = (recipe.to_dict(), data_fingerprint(data))  # "the same data" as --resume means it
     differing = [r for r, theirs in enumerate(group.all_gather_object(mine)) if theirs != mine]
     if differing:
         raise XmtcError(
