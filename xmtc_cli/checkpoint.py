@@ -167,9 +167,10 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
     Checks, in order: the type of every field; the sizes (vocab_size == len(tokens),
     num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= max_steps <=
     MAX_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older than
-    side features); the tokenizer settings; the recipe (it must validate); and that the tensors are
-    exactly the model that recipe and sizes describe: the same names and shapes (so the token
-    embedding has vocab_size rows and the output layer num_labels + 3), all float32.
+    side features); the tokenizer settings; the recipe (it must validate); the lexical index
+    where the recipe has one (`_check_lexical`); and that the other tensors are exactly the
+    model that recipe and sizes describe: the same names and shapes (so the token embedding has
+    vocab_size rows and the output layer num_labels + 3), all float32.
     """
     def refuse(problem: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} {problem}", _RETRAIN)
@@ -206,7 +207,34 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
         recipe = recipe_from_dict(meta.recipe, source="its recipe")
     except ConfigError as exc:
         raise refuse(f"holds a recipe that does not validate: {exc.message}") from None
-    _check_tensors(recipe, sizes, tensors, refuse)
+    _check_lexical(recipe, sizes, meta.extra, tensors, refuse)
+    _check_tensors(recipe, sizes, {n: s for n, s in tensors.items() if not _is_lexical(n)},
+                   refuse)
+
+
+def _is_lexical(name: str) -> bool:
+    from xmtc_cli.lexical import PREFIX
+
+    return name.startswith(PREFIX)
+
+
+def _check_lexical(recipe: Any, sizes: Any, extra: dict[str, Any],
+                   tensors: Mapping[str, TensorSpec], refuse) -> None:
+    """The lexical index (lexical.* tensors) and its fusion weight (extra.lexical_weight) are
+    there exactly when the recipe's model.lexical is on, with the shapes of an index over the
+    model's vocabulary (`xmtc_cli.lexical.spec_problem`); its values are checked on loading."""
+    from xmtc_cli.lexical import spec_problem
+
+    wanted = recipe.model.lexical != "none"
+    problem = spec_problem({n: s for n, s in tensors.items() if _is_lexical(n)},
+                           sizes.vocab_size, wanted)
+    if problem:
+        raise refuse(problem)
+    weight = extra.get("lexical_weight", 0.0)
+    if (wanted and (isinstance(weight, bool) or not isinstance(weight, (int, float))
+                    or not math.isfinite(weight) or weight < 0)):
+        raise refuse(f"has damaged metadata: extra.lexical_weight is {_short_json(weight)}, not "
+                     "a number >= 0")
 
 
 def _check_sizes(raw: dict[str, Any], refuse) -> Any:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
@@ -16,8 +17,10 @@ from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import UNK_ID, Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.device import autocast, resolve_device
-from xmtc_cli.errors import DataError, UsageError
+from xmtc_cli.errors import CheckpointError, DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
+from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
+from xmtc_cli.lexical import KnnIndex, prior_bonus
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 
 
@@ -48,9 +51,11 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 max_src_tokens: int, device: torch.device, amp: bool = True,
-                features: np.ndarray | None = None) -> list[Prediction]:
+                features: np.ndarray | None = None, prior: sp.csr_matrix | None = None,
+                weight: float = 0.0) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
-    float32 [len(docs), D] for a model that reads them.
+    float32 [len(docs), D] for a model that reads them, and their lexical label scores
+    [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone).
 
     Without side features a document with no tokens gets the empty set: there is nothing to
     read labels from, and the model would otherwise answer with whatever its decoder favours
@@ -62,9 +67,13 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
     if filled:
         src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
         rows = feature_rows(features, filled)
+        bonus = None
+        if prior is not None and weight:
+            bonus = prior_bonus(prior[filled], weight, model.label_embedding.num_embeddings,
+                                device)  # (B, V)
         with autocast(device, amp):
             labels, scores = model.generate(  # lengths stay on the host
-                src.to(device), lengths, None if rows is None else rows.to(device))
+                src.to(device), lengths, None if rows is None else rows.to(device), bonus)
         for i, pred in zip(filled, decode(labels, scores)):
             out[i] = pred
     return out
@@ -72,8 +81,10 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
                   device: torch.device, amp: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Predicted corpus label ids, in generation order, for every document of a split.
+                  progress: Callable[[int, int], None] | None = None,
+                  prior: sp.csr_matrix | None = None, weight: float = 0.0) -> list[list[int]]:
+    """Predicted corpus label ids, in generation order, for every document of a split, fused
+    with the lexical label scores `prior` [docs, L] with `weight` (`predict_ids`).
 
     `progress(done, total)` is called after every batch with the documents done so far.
     """
@@ -85,7 +96,7 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
         idx = order[start : start + batch_size]
         rows = None if split.features is None else split.features[idx]
         preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp,
-                            rows)
+                            rows, None if prior is None else prior[idx], weight)
         for i, p in zip(idx, preds):
             result[i] = p.labels
         if progress is not None:
@@ -115,8 +126,11 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 class Predictor:
     """A trained model with everything needed to label raw text, loaded from one checkpoint."""
 
-    def __init__(self, model: Seq2SetModel, meta: CheckpointMeta, device: torch.device):
+    def __init__(self, model: Seq2SetModel, meta: CheckpointMeta, device: torch.device,
+                 lexical: KnnIndex | None = None):
         self.model = model.eval()
+        self.lexical = lexical
+        """The lexical scorer the model fuses its choices with (model.lexical), or None."""
         self.meta = meta
         self.device = device
         self.recipe = recipe_from_dict(meta.recipe, source="checkpoint recipe")
@@ -133,10 +147,33 @@ class Predictor:
         # become its parameters (assign=True): loading holds one copy of the weights, not a
         # random model's as well. Safe because the model ties no weights and has no buffers
         # outside its state dict (tests/test_output_layer.py checks both).
+        sizes = ModelSizes(**meta.sizes)
         with on_meta_device():
-            model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
+            model = build_model(recipe.model, recipe.loss, sizes)
+        lexical_tensors = {k: state.pop(k) for k in list(state) if k.startswith(LEXICAL_PREFIX)}
         model.load_state_dict(state, assign=True)
-        return cls(model.to(dev), meta, dev)
+        lexical = None
+        if recipe.model.lexical == "knn":  # read_meta checked the names, dtypes and shapes
+            try:
+                lexical = KnnIndex.from_tensors(lexical_tensors, recipe.model.lexical_k,
+                                                recipe.model.lexical_power
+                                                ).with_num_labels(sizes.num_labels)
+            except ValueError as exc:
+                raise CheckpointError(f"checkpoint {path} holds a damaged lexical index: {exc}",
+                                      "copy the file again, or re-train it with `xmtc train`"
+                                      ) from None
+        return cls(model.to(dev), meta, dev, lexical)
+
+    @property
+    def lexical_weight(self) -> float:
+        """The weight the lexical scores join each step's choice with (0: the decoder alone)."""
+        return float(self.meta.extra.get("lexical_weight", 0.0)) if self.lexical else 0.0
+
+    def lexical_scores(self, docs: Sequence[np.ndarray]) -> sp.csr_matrix | None:
+        """The lexical label scores [len(docs), L] of token-id arrays, where they count."""
+        if self.lexical is None or not self.lexical_weight:
+            return None
+        return self.lexical.scores_of_docs(docs)
 
     @property
     def feature_size(self) -> int:
@@ -149,7 +186,8 @@ class Predictor:
         features float32 [len(texts), D] for a model trained with them."""
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
-                           self.recipe.train.amp, features)
+                           self.recipe.train.amp, features, self.lexical_scores(docs),
+                           self.lexical_weight)
 
     def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
         """The side-features file `path` (None: none given) opened for `label_lines`, refused
