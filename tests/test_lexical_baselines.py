@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from lexical_baselines import (
@@ -89,3 +91,35 @@ def test_frequency_groups_cover_every_count_once():
     assert [bucket_of(n, tibkat) for n in (0, 1, 2, 5, 6, 20, 21, 10_000)] == \
         [0, 1, 2, 2, 3, 3, 4, 4]
     assert bucket_names(BUCKETS) == ["0", "1-5", "6-20", "21-100", ">100"]
+
+
+def test_attaching_the_lexical_scorer_to_a_trained_decoder_equals_training_with_it(
+        tiny_data, tmp_path, single_thread):
+    """The oracle: `xmtc train` with model.lexical=knn. One epoch, so that both runs keep the
+    same epoch; the scorer does not change training, so the weights must agree bit for bit."""
+    from bench_tail import attach_lexical
+    from conftest import run_cli, write_recipe
+
+    from xmtc_cli.checkpoint import load_checkpoint
+
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1)
+    switch = ["model.lexical=knn", "model.lexical_k=5"]
+    for name, extra in (("plain", []), ("fused", switch)):
+        result = run_cli("train", recipe, *extra, "--out", tmp_path / name, "--device", "cpu")
+        assert result.code == 0, result.err
+    valid = attach_lexical(tmp_path / "plain" / "model.safetensors", tiny_data.processed,
+                           switch, tmp_path / "attached" / "model.safetensors")
+
+    want, want_meta = load_checkpoint(tmp_path / "fused" / "model.safetensors")
+    got, got_meta = load_checkpoint(tmp_path / "attached" / "model.safetensors")
+    assert sorted(got) == sorted(want) and any(k.startswith("lexical.") for k in got)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert got_meta.recipe == want_meta.recipe
+    assert got_meta.extra["lexical_weight"] == want_meta.extra["lexical_weight"]
+    assert valid["micro_f1"] == pytest.approx(want_meta.extra["valid"]["micro_f1"])
+    # and `xmtc predict` reads it as it reads the trained one
+    texts = tiny_data.raw / "test_texts.txt"
+    outs = [run_cli("predict", tmp_path / name / "model.safetensors", texts, "--device", "cpu")
+            for name in ("fused", "attached")]
+    assert outs[0].code == 0 and outs[0].out == outs[1].out
