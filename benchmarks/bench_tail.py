@@ -370,10 +370,11 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
     from xmtc_cli.checkpoint import load_checkpoint, save_checkpoint
     from xmtc_cli.config import recipe_from_dict
     from xmtc_cli.evaluation import evaluate_split, lexical_prior
-    from xmtc_cli.lexical import KnnIndex
+    from xmtc_cli.lexical import PREFIX, KnnIndex
     from xmtc_cli.model import ModelSizes, build_model
 
     state, meta = load_checkpoint(checkpoint)
+    state = {k: v for k, v in state.items() if not k.startswith(PREFIX)}  # an earlier index
     recipe = recipe_from_dict(meta.recipe, list(overrides), source=f"{checkpoint} (its recipe)")
     if recipe.model.lexical == "none":
         sys.exit(f"error: {' '.join(overrides)} turns no lexical scorer on")
@@ -384,8 +385,11 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
     model = build_model(recipe.model, recipe.loss, sizes)
     model.load_state_dict(state)
     model.eval()
+    # As training builds it (xmtc_cli/training.py), with the scorer's options this tree has.
+    options = {"max_df": recipe.model.lexical_max_df} if hasattr(recipe.model,
+                                                                 "lexical_max_df") else {}
     index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels,
-                           recipe.model.lexical_k, recipe.model.lexical_power)
+                           recipe.model.lexical_k, recipe.model.lexical_power, **options)
     prior = lexical_prior(index, data.splits["valid"])
     valid = evaluate_split(model, data, "valid", recipe, torch.device("cpu"), prior=prior)
     weights = recipe.model.lexical_weights
@@ -971,7 +975,7 @@ def main() -> None:
             continue
         if opts.table:
             continue
-        head, *overrides = spec.split(",")
+        head, *overrides = re.split(r",(?![^\[]*\])", spec)  # not inside [a,b]: a list
         method, _, embeddings = head.partition(":")
         try:
             if spec == "svm":
