@@ -23,6 +23,7 @@ V = L + NUM_SPECIALS decoder outputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -152,13 +153,19 @@ class KnnIndex:
     def num_labels(self) -> int:
         return self.labels.shape[1]
 
+    @functools.cached_property
+    def postings(self) -> sp.csr_matrix:
+        """CSR float32 [W, N]: the training rows transposed, for query products, made once
+        (scipy would transpose the whole index for every batch)."""
+        return self.docs.T.tocsr()
+
     def scores(self, queries: sp.csr_matrix) -> sp.csr_matrix:
         """CSR float32 [B, L]: q(y) of every label for TF-IDF rows `queries` [B, W]; labels of
         no neighbour are left out (q = 0). A query with no similar document scores nothing."""
         n = self.docs.shape[0]
         k = min(self.k, n)
         step = max(1, _QUERY_CELLS // max(n, 1))
-        docs_t = self.docs.T.tocsr()  # (W, N)
+        docs_t = self.postings  # (W, N)
         parts = []
         for start in range(0, queries.shape[0], step):
             q = queries[start : start + step]
