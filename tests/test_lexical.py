@@ -33,7 +33,7 @@ def corpus(seed: int, docs: int, vocab: int, labels: int) -> Split:
     return Split.from_lists(tokens, sets)
 
 
-def oracle_tfidf(split: Split, idf_split: Split, vocab: int) -> np.ndarray:
+def oracle_tfidf(split: Split, idf_split: Split, vocab: int, max_df: float = 1.0) -> np.ndarray:
     """Dense [docs, W] TF-IDF computed one document and one token at a time, in float64."""
     n = len(idf_split)
     df = np.zeros(vocab)
@@ -43,7 +43,7 @@ def oracle_tfidf(split: Split, idf_split: Split, vocab: int) -> np.ndarray:
     out = np.zeros((len(split), vocab))
     for i in range(len(split)):
         for t in split.tokens(i).tolist():
-            if t in (PAD_ID, UNK_ID):
+            if t in (PAD_ID, UNK_ID) or df[t] > max_df * n:
                 continue
             tf = int((split.tokens(i) == t).sum())
             out[i, t] = (1 + math.log(tf)) * (math.log((1 + n) / (1 + df[t])) + 1)
@@ -68,13 +68,16 @@ def oracle_scores(queries: np.ndarray, docs: np.ndarray, labels: Split, num_labe
     return out
 
 
-def test_tfidf_matches_a_per_token_oracle():
+@pytest.mark.parametrize("max_df", [1.0, 0.15])
+def test_tfidf_matches_a_per_token_oracle(max_df):
     train, test = corpus(0, 60, 25, 7), corpus(1, 20, 25, 7)
-    idf = inverse_document_frequencies(train, 25)
+    idf = inverse_document_frequencies(train, 25, max_df)
     assert idf[PAD_ID] == idf[UNK_ID] == 0
+    assert (idf == 0).sum() > 2 if max_df < 1 else (idf == 0).sum() == 2  # stop words dropped
     for split in (train, test):
         got = tfidf(split.token_ids, split.token_offsets, idf).toarray()
-        np.testing.assert_allclose(got, oracle_tfidf(split, train, 25), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, oracle_tfidf(split, train, 25, max_df), rtol=1e-5,
+                                   atol=1e-6)
         norms = np.linalg.norm(got, axis=1)
         assert np.all((np.abs(norms - 1) < 1e-5) | (norms == 0))
 

@@ -75,6 +75,9 @@ class ModelConfig:
     """Neighbours (training documents) of the kNN scorer."""
     lexical_power: float = 2.0
     """Exponent p of the neighbour weights similarity^p."""
+    lexical_max_df: float = 0.2
+    """Tokens in more than this share of the training documents weigh 0 in the TF-IDF vectors
+    (stop words); 1: every token counts."""
     lexical_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     """Fusion weights tried on the validation split at every epoch; the best by micro-F1 goes
     into the checkpoint. One value: that weight, no search (and no validation split needed).
@@ -520,6 +523,8 @@ def _check(r: Recipe) -> list[str]:
             p.append(f"{key} must be > 0, not {_short(value)}")
     if not r.model.lexical_weights or any(w < 0 for w in r.model.lexical_weights):
         p.append("model.lexical_weights must be a non-empty list of numbers >= 0")
+    if not 0 < r.model.lexical_max_df <= 1:
+        p.append(f"model.lexical_max_df must be in (0, 1], not {_short(r.model.lexical_max_df)}")
     if r.model.lexical_power <= 0:
         p.append(f"model.lexical_power must be > 0, not {_short(r.model.lexical_power)}")
     if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:

@@ -54,12 +54,16 @@ def document_frequencies(token_ids: np.ndarray, token_offsets: np.ndarray,
     return np.bincount(counts.indices, minlength=vocab_size).astype(np.int64)
 
 
-def inverse_document_frequencies(train: Split, vocab_size: int) -> np.ndarray:
+def inverse_document_frequencies(train: Split, vocab_size: int,
+                                 max_df: float = 1.0) -> np.ndarray:
     """float32 [W]: smoothed idf ln((1 + n) / (1 + df)) + 1 over the training documents; 0 for
-    <pad> and <unk>, which say nothing about a document's subject."""
+    <pad> and <unk>, which say nothing about a document's subject, and for tokens in more than
+    `max_df` of the training documents (stop words: their long postings are most of a cosine
+    search's work, and their low idf adds little to it)."""
     df = document_frequencies(train.token_ids, train.token_offsets, vocab_size)
     idf = (np.log((1.0 + len(train)) / (1.0 + df)) + 1.0).astype(np.float32)
     idf[[PAD_ID, UNK_ID]] = 0.0
+    idf[df > max_df * len(train)] = 0.0
     return idf
 
 
@@ -144,8 +148,8 @@ class KnnIndex:
 
     @classmethod
     def build(cls, train: Split, vocab_size: int, num_labels: int, k: int,
-              power: float) -> KnnIndex:
-        idf = inverse_document_frequencies(train, vocab_size)
+              power: float, max_df: float = 1.0) -> KnnIndex:
+        idf = inverse_document_frequencies(train, vocab_size, max_df)
         return cls(idf, tfidf(train.token_ids, train.token_offsets, idf),
                    label_matrix(train, num_labels), k, power)
 

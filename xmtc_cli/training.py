@@ -498,7 +498,8 @@ class _Epochs:
             return None, None
         if self.lexical is None:
             index = KnnIndex.build(self.data.splits["train"], len(self.data.tokens),
-                                   self.data.num_labels, model.lexical_k, model.lexical_power)
+                                   self.data.num_labels, model.lexical_k, model.lexical_power,
+                                   model.lexical_max_df)
             valid = self.data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
