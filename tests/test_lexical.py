@@ -176,7 +176,7 @@ def test_prior_bonus_is_the_weighted_log_prior_above_its_floor():
     np.testing.assert_allclose(bonus.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-def oracle_choices(logits: np.ndarray, bonus: np.ndarray) -> list[list[int]]:
+def oracle_choices(logits: np.ndarray, bonus: np.ndarray, gate: bool) -> list[list[int]]:
     """The fused outputs of every step (logits [S, B, V]), one document at a time, by the rule
     the module docstring states."""
     steps, batch, outputs = logits.shape
@@ -185,17 +185,20 @@ def oracle_choices(logits: np.ndarray, bonus: np.ndarray) -> list[list[int]]:
         emitted: set[int] = set()
         for t in range(steps):
             own = int(np.argmax(logits[t, b]))
-            if own < NUM_SPECIALS or own in emitted:
+            if own in emitted or (own < NUM_SPECIALS and not gate):
                 out[b].append(own)
                 continue
-            candidates = [y for y in range(NUM_SPECIALS, outputs) if y not in emitted]
+            first = 0 if gate else NUM_SPECIALS
+            candidates = [y for y in range(first, outputs) if y not in emitted]
             best = max(candidates, key=lambda y: (logits[t, b, y] + bonus[b, y], -y))
-            emitted.add(best)
+            if best >= NUM_SPECIALS:
+                emitted.add(best)
             out[b].append(best)
     return out
 
 
-def test_fused_choice_matches_a_per_document_oracle():
+@pytest.mark.parametrize("gate", [False, True])
+def test_fused_choice_matches_a_per_document_oracle(gate):
     rng = np.random.default_rng(11)
     steps, batch, outputs = 6, 8, 9
     logits = rng.normal(size=(steps, batch, outputs)).astype(np.float32)
@@ -205,21 +208,28 @@ def test_fused_choice_matches_a_per_document_oracle():
                      rng.random((batch, outputs)) * 3, 0).astype(np.float32)
     bonus[:, :NUM_SPECIALS] = 0
     emitted = torch.zeros(batch, outputs, dtype=torch.bool)
-    got = [fused_choice(torch.from_numpy(logits[t]), torch.from_numpy(bonus), emitted).tolist()
-           for t in range(steps)]
-    expected = oracle_choices(logits, bonus)
+    got = [fused_choice(torch.from_numpy(logits[t]), torch.from_numpy(bonus), emitted,
+                        gate).tolist() for t in range(steps)]
+    expected = oracle_choices(logits, bonus, gate)
     assert [[got[t][b] for t in range(steps)] for b in range(batch)] == expected
     corpus_labels = [{y for y in row if y >= NUM_SPECIALS} for row in expected]
     assert [set(torch.nonzero(emitted[b]).ravel().tolist()) for b in range(batch)] == corpus_labels
 
 
-def test_weight_zero_is_the_decoders_own_choice():
+@pytest.mark.parametrize("gate", [False, True])
+def test_weight_zero_is_the_decoders_own_choice(gate):
     rng = np.random.default_rng(12)
     logits = torch.from_numpy(rng.normal(size=(16, 12)).astype(np.float32))
     own = logits.argmax(dim=-1)
-    got = fused_choice(logits, torch.zeros(16, 12), torch.zeros(16, 12, dtype=torch.bool))
+    got = fused_choice(logits, torch.zeros(16, 12), torch.zeros(16, 12, dtype=torch.bool), gate)
     assert torch.equal(got, own)
-    # A special or EOS stays what the decoder chose, whatever the prior says.
+    # The end stays the decoder's choice whatever the prior says, unless the prior outbids it
+    # and the gate is fused.
     logits[:, EOS] = 100
-    got = fused_choice(logits, torch.full((16, 12), 50.0), torch.zeros(16, 12, dtype=torch.bool))
+    bonus = torch.zeros(16, 12)
+    bonus[:, NUM_SPECIALS:] = 50.0
+    got = fused_choice(logits, bonus, torch.zeros(16, 12, dtype=torch.bool), gate)
     assert bool((got == EOS).all())
+    bonus[:, NUM_SPECIALS:] = 200.0
+    got = fused_choice(logits, bonus, torch.zeros(16, 12, dtype=torch.bool), gate)
+    assert bool((got >= NUM_SPECIALS).all()) if gate else bool((got == EOS).all())

@@ -44,7 +44,7 @@ def small_model(masked: bool, cross_entropy: bool = False):
     return model.eval()
 
 
-def oracle_decode(model, src, lengths, bonus) -> list[list[int]]:
+def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
     """Each document alone, each step recomputed from scratch with the choices so far fed in
     (teacher forcing of the prefix), and the fusion rule applied in plain Python."""
     out = []
@@ -58,20 +58,22 @@ def oracle_decode(model, src, lengths, bonus) -> list[list[int]]:
             if model.masked_softmax:
                 logits = logits.masked_fill(step.used[0], torch.finfo(logits.dtype).min)
             own = int(logits.argmax())
-            if own < NUM_SPECIALS or own in emitted:
+            if own in emitted or (own < NUM_SPECIALS and not gate):
                 choices.append(own)
                 continue
+            first = 0 if gate else NUM_SPECIALS
             fused = {y: float(logits[y]) + float(bonus[b, y])
-                     for y in range(NUM_SPECIALS, logits.numel()) if y not in emitted}
+                     for y in range(first, logits.numel()) if y not in emitted}
             best = max(fused, key=lambda y: (fused[y], -y))
-            emitted.add(best)
+            if best >= NUM_SPECIALS:
+                emitted.add(best)
             choices.append(best)
         out.append(choices)
     return out
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked):
+@pytest.mark.parametrize(("masked", "gate"), [(False, False), (True, False), (False, True)])
+def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked, gate):
     model = small_model(masked)
     gen = torch.Generator().manual_seed(1)
     src = torch.randint(2, 30, (6, 9), generator=gen)
@@ -79,8 +81,8 @@ def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked):
     bonus = torch.rand(6, 15, generator=gen) * 4 * (torch.rand(6, 15, generator=gen) < 0.5)
     bonus[:, :NUM_SPECIALS] = 0
     with torch.no_grad():
-        labels, _ = model.generate(src, lengths, bonus=bonus)
-        expected = oracle_decode(model, src, lengths, bonus)
+        labels, _ = model.generate(src, lengths, bonus=bonus, gate=gate)
+        expected = oracle_decode(model, src, lengths, bonus, gate)
     assert labels.tolist() == expected
     plain, _ = model.generate(src, lengths)
     assert not torch.equal(plain, labels)  # the prior changed some choices: the test has teeth

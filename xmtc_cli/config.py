@@ -71,6 +71,10 @@ class ModelConfig:
     §11): `none` (the paper), or `knn`, TF-IDF kNN label propagation over the training
     documents, whose scores join each decoding step's choice of label with the weight chosen
     on validation from `lexical_weights`. The decoder still decides how many labels."""
+    lexical_gate: Literal["decoder", "fused"] = "decoder"
+    """Who decides whether a decoding step emits a label: `decoder`, its own arg-max (the
+    lexical scores only choose which label), or `fused`, the arg-max of logits + lexical bonus
+    over ∅, the end and the labels, so that a label the neighbours vouch for can outbid ∅."""
     lexical_k: int = 20
     """Neighbours (training documents) of the kNN scorer."""
     lexical_power: float = 2.0

@@ -49,7 +49,8 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
             lambda k, n: progress(done * n + k, len(weights) * n))
         predicted = predict_split(model, part, recipe.data.max_src_tokens,
                                   recipe.train.eval_batch_size, device, amp=recipe.train.amp,
-                                  progress=shown, prior=prior, weight=weight)
+                                  progress=shown, prior=prior, weight=weight,
+                                  gate=recipe.model.lexical_gate == "fused")
         return score_label_sets(predicted, gold, inv_propensity=inv)
 
     if prior is None:
@@ -183,7 +184,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         [predictor.labels[k] for k in labels]
         for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
                                     batch_size, predictor.device, recipe.train.amp,
-                                    prior=prior, weight=predictor.lexical_weight)
+                                    prior=prior, weight=predictor.lexical_weight,
+                                    gate=recipe.model.lexical_gate == "fused")
     ]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
     metrics = score_label_sets(predicted, gold, inv_propensity=inv)

@@ -52,10 +52,11 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 max_src_tokens: int, device: torch.device, amp: bool = True,
                 features: np.ndarray | None = None, prior: sp.csr_matrix | None = None,
-                weight: float = 0.0) -> list[Prediction]:
+                weight: float = 0.0, gate: bool = False) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
     float32 [len(docs), D] for a model that reads them, and their lexical label scores
-    [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone).
+    [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone), and
+    with `gate` into the choice of whether a label comes too (`lexical.fused_choice`).
 
     Without side features a document with no tokens gets the empty set: there is nothing to
     read labels from, and the model would otherwise answer with whatever its decoder favours
@@ -73,7 +74,7 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                                 device)  # (B, V)
         with autocast(device, amp):
             labels, scores = model.generate(  # lengths stay on the host
-                src.to(device), lengths, None if rows is None else rows.to(device), bonus)
+                src.to(device), lengths, None if rows is None else rows.to(device), bonus, gate)
         for i, pred in zip(filled, decode(labels, scores)):
             out[i] = pred
     return out
@@ -82,7 +83,8 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
                   device: torch.device, amp: bool = True,
                   progress: Callable[[int, int], None] | None = None,
-                  prior: sp.csr_matrix | None = None, weight: float = 0.0) -> list[list[int]]:
+                  prior: sp.csr_matrix | None = None, weight: float = 0.0,
+                  gate: bool = False) -> list[list[int]]:
     """Predicted corpus label ids, in generation order, for every document of a split, fused
     with the lexical label scores `prior` [docs, L] with `weight` (`predict_ids`).
 
@@ -96,7 +98,7 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
         idx = order[start : start + batch_size]
         rows = None if split.features is None else split.features[idx]
         preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp,
-                            rows, None if prior is None else prior[idx], weight)
+                            rows, None if prior is None else prior[idx], weight, gate)
         for i, p in zip(idx, preds):
             result[i] = p.labels
         if progress is not None:
@@ -187,7 +189,7 @@ class Predictor:
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
                            self.recipe.train.amp, features, self.lexical_scores(docs),
-                           self.lexical_weight)
+                           self.lexical_weight, self.recipe.model.lexical_gate == "fused")
 
     def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
         """The side-features file `path` (None: none given) opened for `label_lines`, refused

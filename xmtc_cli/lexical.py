@@ -283,22 +283,31 @@ def prior_bonus(scores: sp.csr_matrix, weight: float, num_outputs: int,
     return bonus.to(device)
 
 
-def fused_choice(logits: torch.Tensor, bonus: torch.Tensor,
-                 emitted: torch.Tensor) -> torch.Tensor:
+def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tensor,
+                 gate: bool = False) -> torch.Tensor:
     """The output each document takes at one decoding step, and `emitted` updated in place.
 
     logits [B, V] (masked as the model masks them), bonus [B, V] (`prior_bonus`), emitted
-    [B, V] bool: the labels this decode has emitted so far. The decoder's own arg-max decides
-    whether a label comes (a corpus label not emitted yet) or not (a special, or a repeat, which
-    adds nothing to the set); when one comes it is the best not-yet-emitted corpus label of
-    logits + bonus.
+    [B, V] bool: the labels this decode has emitted so far. Without `gate` the decoder's own
+    arg-max decides whether a label comes (a corpus label not emitted yet) or not (a special,
+    or a repeat, which adds nothing to the set); when one comes it is the best not-yet-emitted
+    corpus label of logits + bonus. With `gate` (model.lexical_gate=fused) a repeat still adds
+    nothing, and otherwise the step takes the best of logits + bonus over the specials (bonus
+    0) and the labels not yet emitted: a label the neighbours vouch for can outbid ∅.
     """
     own = logits.argmax(dim=-1)  # (B,)
-    comes = (own >= NUM_SPECIALS) & ~emitted.gather(1, own.unsqueeze(1)).squeeze(1)  # (B,)
+    repeat = (own >= NUM_SPECIALS) & emitted.gather(1, own.unsqueeze(1)).squeeze(1)  # (B,)
     fused = logits.float() + bonus  # (B, V)
-    fused[:, :NUM_SPECIALS] = -math.inf
+    if not gate:
+        fused[:, :NUM_SPECIALS] = -math.inf
     fused = fused.masked_fill(emitted, -math.inf)
-    choice = torch.where(comes, fused.argmax(dim=-1), own)  # (B,)
+    best = fused.argmax(dim=-1)  # (B,)
+    if gate:
+        comes = ~repeat & (best >= NUM_SPECIALS)
+        choice = torch.where(repeat, own, best)
+    else:
+        comes = (own >= NUM_SPECIALS) & ~repeat
+        choice = torch.where(comes, best, own)  # (B,)
     rows = torch.arange(choice.size(0), device=choice.device)
     emitted[rows, choice] = emitted[rows, choice] | comes
     return choice
