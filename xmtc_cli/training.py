@@ -31,7 +31,8 @@ from xmtc_cli import distributed
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import Recipe, TrainConfig
 from xmtc_cli.data.batching import Batch, Batcher, frequency_rank
-from xmtc_cli.data.processed import ProcessedData, data_fingerprint, load_data
+from xmtc_cli.data.builtin import load_data
+from xmtc_cli.data.processed import ProcessedData, data_fingerprint
 from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError

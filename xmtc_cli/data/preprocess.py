@@ -54,8 +54,6 @@ from xmtc_cli.data.catalog import (
 )
 from xmtc_cli.data.features import features_file, read_features
 from xmtc_cli.data.processed import (
-    PAD_ID,
-    UNK_ID,
     ProcessedData,
     Split,
     flatten,
@@ -78,6 +76,8 @@ from xmtc_cli.data.readers import (
 from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
 from xmtc_cli.data.vocab import (
     NUM_SPECIAL_TOKENS,
+    PAD_ID,
+    UNK_ID,
     FirstSeen,
     Vocabulary,
     label_vocabulary,

@@ -54,8 +54,6 @@ MANIFEST = "manifest.json"
 SPLIT_NAMES = ("train", "valid", "test")
 # Keys every manifest has carried since format version 1, before the "format" marker existed.
 _MANIFEST_KEYS = frozenset({"format_version", "num_labels", "splits", "tokenizer"})
-PAD_ID, UNK_ID = 0, 1  # source token ids of <pad> and <unk>
-PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
 
 @dataclass(frozen=True)
@@ -366,12 +364,3 @@ def _read_tsv(path: Path, columns: int) -> list[list]:
     cols[-1] = [int(x) for x in cols[-1]]
     return cols
 
-
-def load_data(location: str) -> ProcessedData:
-    """The processed data a recipe's `data.dir` names: a folder, or `builtin:NAME`, which is
-    generated and preprocessed on first use (xmtc_cli.data.builtin)."""
-    from xmtc_cli.data.builtin import PREFIX, load_builtin  # builtin imports this module
-
-    if location.startswith(PREFIX):
-        return load_builtin(location)
-    return load_processed(location)
