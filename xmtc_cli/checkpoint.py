@@ -38,10 +38,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.config import MAX_INT, MAX_STEPS, recipe_from_dict
+from xmtc_cli.config import MAX_STEPS, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError
+from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
 
 CHECKPOINT_FORMAT = 1

@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -371,3 +372,11 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif x != y:
             out.append(f"{prefix}{key}")
     return out
+
+
+def run_name(recipe: Recipe, path: str | Path) -> str:
+    """The run's name: the recipe's, else the recipe file's stem made safe as a folder name."""
+    if recipe.name:
+        return recipe.name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(path).stem).lstrip(".-_")[:100]
+    return stem or "run"

@@ -13,7 +13,7 @@ import typer
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.options import Device
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
-from xmtc_cli.config import METHODS, load_recipe, method_overrides, run_name, scheme_override
+from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override
 from xmtc_cli.errors import UsageError, XmtcError
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
@@ -70,7 +70,7 @@ def train(
         _launch(nproc, max_restarts, argv or ["train", str(recipe)])
         return
     from xmtc_cli import distributed
-    from xmtc_cli.run import default_run_dir
+    from xmtc_cli.run import default_run_dir, run_name
     from xmtc_cli.training import fit
 
     launch = distributed.launch_id() if distributed.restart_count() > 0 else None
