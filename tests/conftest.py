@@ -4,6 +4,7 @@ way to run `xmtc` in-process and read what it printed."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import sys
 from collections.abc import Iterator
@@ -124,3 +125,30 @@ def tiny_run(tiny_data, tmp_path_factory) -> TinyRun:
         result = run_cli("train", recipe, "--out", root / "run", "--device", "cpu")
     assert result.code == 0, result.err
     return TinyRun(recipe=recipe, run=root / "run")
+
+
+# A small word-vector file (test_glove.py reads it; test_embeddings.py builds tables from it).
+VECTORS = """\
+the 0.1 0.2 0.3
+cat 1 0 0
+dog 0 1 0
+. . . 0.5 0.5 0.5
+at name@domain.com 0.1 0.1 0.1
+bad x 0.2 0.3
+Paris 0 0 1
+paris 0 0 -1
+cat 9 9 9
+space 2 0 0
+travel 0 2 0
+"""
+
+
+@pytest.fixture(params=["txt", "gz"])
+def vector_file(request, tmp_path):
+    if request.param == "gz":
+        path = tmp_path / "vectors.txt.gz"
+        path.write_bytes(gzip.compress(VECTORS.encode()))
+    else:
+        path = tmp_path / "vectors.txt"
+        path.write_text(VECTORS)
+    return path
