@@ -75,7 +75,6 @@ from xmtc_cli.data.readers import (
     file_sha256,
     iter_lines,
     locate,
-    quote,
     read_label_ids,
     read_label_names,
     read_labels,
@@ -89,7 +88,7 @@ from xmtc_cli.data.vocab import (
     label_vocabulary,
     word_vocabulary,
 )
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, short
 
 LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
 LABEL_EMBEDDING_KINDS: tuple[str, ...] = ("names", "centroid", "names+centroid")
@@ -605,7 +604,7 @@ def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
             label, line = unused[0]
             warnings.append(
                 f"{path}: {len(unused):,} of its {len(names):,} labels occur in no label file; "
-                f"their names are unused (the first: {quote(label)} on line {line})"
+                f"their names are unused (the first: {short(label)} on line {line})"
             )
     return [names[label][0] if label in names else label for label in labels]
 

@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from xmtc_cli.atomic import atomic_dir
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, cut
 
 FORMAT_VERSION = 1
 FORMAT = "xmtc-processed"  # manifest["format"]: marks a folder xmtc wrote (and may replace)
@@ -240,16 +240,12 @@ def why_not_replaceable(folder: str | Path) -> str | None:
     ours = {MANIFEST, "tokens.tsv", "labels.tsv", "embeddings.safetensors"} | {
         f"{name}.safetensors" for name in set(SPLIT_NAMES) | split_names
     }
-    foreign = [_short(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
+    foreign = [cut(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
                for e in entries if e.name not in ours or not e.is_file(follow_symlinks=False)]
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         return f"it holds files xmtc does not write: {', '.join(foreign[:3])}{more}"
     return None
-
-
-def _short(name: str, limit: int = 40) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:

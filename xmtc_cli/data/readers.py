@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmtc_cli.errors import DataError, at
+from xmtc_cli.errors import DataError, at, short
 from xmtc_cli.labelfiles import CommaLabels
 from xmtc_cli.textio import (
     check_encoding,  # noqa: F401 (preprocess checks --encoding here)
@@ -194,7 +194,7 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
                    else "spaces in the label")
             raise DataError(
                 f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
-                f"{quote(text.strip(), 60)} ({why})",
+                f"{short(text.strip(), 60)} ({why})",
                 f"each line of {path.name} is one label as the label files write it, a tab, and "
                 "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
                 "labels without a line keep the label as their name",
@@ -207,7 +207,7 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
         label, line = repeats[0]
         warnings.append(
             f"{path}: {_lines(len(repeats))} a label again; the first name counts "
-            f"({quote(label)} on line {line}, first on line {names[label][1]})"
+            f"({short(label)} on line {line}, first on line {names[label][1]})"
         )
     return names
 
@@ -215,7 +215,3 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
 def _lines(count: int) -> str:
     return "1 line names" if count == 1 else f"{count:,} lines name"
 
-
-def quote(value: str, limit: int = 40) -> str:
-    """`value` quoted for a message, cut to `limit` characters."""
-    return repr(value if len(value) <= limit else value[:limit] + "…")
