@@ -59,7 +59,7 @@ from xmtc_cli.data.embeddings import (
     name_words,
     token_table,
 )
-from xmtc_cli.data.features import features_file, read_features
+from xmtc_cli.data.features import corpus_feature_files, read_features
 from xmtc_cli.data.processed import (
     ProcessedData,
     Split,
@@ -257,7 +257,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
     read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
-    side = _side_feature_files(files)
+    side = corpus_feature_files(files.folder, files.texts)
 
     progress(f"reading {files.texts['train']}")
     training = _read_training(read, files, options.max_vocab)
@@ -437,34 +437,6 @@ class _SplitReader:
             )
         token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
         return _Encoded(token_ids, offsets(lengths), labels)
-
-
-def _side_feature_files(files: CorpusFiles) -> dict[str, Path]:
-    """split -> its side-features file, for every split preprocess reads, or {} without any;
-    refused before anything is read unless every split that is read has one."""
-    splits = [split for split in ("train", "valid", "test") if split in files.texts]
-    found = {split: features_file(files.folder, split) for split in splits}
-    found = {split: path for split, path in found.items() if path is not None}
-    stray = features_file(files.folder, "valid") if "valid" not in files.texts else None
-    if stray is not None:
-        raise DataError(
-            f"{stray} gives features of a validation split, but {files.folder} has no "
-            "validation texts: validation is held out of the training file",
-            f"remove {stray.name}; the held-out documents take their rows of the training "
-            "split's features",
-        )
-    if not found:
-        return {}
-    missing = [split for split in splits if split not in found]
-    if missing:
-        have, lack = next(iter(found)), missing[0]
-        wanted = files.folder / f"{lack}_features.npy"
-        raise DataError(
-            f"{found[have]} gives side features, but {wanted} (or .safetensors) is missing",
-            f"give every split ({', '.join(splits)}) a {{split}}_features file of one row per "
-            "document, or remove them all",
-        )
-    return found
 
 
 def _read_side_features(path: Path, documents: int, width: int | None,
