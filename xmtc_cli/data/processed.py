@@ -76,18 +76,6 @@ class Split:
     def labels(self, i: int) -> np.ndarray:
         return self.label_ids[self.label_offsets[i] : self.label_offsets[i + 1]]
 
-    @classmethod
-    def from_lists(cls, docs: list[list[int]], labels: list[list[int]]) -> Split:
-        """Pack per-document id lists (used by preprocess and by tests)."""
-        if len(docs) != len(labels):
-            raise ValueError(f"{len(docs)} documents but {len(labels)} label lists")
-        return cls(
-            token_ids=flatten(docs),
-            token_offsets=offsets([len(d) for d in docs]),
-            label_ids=flatten(labels),
-            label_offsets=offsets([len(x) for x in labels]),
-        )
-
     def select(self, keep: np.ndarray) -> Split:
         """The documents where the bool mask `keep` [docs] is true, in order, without a loop
         (their feature rows with them)."""
