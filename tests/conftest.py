@@ -13,29 +13,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import TINY_RECIPE
 
 from xmtc_cli.cli import main
 from xmtc_cli.data.synthetic import write_demo_corpus
-
-# Small enough that an epoch over the 180 training documents takes a fraction of a second, large
-# enough that the model predicts non-empty, partly right label sets after three epochs.
-TINY_RECIPE = """\
-name: tiny
-data:
-  dir: {data}
-  max_src_tokens: 40
-model:
-  hidden_size: 16
-  encoder_layers: 1
-  light_conv: true
-  conv_kernels: [3, 3]
-loss:
-  ot_weight: 1
-train:
-  epochs: {epochs}
-  batch_size: 16
-  lr: 1.0e-2
-"""
 
 
 def write_recipe(path: Path, data: Path, epochs: int = 3) -> Path:
