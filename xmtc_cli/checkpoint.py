@@ -42,6 +42,7 @@ from xmtc_cli.config import MAX_STEPS, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
+from xmtc_cli.model import ModelSizes, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
 
@@ -211,8 +212,6 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
 
 
 def _check_sizes(raw: dict[str, Any], refuse) -> Any:
-    from xmtc_cli.model import ModelSizes
-
     fields = {f.name: f for f in dataclasses.fields(ModelSizes)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -240,8 +239,6 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
 
 def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], refuse) -> None:
     """The header's tensors are those of the model `recipe` and `sizes` build, all float32."""
-    from xmtc_cli.model import build_model, on_meta_device
-
     try:
         with on_meta_device():  # shapes only: nothing is allocated
             model = build_model(recipe.model, recipe.loss, sizes)

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from xmtc_cli.atomic import atomic_file, atomic_write_text
-from xmtc_cli.config import Recipe
+from xmtc_cli.config import Recipe, load_recipe, recipe_from_dict
 from xmtc_cli.errors import ConfigError, XmtcError
 from xmtc_cli.fileerrors import file_error
 from xmtc_cli.tensorfile import write_safetensors
@@ -173,8 +173,6 @@ class RunFolder:
         return mark == launch and (path / RECIPE_FILE).is_file()
 
     def _check_recipe(self, recipe: Recipe) -> None:
-        from xmtc_cli.config import load_recipe, recipe_from_dict
-
         saved = _recipe_of(self.path / STATE_FILE) if self.has_state else None
         if saved is None:  # killed before the first save: recipe.yaml says what it was
             saved = load_recipe(self.path / RECIPE_FILE).to_dict()

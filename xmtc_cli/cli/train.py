@@ -69,6 +69,7 @@ def train(
     if nproc > 1 or max_restarts > 0:
         _launch(nproc, max_restarts, argv or ["train", str(recipe)])
         return
+    # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir, run_name
     from xmtc_cli.training import fit
@@ -105,6 +106,7 @@ def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
         raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
                          "already started",
                          "drop them: torchrun's own --nproc-per-node and --max-restarts apply")
+    # torch only now, as in `train`: the launcher is needed on this path alone.
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 

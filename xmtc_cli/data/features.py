@@ -18,6 +18,7 @@ from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from xmtc_cli.errors import DataError
 from xmtc_cli.fileerrors import file_error
@@ -127,8 +128,6 @@ def checked_rows(array: np.ndarray, path: str | Path, start: int = 0,
 def _load(path: Path) -> np.ndarray:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
             tensors = load_file(str(path))
             if set(tensors) != {"features"}:
                 raise DataError(f"{path} holds {sorted(tensors)[:3]}, not one tensor named "
