@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from xmtc_cli.data.processed import PAD_ID, UNK_ID, Split
+from xmtc_cli.data.processed import Split, flatten, offsets
+from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import EMPTY, EOS, NUM_SPECIALS
 from xmtc_cli.lexical import (
     EPS,
@@ -30,7 +31,12 @@ def corpus(seed: int, docs: int, vocab: int, labels: int) -> Split:
     rng = np.random.default_rng(seed)
     tokens = [rng.integers(0, vocab, rng.integers(0, 30)).tolist() for _ in range(docs)]
     sets = [sorted(set(rng.integers(0, labels, rng.integers(1, 5)).tolist())) for _ in range(docs)]
-    return Split.from_lists(tokens, sets)
+    return split_of(tokens, sets)
+
+
+def split_of(docs: list[list[int]], labels: list[list[int]]) -> Split:
+    return Split(flatten(docs), offsets([len(d) for d in docs]), flatten(labels),
+                 offsets([len(x) for x in labels]))
 
 
 def oracle_tfidf(split: Split, idf_split: Split, vocab: int, max_df: float = 1.0) -> np.ndarray:
@@ -99,7 +105,7 @@ def test_token_arrays_and_ids_beyond_the_vocabulary():
     idf = inverse_document_frequencies(train, 20)
     docs = [np.array([5, 5, 7]), np.array([], dtype=np.int64), np.array([3, 99, -4])]
     got = tfidf_of_docs(docs, idf).toarray()
-    as_split = Split.from_lists([[5, 5, 7], [], [3, UNK_ID, UNK_ID]], [[0], [0], [0]])
+    as_split = split_of([[5, 5, 7], [], [3, UNK_ID, UNK_ID]], [[0], [0], [0]])
     np.testing.assert_allclose(got, tfidf(as_split.token_ids, as_split.token_offsets,
                                           idf).toarray())
     assert not got[1].any()
@@ -174,6 +180,11 @@ def test_prior_bonus_is_the_weighted_log_prior_above_its_floor():
             q = scores[b, y]
             expected[b, y + NUM_SPECIALS] = 2.0 * (math.log(q + EPS) - math.log(EPS))
     np.testing.assert_allclose(bonus.numpy(), expected, rtol=1e-6, atol=1e-6)
+    # The fused gate's threshold τ: the specials get τ's bonus, so a label of q = τ ties ∅.
+    gated = prior_bonus(scores, 2.0, 3 + NUM_SPECIALS, threshold=0.5)
+    np.testing.assert_allclose(gated[:, NUM_SPECIALS:].numpy(), expected[:, NUM_SPECIALS:],
+                               rtol=1e-6, atol=1e-6)
+    assert torch.equal(gated[:, :NUM_SPECIALS], torch.full((2, NUM_SPECIALS), gated[0, 4].item()))
 
 
 def oracle_choices(logits: np.ndarray, bonus: np.ndarray, gate: bool) -> list[list[int]]:
@@ -206,7 +217,7 @@ def test_fused_choice_matches_a_per_document_oracle(gate):
     logits[2, 3] = logits[0, 3]  # a repeat of an earlier arg-max
     bonus = np.where(rng.random((batch, outputs)) < 0.4,
                      rng.random((batch, outputs)) * 3, 0).astype(np.float32)
-    bonus[:, :NUM_SPECIALS] = 0
+    bonus[:, :NUM_SPECIALS] = 1.5 if gate else 0  # the threshold's bonus (prior_bonus)
     emitted = torch.zeros(batch, outputs, dtype=torch.bool)
     got = [fused_choice(torch.from_numpy(logits[t]), torch.from_numpy(bonus), emitted,
                         gate).tolist() for t in range(steps)]

@@ -15,7 +15,7 @@ from test_training import StopAfter, assert_same_run
 
 from xmtc_cli.checkpoint import read_meta, save_checkpoint
 from xmtc_cli.config import LossConfig, ModelConfig, load_recipe
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.errors import CheckpointError, XmtcError
 from xmtc_cli.evaluation import evaluate_checkpoint, lexical_prior
 from xmtc_cli.inference import Predictor, encode_texts, predict_ids
@@ -79,7 +79,7 @@ def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked, gate):
     src = torch.randint(2, 30, (6, 9), generator=gen)
     lengths = torch.tensor([9, 7, 5, 9, 3, 1])
     bonus = torch.rand(6, 15, generator=gen) * 4 * (torch.rand(6, 15, generator=gen) < 0.5)
-    bonus[:, :NUM_SPECIALS] = 0
+    bonus[:, :NUM_SPECIALS] = 1.0 if gate else 0  # the fused gate's threshold bonus
     with torch.no_grad():
         labels, _ = model.generate(src, lengths, bonus=bonus, gate=gate)
         expected = oracle_decode(model, src, lengths, bonus, gate)

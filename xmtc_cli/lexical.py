@@ -32,7 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmtc_cli.data.processed import PAD_ID, UNK_ID, Split
+from xmtc_cli.data.processed import Split
+from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import NUM_SPECIALS
 
 EPS = 1e-3
@@ -271,11 +272,16 @@ def spec_problem(specs: Mapping[str, tuple[str, tuple[int, ...]]], vocab_size: i
 # --- fusion ---------------------------------------------------------------------------------
 
 def prior_bonus(scores: sp.csr_matrix, weight: float, num_outputs: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """float32 [B, V]: w (ln(q + eps) - ln eps) of every output for label scores [B, L]; 0 for
-    the specials and for labels no neighbour carries."""
+                device: torch.device | str = "cpu",
+                threshold: float | None = None) -> torch.Tensor:
+    """float32 [B, V]: w (ln(q + eps) - ln eps) of every label for label scores [B, L] (0 for
+    labels no neighbour carries), and for the specials 0, or with a `threshold` τ (the fused
+    gate) w (ln(τ + eps) - ln eps): a label then outbids ∅ by its lexical score where q > τ,
+    and loses ground where q < τ."""
     coo = scores.tocoo()
     bonus = torch.zeros(scores.shape[0], num_outputs, dtype=torch.float32)
+    if threshold is not None:
+        bonus[:, :NUM_SPECIALS] = weight * (math.log(threshold + EPS) - math.log(EPS))
     values = weight * (np.log(coo.data.astype(np.float64) + EPS) - math.log(EPS))
     bonus[torch.from_numpy(coo.row.astype(np.int64)),
           torch.from_numpy(coo.col.astype(np.int64) + NUM_SPECIALS)] = torch.from_numpy(
@@ -292,8 +298,9 @@ def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tenso
     arg-max decides whether a label comes (a corpus label not emitted yet) or not (a special,
     or a repeat, which adds nothing to the set); when one comes it is the best not-yet-emitted
     corpus label of logits + bonus. With `gate` (model.lexical_gate=fused) a repeat still adds
-    nothing, and otherwise the step takes the best of logits + bonus over the specials (bonus
-    0) and the labels not yet emitted: a label the neighbours vouch for can outbid ∅.
+    nothing, and otherwise the step takes the best of logits + bonus over the specials (their
+    bonus the threshold's, `prior_bonus`) and the labels not yet emitted: a label the
+    neighbours vouch for can outbid ∅.
     """
     own = logits.argmax(dim=-1)  # (B,)
     repeat = (own >= NUM_SPECIALS) & emitted.gather(1, own.unsqueeze(1)).squeeze(1)  # (B,)
@@ -311,6 +318,11 @@ def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tenso
     rows = torch.arange(choice.size(0), device=choice.device)
     emitted[rows, choice] = emitted[rows, choice] | comes
     return choice
+
+
+def gate_threshold(model_cfg) -> float | None:
+    """The threshold of the fused gate (`prior_bonus`), or None where the decoder gates."""
+    return model_cfg.lexical_threshold if model_cfg.lexical_gate == "fused" else None
 
 
 # --- choosing the weight --------------------------------------------------------------------
