@@ -237,3 +237,35 @@ def test_the_validation_prior_is_the_index_scores_of_the_split(tiny_data):
     got = lexical_prior(index, valid).toarray()
     docs = [valid.tokens(i) for i in range(len(valid))]
     np.testing.assert_array_equal(got, index.scores_of_docs(docs).toarray())
+
+
+def test_the_fused_gate_with_a_fixed_weight_runs_end_to_end(recipe_file, tiny_data, tmp_path):
+    """lexical_gate=fused and one weight (no search): the checkpoint keeps that weight, predict
+    decodes with the threshold's bonus on the specials, eval reproduces validation."""
+    run = tmp_path / "gated"
+    fit(load_recipe(recipe_file, [*LEXICAL, "model.lexical_gate=fused",
+                                  "model.lexical_threshold=0.3", "model.lexical_weights=[1.5]",
+                                  "train.epochs=1"]), run, device="cpu")
+    predictor = Predictor.from_checkpoint(str(run / "model.safetensors"), "cpu")
+    assert predictor.lexical_weight == 1.5
+    texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()[:12]
+    docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
+    scores = predictor.lexical.scores_of_docs(docs)
+    model, max_src = predictor.model, predictor.recipe.data.max_src_tokens
+    expected = []
+    for i, doc in enumerate(docs):
+        src = torch.as_tensor(doc[:max_src]).unsqueeze(0)
+        bonus = prior_bonus(scores[[i]], 1.5, model.label_embedding.num_embeddings,
+                            threshold=0.3)
+        labels, _ = model.generate(src, torch.tensor([src.size(1)]), bonus=bonus, gate=True)
+        seen = []
+        for y in labels[0].tolist():
+            if y >= NUM_SPECIALS and y not in seen:
+                seen.append(y)
+        expected.append([y - NUM_SPECIALS for y in seen])
+    assert [p.labels for p in predictor.predict_texts(texts)] == expected
+    (line,) = metrics_lines(run)
+    metrics = evaluate_checkpoint(run / "model.safetensors", tiny_data.processed, "valid",
+                                  device="cpu")
+    assert metrics["micro_f1"] == pytest.approx(line["valid"]["micro_f1"], abs=1e-12)
+    assert line["valid"]["lexical_weight"] == 1.5 and "micro_f1_w=1.5" in line["valid"]
