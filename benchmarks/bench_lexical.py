@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_lexical.py
         [--docs 490449] [--labels 670091] [--words 135909] [--length 247] [--queries 2000]
-        [--k 20] [--power 2] [--seed 0] [--json FILE]
+        [--k 20] [--power 2] [--max-df 0.2] [--seed 0] [--json FILE]
 
 A synthetic training split is generated in memory: --docs documents of uniform 0.5-1.5 x
 --length tokens drawn from a Zipf(1.1) distribution over --words token ids (so, as in real
@@ -61,6 +61,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=2000)
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--power", type=float, default=2.0)
+    ap.add_argument("--max-df", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -74,7 +75,7 @@ def main() -> None:
     row["corpus_peak_mib"] = peak_mib()
 
     t = time.perf_counter()
-    index = KnnIndex.build(train, args.words, args.labels, args.k, args.power)
+    index = KnnIndex.build(train, args.words, args.labels, args.k, args.power, args.max_df)
     row["build_s"] = time.perf_counter() - t
     row["build_peak_mib"] = peak_mib()
     row["index_mib"] = sum(a.nbytes for a in (

@@ -35,7 +35,7 @@ from xmtc_cli.checkpoint import read_meta
 from xmtc_cli.cli.train import _without_launch_options
 from xmtc_cli.config import load_recipe, method_overrides
 from xmtc_cli.data.batching import Batcher
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split, lexical_prior
@@ -407,7 +407,7 @@ def test_a_lexical_run_of_two_processes_validates_and_saves_as_one_process(pair)
     run = pair / "zero-dropout-lexical"
     predictor = Predictor.from_checkpoint(str(run / "last.safetensors"), "cpu")
     data = load_data(predictor.recipe.data.dir)
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0)
+    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
     saved = load_file(run / "last.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in index.tensors().items())
     metrics = evaluate_split(predictor.model, data, "valid", predictor.recipe,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from xmtc_cli.data.processed import PAD_ID, UNK_ID, Split
+from xmtc_cli.data.processed import Split, flatten, offsets
+from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import EMPTY, EOS, NUM_SPECIALS
 from xmtc_cli.lexical import (
     EPS,
@@ -30,10 +31,15 @@ def corpus(seed: int, docs: int, vocab: int, labels: int) -> Split:
     rng = np.random.default_rng(seed)
     tokens = [rng.integers(0, vocab, rng.integers(0, 30)).tolist() for _ in range(docs)]
     sets = [sorted(set(rng.integers(0, labels, rng.integers(1, 5)).tolist())) for _ in range(docs)]
-    return Split.from_lists(tokens, sets)
+    return split_of(tokens, sets)
 
 
-def oracle_tfidf(split: Split, idf_split: Split, vocab: int) -> np.ndarray:
+def split_of(docs: list[list[int]], labels: list[list[int]]) -> Split:
+    return Split(flatten(docs), offsets([len(d) for d in docs]), flatten(labels),
+                 offsets([len(x) for x in labels]))
+
+
+def oracle_tfidf(split: Split, idf_split: Split, vocab: int, max_df: float = 1.0) -> np.ndarray:
     """Dense [docs, W] TF-IDF computed one document and one token at a time, in float64."""
     n = len(idf_split)
     df = np.zeros(vocab)
@@ -43,7 +49,7 @@ def oracle_tfidf(split: Split, idf_split: Split, vocab: int) -> np.ndarray:
     out = np.zeros((len(split), vocab))
     for i in range(len(split)):
         for t in split.tokens(i).tolist():
-            if t in (PAD_ID, UNK_ID):
+            if t in (PAD_ID, UNK_ID) or df[t] > max_df * n:
                 continue
             tf = int((split.tokens(i) == t).sum())
             out[i, t] = (1 + math.log(tf)) * (math.log((1 + n) / (1 + df[t])) + 1)
@@ -68,13 +74,16 @@ def oracle_scores(queries: np.ndarray, docs: np.ndarray, labels: Split, num_labe
     return out
 
 
-def test_tfidf_matches_a_per_token_oracle():
+@pytest.mark.parametrize("max_df", [1.0, 0.15])
+def test_tfidf_matches_a_per_token_oracle(max_df):
     train, test = corpus(0, 60, 25, 7), corpus(1, 20, 25, 7)
-    idf = inverse_document_frequencies(train, 25)
+    idf = inverse_document_frequencies(train, 25, max_df)
     assert idf[PAD_ID] == idf[UNK_ID] == 0
+    assert (idf == 0).sum() > 2 if max_df < 1 else (idf == 0).sum() == 2  # stop words dropped
     for split in (train, test):
         got = tfidf(split.token_ids, split.token_offsets, idf).toarray()
-        np.testing.assert_allclose(got, oracle_tfidf(split, train, 25), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, oracle_tfidf(split, train, 25, max_df), rtol=1e-5,
+                                   atol=1e-6)
         norms = np.linalg.norm(got, axis=1)
         assert np.all((np.abs(norms - 1) < 1e-5) | (norms == 0))
 
@@ -96,7 +105,7 @@ def test_token_arrays_and_ids_beyond_the_vocabulary():
     idf = inverse_document_frequencies(train, 20)
     docs = [np.array([5, 5, 7]), np.array([], dtype=np.int64), np.array([3, 99, -4])]
     got = tfidf_of_docs(docs, idf).toarray()
-    as_split = Split.from_lists([[5, 5, 7], [], [3, UNK_ID, UNK_ID]], [[0], [0], [0]])
+    as_split = split_of([[5, 5, 7], [], [3, UNK_ID, UNK_ID]], [[0], [0], [0]])
     np.testing.assert_allclose(got, tfidf(as_split.token_ids, as_split.token_offsets,
                                           idf).toarray())
     assert not got[1].any()
@@ -171,9 +180,14 @@ def test_prior_bonus_is_the_weighted_log_prior_above_its_floor():
             q = scores[b, y]
             expected[b, y + NUM_SPECIALS] = 2.0 * (math.log(q + EPS) - math.log(EPS))
     np.testing.assert_allclose(bonus.numpy(), expected, rtol=1e-6, atol=1e-6)
+    # The fused gate's threshold τ: the specials get τ's bonus, so a label of q = τ ties ∅.
+    gated = prior_bonus(scores, 2.0, 3 + NUM_SPECIALS, threshold=0.5)
+    np.testing.assert_allclose(gated[:, NUM_SPECIALS:].numpy(), expected[:, NUM_SPECIALS:],
+                               rtol=1e-6, atol=1e-6)
+    assert torch.equal(gated[:, :NUM_SPECIALS], torch.full((2, NUM_SPECIALS), gated[0, 4].item()))
 
 
-def oracle_choices(logits: np.ndarray, bonus: np.ndarray) -> list[list[int]]:
+def oracle_choices(logits: np.ndarray, bonus: np.ndarray, gate: bool) -> list[list[int]]:
     """The fused outputs of every step (logits [S, B, V]), one document at a time, by the rule
     the module docstring states."""
     steps, batch, outputs = logits.shape
@@ -182,17 +196,20 @@ def oracle_choices(logits: np.ndarray, bonus: np.ndarray) -> list[list[int]]:
         emitted: set[int] = set()
         for t in range(steps):
             own = int(np.argmax(logits[t, b]))
-            if own < NUM_SPECIALS or own in emitted:
+            if own in emitted or (own < NUM_SPECIALS and not gate):
                 out[b].append(own)
                 continue
-            candidates = [y for y in range(NUM_SPECIALS, outputs) if y not in emitted]
+            first = 0 if gate else NUM_SPECIALS
+            candidates = [y for y in range(first, outputs) if y not in emitted]
             best = max(candidates, key=lambda y: (logits[t, b, y] + bonus[b, y], -y))
-            emitted.add(best)
+            if best >= NUM_SPECIALS:
+                emitted.add(best)
             out[b].append(best)
     return out
 
 
-def test_fused_choice_matches_a_per_document_oracle():
+@pytest.mark.parametrize("gate", [False, True])
+def test_fused_choice_matches_a_per_document_oracle(gate):
     rng = np.random.default_rng(11)
     steps, batch, outputs = 6, 8, 9
     logits = rng.normal(size=(steps, batch, outputs)).astype(np.float32)
@@ -200,23 +217,30 @@ def test_fused_choice_matches_a_per_document_oracle():
     logits[2, 3] = logits[0, 3]  # a repeat of an earlier arg-max
     bonus = np.where(rng.random((batch, outputs)) < 0.4,
                      rng.random((batch, outputs)) * 3, 0).astype(np.float32)
-    bonus[:, :NUM_SPECIALS] = 0
+    bonus[:, :NUM_SPECIALS] = 1.5 if gate else 0  # the threshold's bonus (prior_bonus)
     emitted = torch.zeros(batch, outputs, dtype=torch.bool)
-    got = [fused_choice(torch.from_numpy(logits[t]), torch.from_numpy(bonus), emitted).tolist()
-           for t in range(steps)]
-    expected = oracle_choices(logits, bonus)
+    got = [fused_choice(torch.from_numpy(logits[t]), torch.from_numpy(bonus), emitted,
+                        gate).tolist() for t in range(steps)]
+    expected = oracle_choices(logits, bonus, gate)
     assert [[got[t][b] for t in range(steps)] for b in range(batch)] == expected
     corpus_labels = [{y for y in row if y >= NUM_SPECIALS} for row in expected]
     assert [set(torch.nonzero(emitted[b]).ravel().tolist()) for b in range(batch)] == corpus_labels
 
 
-def test_weight_zero_is_the_decoders_own_choice():
+@pytest.mark.parametrize("gate", [False, True])
+def test_weight_zero_is_the_decoders_own_choice(gate):
     rng = np.random.default_rng(12)
     logits = torch.from_numpy(rng.normal(size=(16, 12)).astype(np.float32))
     own = logits.argmax(dim=-1)
-    got = fused_choice(logits, torch.zeros(16, 12), torch.zeros(16, 12, dtype=torch.bool))
+    got = fused_choice(logits, torch.zeros(16, 12), torch.zeros(16, 12, dtype=torch.bool), gate)
     assert torch.equal(got, own)
-    # A special or EOS stays what the decoder chose, whatever the prior says.
+    # The end stays the decoder's choice whatever the prior says, unless the prior outbids it
+    # and the gate is fused.
     logits[:, EOS] = 100
-    got = fused_choice(logits, torch.full((16, 12), 50.0), torch.zeros(16, 12, dtype=torch.bool))
+    bonus = torch.zeros(16, 12)
+    bonus[:, NUM_SPECIALS:] = 50.0
+    got = fused_choice(logits, bonus, torch.zeros(16, 12, dtype=torch.bool), gate)
     assert bool((got == EOS).all())
+    bonus[:, NUM_SPECIALS:] = 200.0
+    got = fused_choice(logits, bonus, torch.zeros(16, 12, dtype=torch.bool), gate)
+    assert bool((got >= NUM_SPECIALS).all()) if gate else bool((got == EOS).all())

@@ -15,7 +15,7 @@ from test_training import StopAfter, assert_same_run
 
 from xmtc_cli.checkpoint import read_meta, save_checkpoint
 from xmtc_cli.config import LossConfig, ModelConfig, load_recipe
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.errors import CheckpointError, XmtcError
 from xmtc_cli.evaluation import evaluate_checkpoint, lexical_prior
 from xmtc_cli.inference import Predictor, encode_texts, predict_ids
@@ -44,7 +44,7 @@ def small_model(masked: bool, cross_entropy: bool = False):
     return model.eval()
 
 
-def oracle_decode(model, src, lengths, bonus) -> list[list[int]]:
+def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
     """Each document alone, each step recomputed from scratch with the choices so far fed in
     (teacher forcing of the prefix), and the fusion rule applied in plain Python."""
     out = []
@@ -58,29 +58,31 @@ def oracle_decode(model, src, lengths, bonus) -> list[list[int]]:
             if model.masked_softmax:
                 logits = logits.masked_fill(step.used[0], torch.finfo(logits.dtype).min)
             own = int(logits.argmax())
-            if own < NUM_SPECIALS or own in emitted:
+            if own in emitted or (own < NUM_SPECIALS and not gate):
                 choices.append(own)
                 continue
+            first = 0 if gate else NUM_SPECIALS
             fused = {y: float(logits[y]) + float(bonus[b, y])
-                     for y in range(NUM_SPECIALS, logits.numel()) if y not in emitted}
+                     for y in range(first, logits.numel()) if y not in emitted}
             best = max(fused, key=lambda y: (fused[y], -y))
-            emitted.add(best)
+            if best >= NUM_SPECIALS:
+                emitted.add(best)
             choices.append(best)
         out.append(choices)
     return out
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked):
+@pytest.mark.parametrize(("masked", "gate"), [(False, False), (True, False), (False, True)])
+def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked, gate):
     model = small_model(masked)
     gen = torch.Generator().manual_seed(1)
     src = torch.randint(2, 30, (6, 9), generator=gen)
     lengths = torch.tensor([9, 7, 5, 9, 3, 1])
     bonus = torch.rand(6, 15, generator=gen) * 4 * (torch.rand(6, 15, generator=gen) < 0.5)
-    bonus[:, :NUM_SPECIALS] = 0
+    bonus[:, :NUM_SPECIALS] = 1.0 if gate else 0  # the fused gate's threshold bonus
     with torch.no_grad():
-        labels, _ = model.generate(src, lengths, bonus=bonus)
-        expected = oracle_decode(model, src, lengths, bonus)
+        labels, _ = model.generate(src, lengths, bonus=bonus, gate=gate)
+        expected = oracle_decode(model, src, lengths, bonus, gate)
     assert labels.tolist() == expected
     plain, _ = model.generate(src, lengths)
     assert not torch.equal(plain, labels)  # the prior changed some choices: the test has teeth
@@ -118,7 +120,7 @@ def metrics_lines(run):
 def test_the_checkpoint_holds_the_index_and_the_weight_validation_chose(lexical_run,
                                                                         tiny_data):
     data = load_data(str(tiny_data.processed))
-    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0)
+    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
     saved = load_file(lexical_run / "model.safetensors")
     for name, tensor in fresh.tensors().items():
         assert torch.equal(saved[name], tensor), name
@@ -138,7 +140,7 @@ def test_predict_fuses_with_the_stored_index_and_eval_reproduces_validation(lexi
     assert weight > 0  # the tiny corpus gains from its prior; else this test would test nothing
     texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()
     data = load_data(str(tiny_data.processed))
-    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0)
+    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
     docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
     model, recipe = predictor.model, predictor.recipe
     # The oracle: the fresh index's scores, as the bonus of each document decoded alone.
@@ -230,8 +232,40 @@ def test_a_weight_search_without_a_validation_split_is_refused(recipe_file, tiny
 
 def test_the_validation_prior_is_the_index_scores_of_the_split(tiny_data):
     data = load_data(str(tiny_data.processed))
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0)
+    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
     valid = data.splits["valid"]
     got = lexical_prior(index, valid).toarray()
     docs = [valid.tokens(i) for i in range(len(valid))]
     np.testing.assert_array_equal(got, index.scores_of_docs(docs).toarray())
+
+
+def test_the_fused_gate_with_a_fixed_weight_runs_end_to_end(recipe_file, tiny_data, tmp_path):
+    """lexical_gate=fused and one weight (no search): the checkpoint keeps that weight, predict
+    decodes with the threshold's bonus on the specials, eval reproduces validation."""
+    run = tmp_path / "gated"
+    fit(load_recipe(recipe_file, [*LEXICAL, "model.lexical_gate=fused",
+                                  "model.lexical_threshold=0.3", "model.lexical_weights=[1.5]",
+                                  "train.epochs=1"]), run, device="cpu")
+    predictor = Predictor.from_checkpoint(str(run / "model.safetensors"), "cpu")
+    assert predictor.lexical_weight == 1.5
+    texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()[:12]
+    docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
+    scores = predictor.lexical.scores_of_docs(docs)
+    model, max_src = predictor.model, predictor.recipe.data.max_src_tokens
+    expected = []
+    for i, doc in enumerate(docs):
+        src = torch.as_tensor(doc[:max_src]).unsqueeze(0)
+        bonus = prior_bonus(scores[[i]], 1.5, model.label_embedding.num_embeddings,
+                            threshold=0.3)
+        labels, _ = model.generate(src, torch.tensor([src.size(1)]), bonus=bonus, gate=True)
+        seen = []
+        for y in labels[0].tolist():
+            if y >= NUM_SPECIALS and y not in seen:
+                seen.append(y)
+        expected.append([y - NUM_SPECIALS for y in seen])
+    assert [p.labels for p in predictor.predict_texts(texts)] == expected
+    (line,) = metrics_lines(run)
+    metrics = evaluate_checkpoint(run / "model.safetensors", tiny_data.processed, "valid",
+                                  device="cpu")
+    assert metrics["micro_f1"] == pytest.approx(line["valid"]["micro_f1"], abs=1e-12)
+    assert line["valid"]["lexical_weight"] == 1.5 and "micro_f1_w=1.5" in line["valid"]

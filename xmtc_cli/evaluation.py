@@ -13,11 +13,12 @@ import scipy.sparse as sp
 import torch
 
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import UNK_ID, ProcessedData, Split, load_processed
+from xmtc_cli.data.processed import ProcessedData, Split, load_processed
+from xmtc_cli.data.readers import read_label_file
+from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
-from xmtc_cli.labelfiles import read_label_file
-from xmtc_cli.lexical import KnnIndex, choose_weight, tfidf
+from xmtc_cli.lexical import KnnIndex, choose_weight, gate_threshold, tfidf
 from xmtc_cli.metrics import (
     InversePropensities,
     inverse_propensities,
@@ -49,7 +50,8 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
             lambda k, n: progress(done * n + k, len(weights) * n))
         predicted = predict_split(model, part, recipe.data.max_src_tokens,
                                   recipe.train.eval_batch_size, device, amp=recipe.train.amp,
-                                  progress=shown, prior=prior, weight=weight)
+                                  progress=shown, prior=prior, weight=weight,
+                                  gate=gate_threshold(recipe.model))
         return score_label_sets(predicted, gold, inv_propensity=inv)
 
     if prior is None:
@@ -183,7 +185,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         [predictor.labels[k] for k in labels]
         for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
                                     batch_size, predictor.device, recipe.train.amp,
-                                    prior=prior, weight=predictor.lexical_weight)
+                                    prior=prior, weight=predictor.lexical_weight,
+                                    gate=gate_threshold(recipe.model))
     ]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
     metrics = score_label_sets(predicted, gold, inv_propensity=inv)

@@ -23,6 +23,7 @@ V = L + NUM_SPECIALS decoder outputs.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmtc_cli.data.processed import PAD_ID, UNK_ID, Split
+from xmtc_cli.data.processed import Split
+from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import NUM_SPECIALS
 
 EPS = 1e-3
@@ -53,12 +55,16 @@ def document_frequencies(token_ids: np.ndarray, token_offsets: np.ndarray,
     return np.bincount(counts.indices, minlength=vocab_size).astype(np.int64)
 
 
-def inverse_document_frequencies(train: Split, vocab_size: int) -> np.ndarray:
+def inverse_document_frequencies(train: Split, vocab_size: int,
+                                 max_df: float = 1.0) -> np.ndarray:
     """float32 [W]: smoothed idf ln((1 + n) / (1 + df)) + 1 over the training documents; 0 for
-    <pad> and <unk>, which say nothing about a document's subject."""
+    <pad> and <unk>, which say nothing about a document's subject, and for tokens in more than
+    `max_df` of the training documents (stop words: their long postings are most of a cosine
+    search's work, and their low idf adds little to it)."""
     df = document_frequencies(train.token_ids, train.token_offsets, vocab_size)
     idf = (np.log((1.0 + len(train)) / (1.0 + df)) + 1.0).astype(np.float32)
     idf[[PAD_ID, UNK_ID]] = 0.0
+    idf[df > max_df * len(train)] = 0.0
     return idf
 
 
@@ -143,8 +149,8 @@ class KnnIndex:
 
     @classmethod
     def build(cls, train: Split, vocab_size: int, num_labels: int, k: int,
-              power: float) -> KnnIndex:
-        idf = inverse_document_frequencies(train, vocab_size)
+              power: float, max_df: float = 1.0) -> KnnIndex:
+        idf = inverse_document_frequencies(train, vocab_size, max_df)
         return cls(idf, tfidf(train.token_ids, train.token_offsets, idf),
                    label_matrix(train, num_labels), k, power)
 
@@ -152,13 +158,19 @@ class KnnIndex:
     def num_labels(self) -> int:
         return self.labels.shape[1]
 
+    @functools.cached_property
+    def postings(self) -> sp.csr_matrix:
+        """CSR float32 [W, N]: the training rows transposed, for query products, made once
+        (scipy would transpose the whole index for every batch)."""
+        return self.docs.T.tocsr()
+
     def scores(self, queries: sp.csr_matrix) -> sp.csr_matrix:
         """CSR float32 [B, L]: q(y) of every label for TF-IDF rows `queries` [B, W]; labels of
         no neighbour are left out (q = 0). A query with no similar document scores nothing."""
         n = self.docs.shape[0]
         k = min(self.k, n)
         step = max(1, _QUERY_CELLS // max(n, 1))
-        docs_t = self.docs.T.tocsr()  # (W, N)
+        docs_t = self.postings  # (W, N)
         parts = []
         for start in range(0, queries.shape[0], step):
             q = queries[start : start + step]
@@ -260,11 +272,16 @@ def spec_problem(specs: Mapping[str, tuple[str, tuple[int, ...]]], vocab_size: i
 # --- fusion ---------------------------------------------------------------------------------
 
 def prior_bonus(scores: sp.csr_matrix, weight: float, num_outputs: int,
-                device: torch.device | str = "cpu") -> torch.Tensor:
-    """float32 [B, V]: w (ln(q + eps) - ln eps) of every output for label scores [B, L]; 0 for
-    the specials and for labels no neighbour carries."""
+                device: torch.device | str = "cpu",
+                threshold: float | None = None) -> torch.Tensor:
+    """float32 [B, V]: w (ln(q + eps) - ln eps) of every label for label scores [B, L] (0 for
+    labels no neighbour carries), and for the specials 0, or with a `threshold` τ (the fused
+    gate) w (ln(τ + eps) - ln eps): a label then outbids ∅ by its lexical score where q > τ,
+    and loses ground where q < τ."""
     coo = scores.tocoo()
     bonus = torch.zeros(scores.shape[0], num_outputs, dtype=torch.float32)
+    if threshold is not None:
+        bonus[:, :NUM_SPECIALS] = weight * (math.log(threshold + EPS) - math.log(EPS))
     values = weight * (np.log(coo.data.astype(np.float64) + EPS) - math.log(EPS))
     bonus[torch.from_numpy(coo.row.astype(np.int64)),
           torch.from_numpy(coo.col.astype(np.int64) + NUM_SPECIALS)] = torch.from_numpy(
@@ -272,25 +289,40 @@ def prior_bonus(scores: sp.csr_matrix, weight: float, num_outputs: int,
     return bonus.to(device)
 
 
-def fused_choice(logits: torch.Tensor, bonus: torch.Tensor,
-                 emitted: torch.Tensor) -> torch.Tensor:
+def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tensor,
+                 gate: bool = False) -> torch.Tensor:
     """The output each document takes at one decoding step, and `emitted` updated in place.
 
     logits [B, V] (masked as the model masks them), bonus [B, V] (`prior_bonus`), emitted
-    [B, V] bool: the labels this decode has emitted so far. The decoder's own arg-max decides
-    whether a label comes (a corpus label not emitted yet) or not (a special, or a repeat, which
-    adds nothing to the set); when one comes it is the best not-yet-emitted corpus label of
-    logits + bonus.
+    [B, V] bool: the labels this decode has emitted so far. Without `gate` the decoder's own
+    arg-max decides whether a label comes (a corpus label not emitted yet) or not (a special,
+    or a repeat, which adds nothing to the set); when one comes it is the best not-yet-emitted
+    corpus label of logits + bonus. With `gate` (model.lexical_gate=fused) a repeat still adds
+    nothing, and otherwise the step takes the best of logits + bonus over the specials (their
+    bonus the threshold's, `prior_bonus`) and the labels not yet emitted: a label the
+    neighbours vouch for can outbid ∅.
     """
     own = logits.argmax(dim=-1)  # (B,)
-    comes = (own >= NUM_SPECIALS) & ~emitted.gather(1, own.unsqueeze(1)).squeeze(1)  # (B,)
+    repeat = (own >= NUM_SPECIALS) & emitted.gather(1, own.unsqueeze(1)).squeeze(1)  # (B,)
     fused = logits.float() + bonus  # (B, V)
-    fused[:, :NUM_SPECIALS] = -math.inf
+    if not gate:
+        fused[:, :NUM_SPECIALS] = -math.inf
     fused = fused.masked_fill(emitted, -math.inf)
-    choice = torch.where(comes, fused.argmax(dim=-1), own)  # (B,)
+    best = fused.argmax(dim=-1)  # (B,)
+    if gate:
+        comes = ~repeat & (best >= NUM_SPECIALS)
+        choice = torch.where(repeat, own, best)
+    else:
+        comes = (own >= NUM_SPECIALS) & ~repeat
+        choice = torch.where(comes, best, own)  # (B,)
     rows = torch.arange(choice.size(0), device=choice.device)
     emitted[rows, choice] = emitted[rows, choice] | comes
     return choice
+
+
+def gate_threshold(model_cfg) -> float | None:
+    """The threshold of the fused gate (`prior_bonus`), or None where the decoder gates."""
+    return model_cfg.lexical_threshold if model_cfg.lexical_gate == "fused" else None
 
 
 # --- choosing the weight --------------------------------------------------------------------

@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.overrides import TorchFunctionMode
 
 from xmtc_cli.config import LossConfig, ModelConfig
-from xmtc_cli.data.processed import PAD_ID
+from xmtc_cli.data.vocab import PAD_ID
 from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
 
 
@@ -469,12 +469,12 @@ class Seq2SetModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
-                 bonus: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                 bonus: Tensor | None = None, gate: bool = False) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
         the side features of a model that has them (`_encode`). `bonus` [B, V]: a lexical
-        prior that joins each step's choice of label (`xmtc_cli.lexical.fused_choice`); None:
-        the decoder's own arg-max.
+        prior that joins each step's choice of label, and with `gate` its choice of whether a
+        label comes (`xmtc_cli.lexical.fused_choice`); None: the decoder's own arg-max.
 
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
@@ -484,7 +484,8 @@ class Seq2SetModel(nn.Module):
         num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
-        for t, step in enumerate(self._decode(memories, state, num_steps, bonus=bonus)):
+        for t, step in enumerate(self._decode(memories, state, num_steps, bonus=bonus,
+                                                      gate=gate)):
             label = step.choice  # (B,): the arg-max (or fused choice) _decode feeds back
             # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
             logits = step.logits.float()  # (B, V)
@@ -555,7 +556,7 @@ class Seq2SetModel(nn.Module):
 
     def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
                 inputs: Tensor | None = None,
-                bonus: Tensor | None = None) -> Iterator[DecoderStep]:
+                bonus: Tensor | None = None, gate: bool = False) -> Iterator[DecoderStep]:
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
         forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing),
         or with a lexical `bonus` [B, V] the previous step's fused choice (`generate`).
@@ -613,7 +614,7 @@ class Seq2SetModel(nn.Module):
                         logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
                 if inputs is None:  # (B,); not differentiable, nor needs to be
                     choice = (logits.argmax(dim=-1) if emitted is None
-                              else fused_choice(logits, bonus, emitted))
+                              else fused_choice(logits, bonus, emitted, gate))
             yield DecoderStep(features, logits, choice, used if self.masked_softmax else None)
             if inputs is None:  # teacher forcing reads the next label from `inputs`
                 label = choice
