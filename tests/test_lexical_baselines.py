@@ -93,8 +93,13 @@ def test_frequency_groups_cover_every_count_once():
     assert bucket_names(BUCKETS) == ["0", "1-5", "6-20", "21-100", ">100"]
 
 
+@pytest.mark.parametrize("switch", [
+    ["model.lexical=knn", "model.lexical_k=5"],
+    ["model.lexical=knn", "model.lexical_gate=fused", "model.lexical_threshold=0.1",
+     "model.lexical_weights=[0,2,8]"],
+], ids=["decoder-gate", "fused-gate"])
 def test_attaching_the_lexical_scorer_to_a_trained_decoder_equals_training_with_it(
-        tiny_data, tmp_path, single_thread):
+        tiny_data, tmp_path, single_thread, switch):
     """The oracle: `xmtc train` with model.lexical=knn. One epoch, so that both runs keep the
     same epoch; the scorer does not change training, so the weights must agree bit for bit."""
     from bench_tail import attach_lexical
@@ -103,7 +108,6 @@ def test_attaching_the_lexical_scorer_to_a_trained_decoder_equals_training_with_
     from xmtc_cli.checkpoint import load_checkpoint
 
     recipe = write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1)
-    switch = ["model.lexical=knn", "model.lexical_k=5"]
     for name, extra in (("plain", []), ("fused", switch)):
         result = run_cli("train", recipe, *extra, "--out", tmp_path / name, "--device", "cpu")
         assert result.code == 0, result.err
