@@ -375,11 +375,13 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
 
     state, meta = load_checkpoint(checkpoint)
     state = {k: v for k, v in state.items() if not k.startswith(PREFIX)}  # an earlier index
-    recipe = recipe_from_dict(meta.recipe, list(overrides), source=f"{checkpoint} (its recipe)")
+    typed = hasattr(meta.recipe, "to_dict")  # metadata read back typed (Recipe, ModelSizes)
+    recipe = recipe_from_dict(meta.recipe.to_dict() if typed else meta.recipe, list(overrides),
+                              source=f"{checkpoint} (its recipe)")
     if recipe.model.lexical == "none":
         sys.exit(f"error: {' '.join(overrides)} turns no lexical scorer on")
     data = load_processed(data_dir)
-    sizes = ModelSizes(**meta.sizes)
+    sizes = meta.sizes if typed else ModelSizes(**meta.sizes)
     if list(data.labels[: data.num_labels]) != list(meta.labels):
         sys.exit(f"error: {checkpoint} was trained on other labels than {data_dir} holds")
     model = build_model(recipe.model, recipe.loss, sizes)
@@ -395,7 +397,7 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
     weights = recipe.model.lexical_weights
     weight = valid["lexical_weight"] if len(weights) > 1 else weights[0]
     extra = {**meta.extra, "valid": valid, "lexical_weight": weight}
-    meta = dataclasses.replace(meta, recipe=recipe.to_dict(), extra=extra)
+    meta = dataclasses.replace(meta, recipe=recipe if typed else recipe.to_dict(), extra=extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, {**state, **index.tensors()}, meta)
     return {**valid, "lexical_weight": weight}
