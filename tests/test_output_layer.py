@@ -33,7 +33,7 @@ from xmtc_cli.model import Memory, ModelSizes, Seq2SetModel, build_model
 def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
                    gold: Tensor | None = None) -> Tensor:
     """`Seq2SetModel.forward` before batching: logits [B, S, V], stacked step by step."""
-    memories, state = model._encode(src, lengths)
+    memories, state = model.encode(src, lengths)
     if not model.teacher_forcing:
         return torch.stack(list(_oracle_decode(model, memories, state, model.max_steps)), dim=1)
     if gold is None:
@@ -48,7 +48,7 @@ def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
 @torch.no_grad()
 def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """`Seq2SetModel.generate` before: two arg-maxes per step, the score from a full softmax."""
-    memories, state = model._encode(src, lengths)
+    memories, state = model.encode(src, lengths)
     num_steps = model.max_steps + 1 if model.teacher_forcing else model.max_steps
     ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
     labels, scores = [], []
@@ -68,7 +68,7 @@ def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[
 
 def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, num_steps: int,
                    inputs: Tensor | None = None) -> Iterator[Tensor]:
-    """`Seq2SetModel._decode` before: the output layer applied to each step, with its gradient."""
+    """`Seq2SetModel.decode` before: the output layer applied to each step, with its gradient."""
     batch = state.size(0)
     table = model.label_embedding.weight  # (V, E_l)
     label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # (B,)
