@@ -87,7 +87,7 @@ def _worker(rank: int, world: int, port: int, device_type: str, shape, steps: in
     group, device, joined = distributed.setup(device_type)
     recipe = recipe_for(shape, "otseq2set")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, amp=True))
-    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
+    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, decode_steps=shape.steps,
                        embed_size=shape.embed, label_embed_size=shape.embed)
     batches = make_batches(shape, 4)
     result: dict = {"world": world, "device": str(device)}

@@ -27,7 +27,7 @@ _RECIPE = recipe_from_dict({
     "name": "tiny", "data": {"dir": "d", "max_src_tokens": 10, "max_labels": 2},
     "model": {"hidden_size": 4, "encoder_layers": 1, "conv_kernels": [3, 7]},
 }).to_dict()
-_SIZES = {"vocab_size": 4, "num_labels": 3, "max_steps": 2, "embed_size": 5,
+_SIZES = {"vocab_size": 4, "num_labels": 3, "decode_steps": 2, "embed_size": 5,
           "label_embed_size": 6}
 
 
@@ -97,6 +97,17 @@ def test_optional_fields_round_trip(tmp_path):
     path = tmp_path / "model.safetensors"
     save_checkpoint(path, _state(), _meta(label_names=None, label_counts=None, extra={}))
     assert read_meta(path) == _meta(label_names=None, label_counts=None, extra={})
+
+
+def test_a_checkpoint_that_names_the_decoding_steps_max_steps_still_loads(tmp_path):
+    # Files written before the rename call sizes.decode_steps max_steps.
+    old = {k: v for k, v in _SIZES.items() if k != "decode_steps"} | {"max_steps": 2}
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, _state(), _meta(sizes=old))
+    tensors, meta = load_checkpoint(path)
+    assert meta == _meta() and tensors.keys() == _state().keys()
+    save_checkpoint(path, _state(), _meta(sizes={**old, "max_steps": 10_000_000}))
+    _refused(path, "claims 10,000,000 decoding steps")
 
 
 def test_read_meta_reads_no_weights(saved, monkeypatch):
@@ -233,9 +244,9 @@ def _refused_on_save(tmp_path, state=None, **changes) -> CheckpointError:
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"sizes": {**_SIZES, "max_steps": 10_000_000}},
-     "claims 10,000,000 decoding steps (sizes.max_steps); xmtc decodes at most 10,000"),
-    ({"sizes": {**_SIZES, "max_steps": 0}}, "claims 0 decoding steps"),
+    ({"sizes": {**_SIZES, "decode_steps": 10_000_000}},
+     "claims 10,000,000 decoding steps (sizes.decode_steps); xmtc decodes at most 10,000"),
+    ({"sizes": {**_SIZES, "decode_steps": 0}}, "claims 0 decoding steps"),
     ({"sizes": {**_SIZES, "vocab_size": 10**9}},
      "lists 4 tokens but its sizes say vocab_size = 1,000,000,000"),
     ({"sizes": {**_SIZES, "num_labels": 10**9}},
@@ -245,7 +256,7 @@ def _refused_on_save(tmp_path, state=None, **changes) -> CheckpointError:
     ({"sizes": {**_SIZES, "vocab_size": "4"}}, 'sizes.vocab_size is "4", not a count'),
     ({"sizes": {**_SIZES, "embed_size": 2**40}}, "sizes.embed_size is 1099511627776"),
     ({"sizes": {**_SIZES, "layers": 2}}, "has unknown sizes: layers"),
-    ({"sizes": {"vocab_size": 4, "num_labels": 3}}, "sizes lacks max_steps"),
+    ({"sizes": {"vocab_size": 4, "num_labels": 3}}, "sizes lacks decode_steps"),
     ({"sizes": [4, 3, 2]}, "sizes is not a JSON object"),
     ({"tokens": "<pad> <unk>"}, "tokens is not a JSON array"),
     ({"tokens": ["<pad>", "<unk>", 3, "x"]}, "tokens holds a value that is not a string"),

@@ -35,7 +35,7 @@ def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
     """`Seq2SetModel.forward` before batching: logits [B, S, V], stacked step by step."""
     memories, state = model.encode(src, lengths)
     if not model.teacher_forcing:
-        return torch.stack(list(_oracle_decode(model, memories, state, model.max_steps)), dim=1)
+        return torch.stack(list(_oracle_decode(model, memories, state, model.decode_steps)), dim=1)
     if gold is None:
         raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
     gold = gold.to(src.device)
@@ -49,7 +49,7 @@ def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
 def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """`Seq2SetModel.generate` before: two arg-maxes per step, the score from a full softmax."""
     memories, state = model.encode(src, lengths)
-    num_steps = model.max_steps + 1 if model.teacher_forcing else model.max_steps
+    num_steps = model.decode_steps + 1 if model.teacher_forcing else model.decode_steps
     ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
     labels, scores = [], []
     for t, logits in enumerate(_oracle_decode(model, memories, state, num_steps)):
@@ -100,7 +100,7 @@ def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, n
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
-SIZES = ModelSizes(vocab_size=30, num_labels=9, max_steps=5, embed_size=6, label_embed_size=5)
+SIZES = ModelSizes(vocab_size=30, num_labels=9, decode_steps=5, embed_size=6, label_embed_size=5)
 SGM = {"none": {}, "masked": {"masked_softmax": True}, "global": {"global_embedding": True},
        "both": {"masked_softmax": True, "global_embedding": True}}
 
@@ -180,7 +180,7 @@ def test_dropout_draws_the_same_masks_as_before(kind, sgm):
 def test_generation_matches_the_oracle(kind, light_conv, bottleneck, sgm):
     model, _ = make(kind, light_conv, bottleneck, sgm)
     model.eval()
-    model.max_steps = 7
+    model.decode_steps = 7
     src, lengths, _ = batch()
     labels, scores = model.generate(src, lengths)
     want_labels, want_scores = oracle_generate(model, src, lengths)
@@ -218,7 +218,7 @@ def test_the_output_weight_and_label_table_get_one_gradient_for_all_steps(kind, 
     logits = model(src, lengths, gold)
     width = bottleneck or 8 + 16 + 5  # b, or H + C + E_l
     if kind == "matching":  # one arg-max per step, without autograd, and nothing else
-        assert calls == [(False, (5, width))] * SIZES.max_steps
+        assert calls == [(False, (5, width))] * SIZES.decode_steps
     else:  # teacher forcing: one call on all steps' features
         assert calls == [(True, (5, gold.size(1) + 1, width))]
     assert gradient_uses(logits, last.weight) == gradient_uses(logits, last.bias) == 1

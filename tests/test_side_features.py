@@ -211,7 +211,7 @@ def test_a_ddp_share_takes_the_rows_of_its_documents(featured_split, size, world
 
 # --- the model ---------------------------------------------------------------------------------
 
-SIZES = ModelSizes(vocab_size=30, num_labels=7, max_steps=4, embed_size=6, label_embed_size=5,
+SIZES = ModelSizes(vocab_size=30, num_labels=7, decode_steps=4, embed_size=6, label_embed_size=5,
                    feature_size=4)
 
 

@@ -16,8 +16,8 @@ safetensors' 100 MB header limit, and `read_meta` reads the header without touch
 
 A checkpoint is untrusted data. `read_meta` (and so `load_checkpoint`, and every loader built on
 them) checks the metadata before anything is allocated from it (`check_meta`): field types,
-sizes against the vocabularies, the decoding steps against MAX_STEPS, the recipe through the
-recipe validator, and the name, shape and dtype of every tensor in the header against the model
+sizes against the vocabularies, the decoding steps against MAX_DECODE_STEPS, the recipe through
+the recipe validator, and the name, shape and dtype of every tensor in the header against the model
 that recipe and sizes describe (built on the meta device, which allocates nothing). So no size a
 file claims can make xmtc allocate more than the file holds, or decode for ever.
 """
@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.config import MAX_STEPS, recipe_from_dict
+from xmtc_cli.config import MAX_DECODE_STEPS, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
@@ -52,6 +52,9 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
 _JSON_FIELDS = ("recipe", "sizes", "tokens", "tokenizer", "labels", "label_names", "label_counts",
                 "extra")
 _OPTIONAL_FIELDS = ("label_counts",)  # absent in checkpoints written before they existed
+_RENAMED_SIZES = {"max_steps": "decode_steps"}
+"""Size names older files use -> today's: the decoding steps were `max_steps` until the recipe's
+train.max_steps (optimiser steps) took that name."""
 _RETRAIN = "copy the file again if it was copied, or re-train it with `xmtc train`"
 _NOT_SAFETENSORS = (
     "xmtc reads the model.safetensors files that `xmtc train` writes; PyTorch pickles "
@@ -71,8 +74,9 @@ class CheckpointMeta:
     """The resolved recipe (`Recipe.to_dict()`) the model was trained with."""
     sizes: dict[str, Any]
     """Sizes derived from the data that the model builder needs (vocab_size, num_labels,
-    max_steps, embed_size, label_embed_size, feature_size, ...); a size a file lacks takes
-    `ModelSizes`' default (feature_size 0: no side features)."""
+    decode_steps, embed_size, label_embed_size, feature_size, ...); a size a file lacks takes
+    `ModelSizes`' default (feature_size 0: no side features), and one under an older name
+    (`_RENAMED_SIZES`) reads as today's."""
     tokens: list[str]
     """The source vocabulary: token id k is `tokens[k]`."""
     tokenizer: dict[str, Any]
@@ -151,6 +155,9 @@ def _parse_meta(path: str | Path, metadata: Any) -> CheckpointMeta:
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         what = "is nested too deeply" if isinstance(exc, RecursionError) else cut(repr(exc))
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {what}", _RETRAIN) from exc
+    if isinstance(fields["sizes"], dict):
+        fields["sizes"] = {_RENAMED_SIZES[k] if k in _RENAMED_SIZES and _RENAMED_SIZES[k]
+                           not in fields["sizes"] else k: v for k, v in fields["sizes"].items()}
     return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT,
                           package_version=cut(str(written_by)))
 
@@ -167,11 +174,11 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
     header), before anything is built or allocated from it.
 
     Checks, in order: the type of every field; the sizes (vocab_size == len(tokens),
-    num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= max_steps <=
-    MAX_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older than
-    side features); the tokenizer settings; the recipe (it must validate); and that the tensors are
-    exactly the model that recipe and sizes describe: the same names and shapes (so the token
-    embedding has vocab_size rows and the output layer num_labels + 3), all float32.
+    num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= decode_steps <=
+    MAX_DECODE_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older
+    than side features); the tokenizer settings; the recipe (it must validate); and that the
+    tensors are exactly the model that recipe and sizes describe: the same names and shapes (so
+    the token embedding has vocab_size rows and the output layer num_labels + 3), all float32.
     """
     def refuse(problem: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path} {problem}", _RETRAIN)
@@ -225,9 +232,9 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
             raise refuse(f"has damaged metadata: sizes.{name} is {_short_json(value)}, not a "
                          "count")
     sizes = ModelSizes(**raw)
-    if not 1 <= sizes.max_steps <= MAX_STEPS:
-        raise refuse(f"claims {sizes.max_steps:,} decoding steps (sizes.max_steps); xmtc decodes "
-                     f"at most {MAX_STEPS:,}")
+    if not 1 <= sizes.decode_steps <= MAX_DECODE_STEPS:
+        raise refuse(f"claims {sizes.decode_steps:,} decoding steps (sizes.decode_steps); xmtc "
+                     f"decodes at most {MAX_DECODE_STEPS:,}")
     if sizes.feature_size > MAX_FEATURE_WIDTH:
         raise refuse(f"claims side features of width {sizes.feature_size:,} "
                      f"(sizes.feature_size); xmtc reads at most {MAX_FEATURE_WIDTH:,}")

@@ -8,7 +8,7 @@ exactly N steps (matching loss, "student forcing") or the gold labels (cross-ent
 
 Shape legend:
     B   batch                      T   source tokens (padded)      T'  conv-branch positions
-    N   decoding steps (max_steps) M   gold labels (padded)        S   steps of one decode
+    N   decoding steps             M   gold labels (padded)        S   steps of one decode
     V   output labels (corpus labels + 3 specials, see labelspace.py)
     H   hidden size                C   context width, 2H           A   attention width (= H)
     E   token embedding width      E_l label embedding width
@@ -44,8 +44,9 @@ class ModelSizes:
     """Source tokens, <pad>=0 and <unk>=1 included."""
     num_labels: int
     """Corpus labels L; the decoder predicts over V = L + 3 outputs."""
-    max_steps: int
-    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1."""
+    decode_steps: int
+    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1.
+    The recipe's data.max_labels (not train.max_steps, which counts optimiser steps)."""
     embed_size: int = 300
     """E: token embedding width (the pretrained vectors' width when there are some)."""
     label_embed_size: int = 300
@@ -90,7 +91,7 @@ def build_model(
         ),
         masked_softmax=model_cfg.masked_softmax,
         teacher_forcing=loss_cfg.kind == "cross-entropy",
-        max_steps=sizes.max_steps,
+        decode_steps=sizes.decode_steps,
         feature_size=sizes.feature_size,
     )
     with torch.no_grad():
@@ -370,13 +371,13 @@ class Seq2SetModel(nn.Module):
         global_embedding_tau: float | None,
         masked_softmax: bool,
         teacher_forcing: bool,
-        max_steps: int,
+        decode_steps: int,
         feature_size: int = 0,
     ):
         super().__init__()
         self.teacher_forcing = teacher_forcing
         self.masked_softmax = masked_softmax
-        self.max_steps = max_steps
+        self.decode_steps = decode_steps
         self.feature_size = feature_size
         context = 2 * hidden_size * (2 if conv_kernels else 1)  # [c_t ; ĉ_t]
         self.encoder = Encoder(vocab_size, embed_size, hidden_size, encoder_layers, dropout)
@@ -441,7 +442,7 @@ class Seq2SetModel(nn.Module):
             bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
             # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
             inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
-        num_steps = self.max_steps if inputs is None else inputs.size(1)
+        num_steps = self.decode_steps if inputs is None else inputs.size(1)
         steps = self.decode(memories, state, num_steps, inputs)
         if self.global_embedding is not None:
             return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
@@ -479,7 +480,7 @@ class Seq2SetModel(nn.Module):
         score 0, and decoding stops once every document has ended.
         """
         memories, state = self.encode(src, lengths, features)
-        num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
+        num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
         for t, step in enumerate(self.decode(memories, state, num_steps)):

@@ -110,7 +110,8 @@ class Silent:
 # --- from data and recipe to a model ---------------------------------------------------------
 
 def resolve_recipe(recipe: Recipe, data: ProcessedData) -> Recipe:
-    """Fill the data-dependent blanks of a recipe (max source tokens, N) from the data."""
+    """Fill the two blanks a recipe may leave to the data (data.max_src_tokens, data.max_labels:
+    N) once, when a run starts; the run records the filled recipe (config.py's docstring)."""
     max_src = recipe.data.max_src_tokens or DEFAULT_MAX_SRC_TOKENS
     max_labels = recipe.data.max_labels or _largest_label_set(data)
     return dataclasses.replace(
@@ -140,7 +141,7 @@ def model_sizes(recipe: Recipe, data: ProcessedData) -> ModelSizes:
     return ModelSizes(
         vocab_size=len(data.tokens),
         num_labels=data.num_labels,
-        max_steps=recipe.data.max_labels,
+        decode_steps=recipe.data.max_labels,
         embed_size=emb.shape[1] if emb is not None else DEFAULT_EMBED_SIZE,
         label_embed_size=int(label_width),
         feature_size=data.feature_size,
