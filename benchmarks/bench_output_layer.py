@@ -171,8 +171,7 @@ def load_child(contender: str, path: str) -> None:
         model = Predictor.from_checkpoint(path, device="cpu").model
     else:  # before: a randomly initialised model, then the weights copied into it
         state, meta = load_checkpoint(path)
-        recipe = recipe_from_dict(meta.recipe)
-        model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
+        model = build_model(meta.recipe.model, meta.recipe.loss, meta.sizes)
         model.load_state_dict(state)
         del state
         model = Predictor(model, meta, torch.device("cpu")).model  # what NEW builds around it
@@ -185,14 +184,13 @@ def load_child(contender: str, path: str) -> None:
 
 def measure_load(labels: int, args: argparse.Namespace) -> None:
     """Save the model of `labels` labels, then load it OLD and NEW in fresh processes."""
-    import dataclasses
     import tempfile
 
     from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 
     model, _, _ = setup(labels, args)
     recipe, sizes = recipe_and_sizes(labels, args)
-    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(sizes),
+    meta = CheckpointMeta(recipe=recipe, sizes=sizes,
                           tokens=[f"w{i}" for i in range(args.vocab)],
                           tokenizer={"kind": "whitespace"},
                           labels=[f"l{i}" for i in range(labels)])

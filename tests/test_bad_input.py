@@ -99,9 +99,9 @@ def _lying(tiny_run, folder: Path, **changes) -> Path:
     """A copy of the tiny checkpoint whose metadata has `changes` (sizes merged) applied."""
     state, meta = load_checkpoint(tiny_run.best)
     if "sizes" in changes:
-        changes["sizes"] = {**meta.sizes, **changes["sizes"]}
+        changes["sizes"] = {**dataclasses.asdict(meta.sizes), **changes["sizes"]}
     if "model" in changes:
-        recipe = dict(meta.recipe)
+        recipe = meta.recipe.to_dict()
         recipe["model"] = {**recipe["model"], **changes.pop("model")}
         changes["recipe"] = recipe
     path = folder / "lying.safetensors"

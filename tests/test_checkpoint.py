@@ -48,9 +48,11 @@ def _state() -> dict[str, torch.Tensor]:
 
 
 def _meta(**changes) -> CheckpointMeta:
+    """The tiny model's metadata; a change may be plain JSON (recipe and sizes as dicts), which
+    `save_checkpoint` writes as it is, to make a file with damaged metadata."""
     fields = {
-        "recipe": _RECIPE,
-        "sizes": _SIZES,
+        "recipe": recipe_from_dict(_RECIPE),
+        "sizes": ModelSizes(**_SIZES),
         "tokens": ["<pad>", "<unk>", "naïve", "日本"],
         "tokenizer": {"kind": "whitespace", "lowercase": True},
         "labels": ["l0", "l1", "l2"],
@@ -358,3 +360,24 @@ def test_check_meta_is_what_read_meta_runs(saved):
 
 def test_a_name_too_long_for_the_file_system_is_refused(tmp_path):
     _refused(tmp_path / ("x" * 300), "cannot be read: File name too long")
+
+
+def test_a_predictor_reads_the_file_once_and_builds_one_model(saved, monkeypatch):
+    # The recipe and sizes are typed when the file is read, and the model checked against the
+    # file's tensors is the model that gets its weights: nothing is parsed or built twice.
+    from xmtc_cli.inference import Predictor
+    from xmtc_cli.model import Seq2SetModel
+
+    built = []
+    real_init = Seq2SetModel.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Seq2SetModel, "__init__", counting_init)
+    predictor = Predictor.from_checkpoint(str(saved), device="cpu")
+    assert built == [predictor.model]
+    assert predictor.recipe is predictor.meta.recipe and predictor.meta == _meta()
+    assert isinstance(predictor.meta.sizes, ModelSizes)
+    assert next(predictor.model.parameters()).device.type == "cpu"

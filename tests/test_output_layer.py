@@ -11,7 +11,6 @@ two against each other.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from xmtc_cli import inference
+from xmtc_cli import checkpoint
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import LossConfig, ModelConfig, recipe_from_dict
 from xmtc_cli.inference import Predictor, predict_ids
@@ -250,7 +249,7 @@ def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_pat
                                          "bottleneck": 16, **SGM[sgm]}})
     torch.manual_seed(0)
     model = build_model(recipe.model, recipe.loss, SIZES).eval()
-    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(SIZES),
+    meta = CheckpointMeta(recipe=recipe, sizes=SIZES,
                           tokens=[f"w{i}" for i in range(SIZES.vocab_size)],
                           tokenizer={"kind": "whitespace"},
                           labels=[f"l{i}" for i in range(SIZES.num_labels)])
@@ -258,14 +257,14 @@ def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_pat
     save_checkpoint(path, model.state_dict(), meta)
 
     loaded_state = {}
-    real_load = inference.load_checkpoint
+    real_load = checkpoint.load_file
 
     def spy(*args, **kwargs):
-        state, meta = real_load(*args, **kwargs)
+        state = real_load(*args, **kwargs)
         loaded_state.update(state)
-        return state, meta
+        return state
 
-    monkeypatch.setattr("xmtc_cli.inference.load_checkpoint", spy)
+    monkeypatch.setattr(checkpoint, "load_file", spy)
     predictor = Predictor.from_checkpoint(str(path), device="cpu")
     # The parameters are the tensors read from the file, not copies into a second model.
     for name, tensor in predictor.model.state_dict().items():

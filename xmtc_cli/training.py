@@ -152,8 +152,8 @@ def checkpoint_meta(recipe: Recipe, sizes: ModelSizes, data: ProcessedData,
                     **extra: Any) -> CheckpointMeta:
     """Everything `xmtc predict` needs beside the weights."""
     return CheckpointMeta(
-        recipe=recipe.to_dict(),
-        sizes=dataclasses.asdict(sizes),
+        recipe=recipe,
+        sizes=sizes,
         tokens=list(data.tokens),
         tokenizer=dict(data.tokenizer),
         labels=list(data.labels[: data.num_labels]),
