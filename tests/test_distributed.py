@@ -41,7 +41,7 @@ from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.inference import Predictor
 from xmtc_cli.losses import build_criterion
-from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, default_run_dir
+from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, _rng_tensors, _rngs_of, default_run_dir
 from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -115,14 +115,19 @@ def test_the_loss_terms_make_the_loss(tiny, loss):
 
 def test_one_process_keeps_its_rng_keys_and_many_are_told_apart():
     own = {"torch": torch.get_rng_state()}
-    assert distributed.gather_rng(own, SINGLE) is own
-    assert distributed.saved_world_size(own) == 1
-    assert distributed.rank_rng(own, 0) is own
-    gathered = {"torch.0": torch.zeros(3, dtype=torch.uint8),
-                "torch.1": torch.ones(3, dtype=torch.uint8), "cuda.1": torch.ones(2)}
-    assert distributed.saved_world_size(gathered) == 2
-    assert set(distributed.rank_rng(gathered, 1)) == {"torch", "cuda"}
-    assert torch.equal(distributed.rank_rng(gathered, 1)["torch"], gathered["torch.1"])
+    [gathered_one] = distributed.gather_rng(own, SINGLE)
+    assert gathered_one is own
+    assert list(_rng_tensors([own])) == ["rng.torch"]
+    [back] = _rngs_of(_rng_tensors([own]))
+    assert back["torch"] is own["torch"]
+    gathered = [{"torch": torch.zeros(3, dtype=torch.uint8)},
+                {"torch": torch.ones(3, dtype=torch.uint8), "cuda": torch.ones(2)}]
+    tensors = _rng_tensors(gathered)
+    assert sorted(tensors) == ["rng.cuda.1", "rng.torch.0", "rng.torch.1"]
+    back = _rngs_of(tensors)
+    assert len(back) == 2 and set(back[1]) == {"torch", "cuda"}
+    assert torch.equal(back[1]["torch"], tensors["rng.torch.1"])
+    assert torch.equal(back[0]["torch"], gathered[0]["torch"])
 
 
 def test_a_restart_resumes_only_the_run_its_own_launch_created(tiny, tmp_path):

@@ -22,9 +22,10 @@ used and training is the one-process code, unchanged.
   state is read by rank 0 and broadcast (`sync_start`), so no rank reads a file another wrote
   and multi-node runs need no shared filesystem (except to restart on other machines).
 * Randomness. Rank r draws its dropout masks from (train.seed, r); saves gather every rank's
-  RNG state into the train state (`rng.torch.R`, `rng.cuda.R`), so a resumed run ends with the
-  weights of one that never stopped, on the same number of processes. A state saved by another
-  number of processes is refused: its dropout streams and float sums cannot be continued.
+  RNG state into the train state (`gather_rng`; xmtc_cli.run lays the file out), so a resumed
+  run ends with the weights of one that never stopped, on the same number of processes. A
+  state saved by another number of processes is refused: its dropout streams and float sums
+  cannot be continued.
 * Restarts. torchrun --max-restarts N starts the group again after a failure, with
   TORCHELASTIC_RESTART_COUNT > 0; a restarted run resumes by itself from the folder that this
   same launch created (`launch_id`, recorded in the run folder), never from another run's.
@@ -311,16 +312,16 @@ def global_loss(terms: LossTerms, group: Group, standin: bool = False
 # --- starting and saving ----------------------------------------------------------------------
 
 def sync_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Any,
-               rng: dict[str, torch.Tensor] | None, group: Group
-               ) -> tuple[Any, dict[str, torch.Tensor] | None]:
+               rngs: list[dict[str, torch.Tensor]] | None, group: Group
+               ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
     """Rank 0's weights, Adam moments, `state` and RNG states on every rank (rank 0 has read
-    them from the run folder); returns the state and this rank's own RNG state (None when the
-    run starts afresh)."""
+    them from the run folder); returns the state and every rank's RNG state, in rank order
+    (None when the run starts afresh)."""
     layout = None
     if group.is_main:
         layout = {pid: {key: (tuple(v.shape), v.dtype, v.device.type) for key, v in slots.items()}
                   for pid, slots in optimizer.state_dict()["state"].items()}
-    state, layout, rng = group.broadcast_object((state, layout, rng))
+    state, layout, rngs = group.broadcast_object((state, layout, rngs))
     for tensor in model.state_dict().values():
         _broadcast_tensor(tensor, group)
     if layout:
@@ -339,7 +340,7 @@ def sync_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: 
         if not group.is_main:
             current = optimizer.state_dict()
             optimizer.load_state_dict({"state": filled, "param_groups": current["param_groups"]})
-    return state, (rank_rng(rng, group.rank) if rng else None)
+    return state, rngs
 
 
 def _broadcast_tensor(tensor: torch.Tensor, group: Group) -> None:
@@ -352,23 +353,8 @@ def _broadcast_tensor(tensor: torch.Tensor, group: Group) -> None:
     tensor.copy_(carrier)
 
 
-def gather_rng(own: dict[str, torch.Tensor], group: Group) -> dict[str, torch.Tensor]:
-    """Every rank's RNG state, keyed `torch.R` / `cuda.R` (rank R), for the train state; one
-    process keeps its plain keys (`torch`, `cuda`)."""
+def gather_rng(own: dict[str, torch.Tensor], group: Group) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state, in rank order, for the train state (xmtc_cli.run lays it out)."""
     if not group.active:
-        return own
-    states = group.all_gather_object({k: v.cpu() for k, v in own.items()})
-    return {f"{k}.{r}": v for r, s in enumerate(states) for k, v in s.items()}
-
-
-def rank_rng(rng: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    """This rank's RNG state out of a gathered one (a one-process state is everyone's)."""
-    if "torch" in rng:
-        return rng
-    suffix = f".{rank}"
-    return {k[: -len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
-
-
-def saved_world_size(rng: dict[str, torch.Tensor]) -> int:
-    """How many processes wrote a train state, from its RNG keys."""
-    return 1 if "torch" in rng else sum(1 for k in rng if k.startswith("torch."))
+        return [own]
+    return group.all_gather_object({k: v.cpu() for k, v in own.items()})

@@ -354,28 +354,29 @@ class _Epochs:
         # for the run: `fit` closes it.
         with contextlib.ExitStack() as on_failure:
 
-            def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
+            def open_and_load(
+            ) -> tuple[RunFolder, TrainState, list[dict[str, torch.Tensor]] | None]:
                 folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command))
                 fingerprint = data_fingerprint(data)
-                state, rng = TrainState(data=fingerprint), None
+                state, rngs = TrainState(data=fingerprint), None
                 if folder.has_state:
-                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device,
-                                                   (recipe.data.dir, fingerprint))
+                    state, rngs = folder.load_state(trainer.model, trainer.optimizer, device,
+                                                    (recipe.data.dir, fingerprint))
                     state.data = fingerprint  # states saved before fingerprints had none
-                    _check_world_size(folder, distributed.saved_world_size(rng), group)
+                    _check_world_size(folder, len(rngs), group)
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
                                            device)
                 folder.truncate_metrics(state.epoch)
-                return folder, state, rng
+                return folder, state, rngs
 
-            folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
+            folder, state, rngs = group.on_main(open_and_load) or (None, TrainState(), None)
             if group.active:
-                state, rng = distributed.sync_start(trainer.model, trainer.optimizer, state, rng,
-                                                    group)
-            if rng is not None:
-                set_rng_state(rng, device)
+                state, rngs = distributed.sync_start(trainer.model, trainer.optimizer, state,
+                                                     rngs, group)
+            if rngs is not None:  # as many as there are ranks (_check_world_size)
+                set_rng_state(rngs[group.rank], device)
             valid = data.splits.get("valid")
             callback.on_start(RunInfo(
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
@@ -448,10 +449,10 @@ class _Epochs:
             if self.out_of_steps or (every and state.step % every == 0):
                 state.loss_sum = loss_sum.item()
                 state.parts_sum = {k: v.item() for k, v in parts_sum.items()}
-                rng = distributed.gather_rng(rng_state(), self.group)  # every rank's
+                rngs = distributed.gather_rng(rng_state(), self.group)  # every rank's
                 if self.folder is not None:
                     self.folder.save_state(state, self.trainer.model, self.trainer.optimizer,
-                                           self.recipe, rng)
+                                           self.recipe, rngs)
             if self.out_of_steps:
                 break
         return loss_sum, parts_sum
@@ -481,15 +482,15 @@ class _Epochs:
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
         report = dataclasses.replace(report, best=best, seconds=seconds)
-        rng = distributed.gather_rng(rng_state(), self.group) if complete else None
+        rngs = distributed.gather_rng(rng_state(), self.group) if complete else None
         if self.folder is not None:
-            self._write(epoch, report, complete, rng)
+            self._write(epoch, report, complete, rngs)
         if complete:
             state.epoch, state.batches_done, state.loss_sum, state.parts_sum = epoch, 0, 0.0, {}
         return report
 
     def _write(self, epoch: int, report: EpochReport, complete: bool,
-               rng: dict[str, torch.Tensor] | None) -> None:
+               rngs: list[dict[str, torch.Tensor]] | None) -> None:
         state, model, folder = self.state, self.trainer.model, self.folder
         meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
                                valid=report.valid, steps=state.step, partial=not complete)
@@ -500,7 +501,7 @@ class _Epochs:
         if complete:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
-            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rngs)
 
 
 def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:
