@@ -38,6 +38,7 @@ from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.launch import Launch
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.prototypes import init_output_prototypes
@@ -246,13 +247,15 @@ class Trainer:
 # --- the run ----------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
-        command: str = "", callback: Callback | None = None) -> FitResult:
+        command: str = "", callback: Callback | None = None,
+        launch: Launch | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
+    `launch`: this process's place (None: read from the environment).
     """
-    group, dev, joined = distributed.setup(device)
+    group, dev, joined = distributed.setup(device, launch or Launch.from_environ())
     try:
         return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
     except RuntimeError as exc:
@@ -308,13 +311,13 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
         )
 
 
-def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str) -> RunFolder:
-    launch = distributed.launch_id()
-    if not resume and distributed.restart_count() > 0 and RunFolder.started_by(run_dir, launch):
+def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str,
+                 launch: Launch) -> RunFolder:
+    if not resume and launch.restarts > 0 and RunFolder.started_by(run_dir, launch.launch_id):
         resume = True  # torchrun restarted this launch after a failure: continue its run
     if resume:
         return RunFolder.reopen(run_dir, recipe)
-    return RunFolder.create(run_dir, recipe, command, launch=launch)
+    return RunFolder.create(run_dir, recipe, command, launch=launch.launch_id)
 
 
 @dataclass
@@ -356,7 +359,8 @@ class _Epochs:
 
             def open_and_load(
             ) -> tuple[RunFolder, TrainState, list[dict[str, torch.Tensor]] | None]:
-                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command))
+                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command,
+                                                                group.launch))
                 fingerprint = data_fingerprint(data)
                 state, rngs = TrainState(data=fingerprint), None
                 if folder.has_state:
