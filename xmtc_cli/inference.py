@@ -10,19 +10,17 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
-from xmtc_cli.config import recipe_from_dict
+from xmtc_cli.checkpoint import CheckpointMeta, load_lexical_index, load_model
 from xmtc_cli.data.batching import feature_rows, pad_sources
 from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
-from xmtc_cli.errors import CheckpointError, DataError, UsageError
+from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
-from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
 from xmtc_cli.lexical import KnnIndex, gate_threshold, prior_bonus
-from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
+from xmtc_cli.model import Seq2SetModel
 
 
 @dataclass(frozen=True)
@@ -138,7 +136,7 @@ class Predictor:
         """The lexical scorer the model fuses its choices with (model.lexical), or None."""
         self.meta = meta
         self.device = device
-        self.recipe = recipe_from_dict(meta.recipe, source="checkpoint recipe")
+        self.recipe = meta.recipe
         self.tokenize = tokenizer_from_settings(meta.tokenizer)
         self.token_ids = {token: i for i, token in enumerate(meta.tokens)}
         self.labels = meta.labels
@@ -146,28 +144,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto") -> Predictor:
         dev = resolve_device(device)
-        state, meta = load_checkpoint(path, device=str(dev))
-        recipe = recipe_from_dict(meta.recipe, source=f"{path} (its recipe)")
-        # Built on the meta device the model allocates no weights, and the file's tensors
-        # become its parameters (assign=True): loading holds one copy of the weights, not a
-        # random model's as well. Safe because the model ties no weights and has no buffers
-        # outside its state dict (tests/test_output_layer.py checks both).
-        sizes = ModelSizes(**meta.sizes)
-        with on_meta_device():
-            model = build_model(recipe.model, recipe.loss, sizes)
-        lexical_tensors = {k: state.pop(k) for k in list(state) if k.startswith(LEXICAL_PREFIX)}
-        model.load_state_dict(state, assign=True)
-        lexical = None
-        if recipe.model.lexical == "knn":  # read_meta checked the names, dtypes and shapes
-            try:
-                lexical = KnnIndex.from_tensors(lexical_tensors, recipe.model.lexical_k,
-                                                recipe.model.lexical_power
-                                                ).with_num_labels(sizes.num_labels)
-            except ValueError as exc:
-                raise CheckpointError(f"checkpoint {path} holds a damaged lexical index: {exc}",
-                                      "copy the file again, or re-train it with `xmtc train`"
-                                      ) from None
-        return cls(model.to(dev), meta, dev, lexical)
+        model, meta = load_model(path, dev)
+        return cls(model, meta, dev, load_lexical_index(path, meta))
 
     @property
     def lexical_weight(self) -> float:
