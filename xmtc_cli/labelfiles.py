@@ -2,7 +2,8 @@
 
 `xmtc eval --predictions FILE --gold FILE` reads both sides with `read_label_file`; an empty line
 is a document with no labels, so line k is always document k. The JSON lines that
-`xmtc predict --format jsonl` writes (`{"labels": [...], "scores": [...]}`) read as well.
+`xmtc predict --format jsonl` writes (`{"id": ..., "labels": [{"label": ..., "in_set": ...},
+...]}`, its set being the labels marked in_set) read as well, and `{"labels": [...]}`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ def _json_labels(line: str, name: str, number: int) -> list[str]:
     except ValueError:
         row = None
     labels = row.get("labels") if isinstance(row, dict) else None
+    if isinstance(labels, list) and all(_is_suggestion(x) for x in labels):
+        # `xmtc predict --format jsonl`: ranked objects; the set is those marked in_set.
+        labels = [x["label"] for x in labels if x.get("in_set", True)]
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise DataError(
             f"{at(name, number)}: expected a JSON object with \"labels\": [...] (the file's "
@@ -73,6 +77,10 @@ def _json_labels(line: str, name: str, number: int) -> list[str]:
             "lines of space-separated labels",
         )
     return labels
+
+
+def _is_suggestion(item: object) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("label"), str)
 
 
 class CommaLabels:

@@ -283,6 +283,7 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
             if epochs.out_of_steps:
                 break
             reports.append(epochs.run(epoch))
+        group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
@@ -291,6 +292,16 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     finally:
         if epochs.folder is not None:
             epochs.folder.close()
+
+
+def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
+                    device: torch.device) -> None:
+    """The best checkpoint gets the score threshold tuned on validation (`threshold.py`)."""
+    valid = data.splits.get("valid")
+    if valid is not None and len(valid) and best.exists():
+        from xmtc_cli.threshold import tune_checkpoint
+
+        tune_checkpoint(best, valid, recipe.train.eval_batch_size, device)
 
 
 def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:

@@ -95,7 +95,18 @@ def train(
         stdout.print(metrics_table(result.best_valid,
                                    f"validation, best epoch {result.best_epoch}"))
     stdout.print(f"checkpoint: {result.best_checkpoint}")
+    _report_threshold(result.best_checkpoint)
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
+
+
+def _report_threshold(checkpoint: Path) -> None:
+    from xmtc_cli.checkpoint import read_meta
+
+    tuned = read_meta(checkpoint).extra.get("threshold") if checkpoint.exists() else None
+    if tuned:
+        stderr.print(f"tuned threshold {tuned['threshold']:.3g}: validation micro-F1 "
+                     f"{100 * tuned['valid_micro_f1']:.2f} against the generated set's "
+                     f"{100 * tuned['set_micro_f1']:.2f} (xmtc predict --threshold tuned)")
 
 
 def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
