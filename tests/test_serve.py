@@ -121,8 +121,6 @@ def test_the_command_serves_and_stops_on_sigterm(tiny_run):
                             stdout=subprocess.PIPE, env=env, text=True)
     try:
         line = proc.stderr.readline()
-        while line.startswith("note: "):  # the checkpoint's tuned threshold, say
-            line = proc.stderr.readline()
         assert "serving" in line and "http://127.0.0.1:" in line, line
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)

@@ -80,7 +80,5 @@ def test_predict_threshold_tuned(tiny_run, cli, tmp_path):
         assert result.code == 2 and "holds no tuned threshold" in result.err
     else:
         assert result.code == 0, result.err
-        plain = cli("predict", tiny_run.best, docs)
-        assert "--threshold tuned uses it" in plain.err
         same = cli("predict", tiny_run.best, docs, "--threshold", str(tuned["threshold"]))
         assert same.out == result.out

@@ -152,7 +152,7 @@ def _threshold_value(threshold: str | None) -> float | None:
 def _resolve_threshold(predictor, explicit: float | None, threshold: str | None,
                        checkpoint: Path) -> float | None:
     """The threshold the set is cut at: a number given, the checkpoint's tuned one, or None
-    (the generated set; then a note where the checkpoint tuned one that did better)."""
+    (the generated set)."""
     tuned = predictor.threshold
     if threshold == "tuned":
         if tuned is None:
@@ -160,10 +160,6 @@ def _resolve_threshold(predictor, explicit: float | None, threshold: str | None,
                              "set on validation, or it was trained before xmtc tuned them)",
                              "leave out --threshold, or give a number")
         return float(tuned["threshold"])
-    if explicit is None and tuned is not None:
-        stderr.print(f"note: a threshold of {tuned['threshold']:.3g} beat the generated set on "
-                     f"validation (micro-F1 {100 * tuned['valid_micro_f1']:.2f} against "
-                     f"{100 * tuned['set_micro_f1']:.2f}); --threshold tuned uses it")
     return explicit
 
 
