@@ -25,7 +25,7 @@ DEMO = Path(__file__).parents[1] / "recipes" / "demo.yaml"
 SMALL = ["model.hidden_size=16", "model.conv_kernels=[3,3]", "data.max_src_tokens=40",
          "train.batch_size=16"]
 RUN_FILES = {".lock", "recipe.yaml", "metrics.jsonl", "model.safetensors", "last.safetensors",
-             "train_state.safetensors"}
+             "train_state.safetensors", "curves.csv"}
 
 
 def test_preprocess_train_predict_eval(tmp_path, cli):

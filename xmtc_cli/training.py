@@ -280,7 +280,7 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     try:
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
-            if epochs.out_of_steps:
+            if epochs.out_of_steps or epochs.out_of_patience:
                 break
             reports.append(epochs.run(epoch))
         group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
@@ -402,6 +402,13 @@ class _Epochs:
                 folder.close()
             raise
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback)
+
+    @property
+    def out_of_patience(self) -> bool:
+        """train.early_stop epochs in a row have finished without a new best."""
+        patience = self.recipe.train.early_stop
+        return (patience is not None and self.state.best_epoch > 0
+                and self.state.epoch - self.state.best_epoch >= patience)
 
     @property
     def out_of_steps(self) -> bool:

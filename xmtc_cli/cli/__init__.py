@@ -21,7 +21,7 @@ import traceback
 import typer
 
 # Importing a command module registers its command on `app`.
-from xmtc_cli.cli import eval, predict, preprocess, serve, train  # noqa: F401
+from xmtc_cli.cli import eval, plot, predict, preprocess, serve, train  # noqa: F401
 from xmtc_cli.cli.app import app
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error

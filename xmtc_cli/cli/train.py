@@ -91,6 +91,11 @@ def train(
             display.close()
     if not main_rank:
         return
+    patience = resolved.train.early_stop
+    if patience and result.epochs and result.epochs[-1].epoch < resolved.train.epochs \
+            and not result.epochs[-1].partial:
+        stderr.print(f"stopped early after epoch {result.epochs[-1].epoch}: {patience} epochs "
+                     f"without a better validation micro-F1 than epoch {result.best_epoch}'s")
     if result.best_valid:
         stdout.print(metrics_table(result.best_valid,
                                    f"validation, best epoch {result.best_epoch}"))
