@@ -13,7 +13,7 @@ import torch
 
 from xmtc_cli import perlabel
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
+from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_data
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.labelfiles import read_label_file
@@ -147,7 +147,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     tokenizer must agree.
     """
     predictor = Predictor.from_checkpoint(str(checkpoint), device)
-    data = load_processed(data_dir)
+    data = load_data(str(data_dir))  # a folder, or builtin:demo as recipes name it
     if split not in data.splits:
         raise DataError(
             f"{data_dir} has no {split!r} split (it has {', '.join(data.splits)})",

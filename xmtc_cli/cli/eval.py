@@ -19,7 +19,7 @@ def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A model.safetensors to evaluate on --data.")] = None,
     data: Annotated[Path | None, typer.Option(
-        help="Processed-data folder (with CHECKPOINT).")] = None,
+        help="Processed-data folder (with CHECKPOINT), or builtin:demo.")] = None,
     split: Annotated[str, typer.Option(
         help="Split of --data to evaluate: test or valid.")] = "test",
     predictions: Annotated[Path | None, typer.Option(
