@@ -243,7 +243,8 @@ class Trainer:
 # --- the run ----------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
-        command: str = "", callback: Callback | None = None) -> FitResult:
+        command: str = "", callback: Callback | None = None,
+        init: str | Path | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
@@ -251,7 +252,8 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
     """
     group, dev, joined = distributed.setup(device)
     try:
-        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
+        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
+                    init)
     except RuntimeError as exc:
         if not (group.active and distributed.lost_contact(exc)):
             raise
@@ -267,7 +269,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
 
 def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
-         command: str, callback: Callback) -> FitResult:
+         command: str, callback: Callback, init: str | Path | None = None) -> FitResult:
     if not group.is_main:
         callback = Silent()
     run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
@@ -276,7 +278,8 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
     _check_agreement(recipe, data, group)
-    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback)
+    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
+                           init)
     try:
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
@@ -349,7 +352,7 @@ class _Epochs:
     @classmethod
     def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
               command: str, device: torch.device, group: Group,
-              callback: Callback) -> _Epochs:
+              callback: Callback, init: str | Path | None = None) -> _Epochs:
         """Build everything from the recipe, open the run folder (rank 0) and load the saved
         state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
@@ -371,6 +374,11 @@ class _Epochs:
                                                    (recipe.data.dir, fingerprint))
                     state.data = fingerprint  # states saved before fingerprints had none
                     _check_world_size(folder, distributed.saved_world_size(rng), group)
+                elif init is not None:  # --init: a checkpoint's weights, matched by name
+                    from xmtc_cli.warmstart import init_from_checkpoint
+
+                    init_from_checkpoint(trainer.model, init, list(data.tokens),
+                                         list(data.labels[: data.num_labels]))
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,

@@ -42,6 +42,9 @@ def train(
     )] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="Start from this checkpoint's weights (fine-tuning on new documents "
+        "with the same label space; words and labels are matched by name).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved recipe and exit.")] = False,
     nproc: Annotated[int, typer.Option(
         min=1, help="Train on this many processes of this machine (one per GPU, or CPU "
@@ -64,6 +67,8 @@ def train(
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    if init is not None and resume:
+        raise UsageError("--init starts a new run and --resume continues one: give one of them")
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
     if nproc > 1 or max_restarts > 0:
@@ -83,7 +88,7 @@ def train(
     display = TrainingDisplay() if main_rank else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display)
+                     callback=display, init=init)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:
