@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from xmtc_cli.checkpoint import load_checkpoint
-from xmtc_cli.data.readers import quote
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, short
 from xmtc_cli.labelspace import NUM_SPECIALS
 
 log = logging.getLogger(__name__)
@@ -51,7 +50,7 @@ def init_from_checkpoint(model: torch.nn.Module, path: str | Path, tokens: list[
         raise DataError(
             f"{len(unknown):,} training label{'s' if len(unknown) > 1 else ''} of the data "
             f"{'are' if len(unknown) > 1 else 'is'} not a label of {path}, e.g. "
-            f"{quote(unknown[0])}: --init needs the checkpoint's label space",
+            f"{short(unknown[0])}: --init needs the checkpoint's label space",
             "train a new model on this data (without --init), or keep to the labels the "
             "checkpoint knows",
         )

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmtc_cli.data.formats import JSONL_HINT, Document, parse_document
-from xmtc_cli.data.readers import LABEL_NAMES_FILE, CorpusFiles, iter_lines, quote
-from xmtc_cli.errors import DataError, at
+from xmtc_cli.data.readers import LABEL_NAMES_FILE, CorpusFiles, iter_lines
+from xmtc_cli.errors import DataError, at, short
 
 FORMATS = ("jsonl", "csv", "tsv")
 
@@ -79,7 +79,7 @@ def check_label(label: str, path: Path, number: int) -> None:
     if not label.strip():
         raise DataError(f"{at(path, number)}: an empty label", "remove it, or name the label")
     if any(c in label for c in "\t\n\r"):
-        raise DataError(f"{at(path, number)}: label {quote(label)} holds a tab or a line break",
+        raise DataError(f"{at(path, number)}: label {short(label)} holds a tab or a line break",
                         "labels may hold any character but tabs and line breaks")
 
 
@@ -160,7 +160,7 @@ class InseparableLabels:
             return None
         first, second = pairs[0]
         more = f" (and {len(pairs) - 1:,} more such pairs)" if len(pairs) > 1 else ""
-        return (f"{path}: labels {quote(first)} and {quote(second)} always occur together, "
+        return (f"{path}: labels {short(first)} and {short(second)} always occur together, "
                 f"one right after the other ({self.count[first]:,} lines){more}: if they are "
                 "one name split at a space, labels are separated by spaces here, so write the "
                 'corpus as train.jsonl/test.jsonl with "labels": [...] (README: your own '

@@ -12,8 +12,7 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from xmtc_cli.data.readers import quote
-from xmtc_cli.errors import DataError, at
+from xmtc_cli.errors import DataError, at, short
 
 JSONL_HINT = ('write one JSON object a line: {"id": "d1", "text": "...", "labels": ["...", '
               '...]} ("labels" only in a corpus)')
@@ -31,10 +30,10 @@ def parse_document(line: str, name: str, number: int, need_labels: bool = False)
     try:
         row = json.loads(line)
     except ValueError as exc:
-        raise DataError(f"{at(name, number)}: not a JSON object ({exc.msg}): {quote(line)}",
+        raise DataError(f"{at(name, number)}: not a JSON object ({exc.msg}): {short(line)}",
                         JSONL_HINT) from None
     if not isinstance(row, dict):
-        raise DataError(f"{at(name, number)}: not a JSON object: {quote(line)}", JSONL_HINT)
+        raise DataError(f"{at(name, number)}: not a JSON object: {short(line)}", JSONL_HINT)
     text = row.get("text")
     if not isinstance(text, str):
         found = "no \"text\"" if text is None else f"\"text\" of type {type(text).__name__}"
