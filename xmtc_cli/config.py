@@ -133,6 +133,9 @@ class TrainConfig:
     checkpoint_every: int | None = None
     """Also save the train state every this many optimiser steps inside an epoch, so that a kill
     loses at most that much work; --resume continues from the step. None: at epoch ends only."""
+    early_stop: int | None = None
+    """Stop once this many epochs in a row have not improved validation micro-F1 (the best
+    checkpoint stays model.safetensors). None: train all epochs."""
     log_every: float = 60.0
     """Seconds between progress lines when stderr is not a terminal (a log file, a scheduler)."""
     ddp_bf16_grads: bool = False
@@ -252,6 +255,7 @@ def _check(r: Recipe) -> list[str]:
         "train.max_steps": r.train.max_steps,
         "train.checkpoint_every": r.train.checkpoint_every,
         "model.lexical_k": r.model.lexical_k,
+        "train.early_stop": r.train.early_stop,
     }
     p += [f"{k} must be a positive integer, not {short(v)}" for k, v in positive.items()
           if v is not None and v < 1]
