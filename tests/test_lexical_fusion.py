@@ -36,11 +36,11 @@ def small_model(masked: bool, cross_entropy: bool = False):
     model = build_model(
         ModelConfig(hidden_size=8, encoder_layers=1, conv_kernels=(3, 3), masked_softmax=masked),
         LossConfig(kind="cross-entropy", ot_weight=0) if cross_entropy else LossConfig(),
-        ModelSizes(vocab_size=30, num_labels=12, max_steps=6, embed_size=8,
+        ModelSizes(vocab_size=30, num_labels=12, decode_steps=6, embed_size=8,
                    label_embed_size=8))
     with torch.no_grad():  # a random model mostly says ∅: make it say labels, and repeat some
-        model._last_layer().bias[EMPTY] -= 1.0
-        model._last_layer().bias[NUM_SPECIALS + 4] += 2.0
+        model.last_layer().bias[EMPTY] -= 1.0
+        model.last_layer().bias[NUM_SPECIALS + 4] += 2.0
     return model.eval()
 
 
@@ -49,12 +49,12 @@ def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
     (teacher forcing of the prefix), and the fusion rule applied in plain Python."""
     out = []
     for b in range(src.size(0)):
-        memories, state = model._encode(src[b : b + 1], lengths[b : b + 1])
+        memories, state = model.encode(src[b : b + 1], lengths[b : b + 1])
         choices, emitted = [], set()
-        for t in range(model.max_steps):
+        for t in range(model.decode_steps):
             inputs = torch.tensor([[BOS, *choices]])
-            *_, step = model._decode(memories, state, t + 1, inputs)
-            logits = model._last_layer()(step.features)[0]
+            *_, step = model.decode(memories, state, t + 1, inputs)
+            logits = model.last_layer()(step.features)[0]
             if model.masked_softmax:
                 logits = logits.masked_fill(step.used[0], torch.finfo(logits.dtype).min)
             own = int(logits.argmax())
@@ -200,8 +200,9 @@ def test_a_checkpoint_whose_index_disagrees_with_its_recipe_is_refused(lexical_r
     save_checkpoint(path, without, meta)
     with pytest.raises(CheckpointError, match="lacks lexical.idf"):
         read_meta(path)
-    off = dataclasses.replace(meta, recipe={**meta.recipe,
-                                            "model": {**meta.recipe["model"], "lexical": "none"}})
+    recipe = meta.recipe
+    off = dataclasses.replace(meta, recipe=dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, lexical="none")))
     save_checkpoint(path, state, off)
     with pytest.raises(CheckpointError, match="does not use"):
         read_meta(path)

@@ -3,32 +3,35 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
-from xmtc_cli.config import recipe_from_dict
+from xmtc_cli.checkpoint import CheckpointMeta, load_lexical_index, load_model
 from xmtc_cli.data.batching import feature_rows, pad_sources
 from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
-from xmtc_cli.errors import CheckpointError, DataError, UsageError
+from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
-from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
 from xmtc_cli.lexical import KnnIndex, gate_threshold, prior_bonus
-from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
+from xmtc_cli.model import Seq2SetModel
 
 
 @dataclass(frozen=True)
 class Prediction:
     labels: list[int]  # corpus label ids in generation order, distinct
     scores: list[float]  # probability at the step that produced each label
+    # With `predict_ids(..., rank=K)`: each label's highest probability over the decoder's
+    # steps, for the set's labels (aligned with `labels`) and for the K best labels overall
+    # (corpus ids and scores, best first). Empty otherwise.
+    best: list[float] = field(default_factory=list)
+    ranked: list[tuple[int, float]] = field(default_factory=list)
 
 
 def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
@@ -52,8 +55,9 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 max_src_tokens: int, device: torch.device, amp: bool = True,
-                features: np.ndarray | None = None, prior: sp.csr_matrix | None = None,
-                weight: float = 0.0, gate: float | None = None) -> list[Prediction]:
+                features: np.ndarray | None = None, rank: int = 0,
+                prior: sp.csr_matrix | None = None, weight: float = 0.0,
+                gate: float | None = None) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
     float32 [len(docs), D] for a model that reads them, and their lexical label scores
     [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone), and
@@ -63,6 +67,10 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
     Without side features a document with no tokens gets the empty set: there is nothing to
     read labels from, and the model would otherwise answer with whatever its decoder favours
     a priori. With them it is decoded like any other: its features are something to read.
+
+    `rank` > 0 also scores every label by its highest probability over the decoder's steps
+    (`Seq2SetModel.generate`'s `best`) and keeps the `rank` best (`Prediction.ranked`) and
+    the set's own (`Prediction.best`). Only those leave the device.
     """
     model.eval()
     out = [Prediction([], []) for _ in docs]
@@ -74,13 +82,32 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
         if prior is not None and weight:
             bonus = prior_bonus(prior[filled], weight, model.label_embedding.num_embeddings,
                                 device, gate)  # (B, V)
+        best: list[torch.Tensor] | None = [] if rank > 0 else None
         with autocast(device, amp):
             labels, scores = model.generate(  # lengths stay on the host
                 src.to(device), lengths, None if rows is None else rows.to(device), bonus,
-                gate is not None)
-        for i, pred in zip(filled, decode(labels, scores)):
+                gate is not None, best=best)
+        preds = decode(labels, scores)
+        if best:
+            preds = _with_ranking(preds, best[0].float()[:, NUM_SPECIALS:], rank)
+        for i, pred in zip(filled, preds):
             out[i] = pred
     return out
+
+
+def _with_ranking(preds: list[Prediction], best: torch.Tensor, rank: int) -> list[Prediction]:
+    """`preds` with `best` and `ranked` filled from best [B, L], corpus labels' best-step
+    probabilities."""
+    top_scores, top_ids = best.topk(min(rank, best.size(1)), dim=1)  # (B, K)
+    top_scores, top_ids = top_scores.cpu().tolist(), top_ids.cpu().tolist()
+    width = max((len(p.labels) for p in preds), default=0)
+    own = [[] for _ in preds]
+    if width:
+        index = torch.tensor([p.labels + [0] * (width - len(p.labels)) for p in preds],
+                             device=best.device)  # (B, W)
+        own = best.gather(1, index).cpu().tolist()
+    return [replace(p, best=own[b][:len(p.labels)], ranked=list(zip(top_ids[b], top_scores[b])))
+            for b, p in enumerate(preds)]
 
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
@@ -101,7 +128,8 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
         idx = order[start : start + batch_size]
         rows = None if split.features is None else split.features[idx]
         preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp,
-                            rows, None if prior is None else prior[idx], weight, gate)
+                            rows, prior=None if prior is None else prior[idx], weight=weight,
+                            gate=gate)
         for i, p in zip(idx, preds):
             result[i] = p.labels
         if progress is not None:
@@ -138,7 +166,7 @@ class Predictor:
         """The lexical scorer the model fuses its choices with (model.lexical), or None."""
         self.meta = meta
         self.device = device
-        self.recipe = recipe_from_dict(meta.recipe, source="checkpoint recipe")
+        self.recipe = meta.recipe
         self.tokenize = tokenizer_from_settings(meta.tokenizer)
         self.token_ids = {token: i for i, token in enumerate(meta.tokens)}
         self.labels = meta.labels
@@ -146,28 +174,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto") -> Predictor:
         dev = resolve_device(device)
-        state, meta = load_checkpoint(path, device=str(dev))
-        recipe = recipe_from_dict(meta.recipe, source=f"{path} (its recipe)")
-        # Built on the meta device the model allocates no weights, and the file's tensors
-        # become its parameters (assign=True): loading holds one copy of the weights, not a
-        # random model's as well. Safe because the model ties no weights and has no buffers
-        # outside its state dict (tests/test_output_layer.py checks both).
-        sizes = ModelSizes(**meta.sizes)
-        with on_meta_device():
-            model = build_model(recipe.model, recipe.loss, sizes)
-        lexical_tensors = {k: state.pop(k) for k in list(state) if k.startswith(LEXICAL_PREFIX)}
-        model.load_state_dict(state, assign=True)
-        lexical = None
-        if recipe.model.lexical == "knn":  # read_meta checked the names, dtypes and shapes
-            try:
-                lexical = KnnIndex.from_tensors(lexical_tensors, recipe.model.lexical_k,
-                                                recipe.model.lexical_power
-                                                ).with_num_labels(sizes.num_labels)
-            except ValueError as exc:
-                raise CheckpointError(f"checkpoint {path} holds a damaged lexical index: {exc}",
-                                      "copy the file again, or re-train it with `xmtc train`"
-                                      ) from None
-        return cls(model.to(dev), meta, dev, lexical)
+        model, meta = load_model(path, dev)
+        return cls(model, meta, dev, load_lexical_index(path, meta))
 
     @property
     def lexical_weight(self) -> float:
@@ -181,18 +189,37 @@ class Predictor:
         return self.lexical.scores_of_docs(docs)
 
     @property
+    def steps(self) -> int:
+        """The most decoding steps a document gets (N; N + 1 for a cross-entropy model)."""
+        return self.model.decode_steps + (1 if self.model.teacher_forcing else 0)
+
+    @property
+    def names(self) -> list[str]:
+        """Each label's readable name (its identifier where the checkpoint has none)."""
+        names = self.meta.label_names
+        return list(names) if names and len(names) == len(self.labels) else list(self.labels)
+
+    @property
+    def threshold(self) -> dict | None:
+        """The score threshold tuned on validation (`threshold.py`), where the checkpoint
+        holds one: {"threshold", "valid_micro_f1", "set_micro_f1"}."""
+        tuned = self.meta.extra.get("threshold")
+        return tuned if isinstance(tuned, dict) and "threshold" in tuned else None
+
+    @property
     def feature_size(self) -> int:
         """D of the side features the model reads; 0: none."""
         return self.model.feature_size
 
-    def predict_texts(self, texts: Sequence[str],
-                      features: np.ndarray | None = None) -> list[Prediction]:
+    def predict_texts(self, texts: Sequence[str], features: np.ndarray | None = None,
+                      rank: int = 0) -> list[Prediction]:
         """Label sets for raw texts, tokenized as the training data was, with their side
-        features float32 [len(texts), D] for a model trained with them."""
+        features float32 [len(texts), D] for a model trained with them (`predict_ids`)."""
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
-                           self.recipe.train.amp, features, self.lexical_scores(docs),
-                           self.lexical_weight, gate_threshold(self.recipe.model))
+                           self.recipe.train.amp, features, rank,
+                           prior=self.lexical_scores(docs), weight=self.lexical_weight,
+                           gate=gate_threshold(self.recipe.model))
 
     def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
         """The side-features file `path` (None: none given) opened for `label_lines`, refused
@@ -217,9 +244,10 @@ class Predictor:
 
 def label_lines(predictor: Predictor, texts: Iterable[str], batch_size: int,
                 features: np.ndarray | None = None,
-                features_path: str | Path = "--features"
-                ) -> Iterator[tuple[list[str], list[float]]]:
-    """(label names, scores) for each text, in input order, predicted `batch_size` at a time.
+                features_path: str | Path = "--features", rank: int = 0
+                ) -> Iterator[Prediction]:
+    """The `Prediction` of each text (`predict_ids`, with `rank`), in input order, predicted
+    `batch_size` at a time.
 
     Texts are read lazily, one batch ahead at most, so memory stays flat however many come in
     and a reader of the output sees a batch's labels before the next batch is read. `features`
@@ -238,8 +266,7 @@ def label_lines(predictor: Predictor, texts: Iterable[str], batch_size: int,
                                 "write one row per document, in the documents' order")
             rows = checked_rows(features, features_path, done, done + len(chunk))
         done += len(chunk)
-        for pred in predictor.predict_texts(chunk, rows):
-            yield [predictor.labels[k] for k in pred.labels], pred.scores
+        yield from predictor.predict_texts(chunk, rows, rank)
     if features is not None and done != len(features):
         raise DataError(f"{features_path} has {len(features):,} rows for {done:,} documents",
                         "write one row per document, in the documents' order")
