@@ -313,8 +313,15 @@ def run_xmtc(spec: str, method: str, embeddings: str | None, corpus: Corpus, opt
             trial = trials[0]
             log(f"== {spec}: attaching {' '.join(lexical)} to {trial['out']}")
             start = time.perf_counter()
-            valid = attach_lexical(trial["out"] / "model.safetensors", data, lexical,
-                                   folder / "attached" / "model.safetensors")
+            attached = folder / "attached" / "model.safetensors"
+            if attached.is_file():  # attached by an earlier, interrupted run of the script
+                from xmtc_cli.checkpoint import read_meta
+
+                extra = read_meta(attached).extra
+                valid = {**extra["valid"], "lexical_weight": extra["lexical_weight"]}
+            else:
+                valid = attach_lexical(trial["out"] / "model.safetensors", data, lexical,
+                                       attached)
             trials = [{**trial, "out": folder / "attached", "valid_micro_f1": valid["micro_f1"],
                        "lexical_weight": valid["lexical_weight"],
                        "attach_seconds": time.perf_counter() - start,
@@ -437,8 +444,9 @@ def evaluate_xmtc(spec: str, corpus: Corpus, data: Path, preprocess_args: list[s
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     predictions = (folder or chosen["out"]) / "test_predictions.txt"
+    # Label ids in generation order (the paper's ranking), not the default names by score.
     predict_args = ["predict", str(checkpoint), str(corpus.raw / "test_texts.txt"),
-                    "--out", str(predictions)]
+                    "--label-ids", "--order", "generation", "--out", str(predictions)]
     if (corpus.raw / "test_features.npy").is_file():
         predict_args += ["--features", str(corpus.raw / "test_features.npy")]
     start = time.perf_counter()
