@@ -42,7 +42,8 @@ from xmtc_cli.config import MAX_INT, MAX_STEPS, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError
-from xmtc_cli.tensorfile import DTYPES, write_safetensors
+from xmtc_cli.fileerrors import resolved
+from xmtc_cli.tensorfile import DTYPES, ChecksumMismatch, verify_checksum, write_safetensors
 
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
@@ -111,13 +112,29 @@ def save_checkpoint(
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Read a checkpoint's weights (onto `device`) and metadata; CheckpointError if unusable."""
+    """Read a checkpoint's weights (onto `device`) and metadata; CheckpointError if unusable,
+    or if its checksum says it was changed after xmtc wrote it (`verify`)."""
     meta = read_meta(path)
+    verify(path)
     try:
         tensors = load_file(path, device=str(device))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is damaged: {exc}", _RETRAIN) from exc
     return tensors, meta
+
+
+def verify(path: str | Path) -> None:
+    """Refuse a checkpoint whose bytes are not those xmtc wrote (`tensorfile` checksums);
+    a file written before checksums existed passes."""
+    try:
+        verify_checksum(path)
+    except ChecksumMismatch:
+        raise CheckpointError(
+            f"checkpoint {path} was changed after xmtc wrote it: its checksum does not match "
+            "its tensors and metadata", _RETRAIN) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_cut(str(exc), 80)}",
+                              _RETRAIN) from None
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -195,6 +212,18 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
         values = getattr(meta, name) or []
         if not all(isinstance(v, str) for v in values):
             raise refuse(f"has damaged metadata: {name} holds a value that is not a string")
+    for name in ("tokens", "labels"):
+        values = getattr(meta, name)
+        bad = next((v for v in values if v.split() != [v]), None)  # empty, or a space in it
+        if bad is not None:
+            raise refuse(f"has damaged metadata: {name} holds {_short_json(bad)}, which is "
+                         "empty or holds a space, tab or line break")
+        if len(set(values)) != len(values):
+            seen: set[str] = set()
+            twice = next(v for v in values if v in seen or seen.add(v))
+            raise refuse(f"has damaged metadata: {name} holds {_short_json(twice)} twice")
+    if meta.label_names is not None and any("\n" in n or "\r" in n for n in meta.label_names):
+        raise refuse("has damaged metadata: label_names holds a line break")
     if meta.label_counts is not None and not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in meta.label_counts):
         raise refuse("has damaged metadata: label_counts holds a value that is not a count")
@@ -347,7 +376,7 @@ def _check_is_file(path: Path) -> None:
                               "check the path and its permissions") from exc
     if not exists:
         raise CheckpointError(
-            f"checkpoint {path} does not exist",
+            f"checkpoint {path} does not exist{resolved(path)}",
             "check the path; `xmtc train` writes model.safetensors into its run folder",
         )
     if is_dir:

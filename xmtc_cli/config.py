@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from xmtc_cli.errors import ConfigError
+from xmtc_cli.fileerrors import resolved
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def _read_recipe_text(path: Path) -> str:
         if path.is_dir():
             raise ConfigError(f"recipe {path} is a folder, not a file", example)
         if not path.exists():
-            problem = "is a broken link" if path.is_symlink() else "does not exist"
+            problem = "is a broken link" if path.is_symlink() else "does not exist" + resolved(path)
             raise ConfigError(f"recipe {path} {problem}", example)
         if not path.is_file():
             raise ConfigError(f"recipe {path} is not a regular file", example)
@@ -541,3 +542,21 @@ def _short(value: Any, limit: int = 40) -> str:
 def _cut(text: str, limit: int = 40) -> str:
     """`text` cut to `limit` characters."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def without_effect(recipe: Recipe) -> list[str]:
+    """Values a recipe sets (away from their defaults) that nothing reads in its combination,
+    each as a sentence: `xmtc train` warns of them rather than ignore them in silence."""
+    defaults, out = Recipe(), []
+    if recipe.data.label_order != defaults.data.label_order and recipe.loss.kind == "matching":
+        out.append(f"data.label_order={recipe.data.label_order} has no effect with "
+                   "loss.kind=matching (the matching loss does not depend on label order)")
+    if (recipe.model.global_embedding_tau != defaults.model.global_embedding_tau
+            and not recipe.model.global_embedding):
+        out.append("model.global_embedding_tau has no effect without "
+                   "model.global_embedding=true")
+    if recipe.loss.ot_weight == 0:
+        for key in ("ot_beta", "ot_iters"):
+            if getattr(recipe.loss, key) != getattr(defaults.loss, key):
+                out.append(f"loss.{key} has no effect with loss.ot_weight=0 (no transport loss)")
+    return out

@@ -9,13 +9,20 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
+from xmtc_cli.cli.options import (
+    BatchSizeOption,
+    Device,
+    DeviceOption,
+    EncodingOption,
+    given,
+)
 from xmtc_cli.cli.render import metrics_table, stdout
 from xmtc_cli.errors import UsageError
 
 
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A model.safetensors to evaluate on --data.")] = None,
     data: Annotated[Path | None, typer.Option(
@@ -53,6 +60,11 @@ def eval_command(
                                       propensity_a, propensity_b)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
+        ignored = given(ctx, "data", "split", "batch_size", "device")
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no "
+                             "effect with --predictions/--gold: they apply to CHECKPOINT --data",
+                             f"leave out {', '.join(ignored)}")
         if str(predictions) == str(gold) == "-":
             raise UsageError("only one of --predictions and --gold can be - (standard input)",
                              "give the other one as a file")

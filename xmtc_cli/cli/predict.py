@@ -15,7 +15,7 @@ import typer
 
 from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
+from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption, out_path
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
@@ -33,7 +33,7 @@ def predict(
         help="A model.safetensors written by `xmtc train`.")],
     docs: Annotated[str, typer.Argument(
         help="Text file, one document per line; - for stdin (pipes and <(...) work too).")],
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         help="Write here (atomically) instead of stdout.")] = None,
     format: Annotated[Format, typer.Option(
         "--format", help='text: labels separated by spaces; jsonl: {"labels": [...], '
@@ -47,6 +47,7 @@ def predict(
     encoding: EncodingOption = "utf-8",
 ) -> None:
     """Predict a label set for every line of DOCS, in input order."""
+    out = out_path(out)  # a str until checked: "" would become Path(".")
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
 
     if out is not None:

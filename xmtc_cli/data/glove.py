@@ -33,6 +33,7 @@ from scipy import sparse
 
 from xmtc_cli.data.readers import open_checksummed
 from xmtc_cli.errors import DataError, at
+from xmtc_cli.fileerrors import resolved
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # Label names are `_`-joined (Eurlex), hyphenated or spaced phrases ("Money/Foreign Exchange").
@@ -63,7 +64,8 @@ def read_word_vectors(path: str | Path, words: Iterable[str]) -> WordVectors:
     # Anything that reads as a stream will do: a file, or a pipe (`--glove <(zcat FILE)`).
     if not path.exists() or path.is_dir():
         raise DataError(
-            f"word-vector file {path} " + ("is a folder" if path.is_dir() else "does not exist"),
+            f"word-vector file {path} "
+            + ("is a folder" if path.is_dir() else "does not exist" + resolved(path)),
             "pass a GloVe .txt or .txt.gz file (e.g. glove.840B.300d.txt), or leave out --glove",
         )
     wanted: dict[bytes, str] = {}

@@ -47,6 +47,7 @@ from safetensors.numpy import load_file, save_file
 
 from xmtc_cli.atomic import atomic_dir
 from xmtc_cli.errors import DataError
+from xmtc_cli.fileerrors import resolved
 
 FORMAT_VERSION = 1
 FORMAT = "xmtc-processed"  # manifest["format"]: marks a folder xmtc wrote (and may replace)
@@ -272,7 +273,7 @@ def load_processed(path: str | Path) -> ProcessedData:
     path = Path(path)
     hint = f"run `xmtc preprocess DATASET --out {path}` first"
     if not path.is_dir():
-        raise DataError(f"processed-data folder {path} does not exist", hint)
+        raise DataError(f"processed-data folder {path} does not exist{resolved(path)}", hint)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"{path} is not a processed-data folder (no {MANIFEST})", hint)
