@@ -2614,7 +2614,7 @@ for _label, _env, _expect in (
                                             expect=x, timeout=150)])
 add("r3 train with a complete launch whose peers never come", "r3-env",
     lambda d: [train(recipe(d / "r.yaml"), "--out", d / "run", env=_FULL, expect=(1, 2),
-                     timeout=150, check=err_has("WORLD_SIZE"))])
+                     timeout=240, check=err_has("WORLD_SIZE"))])
 add("r3 train RANK=1 alone still reports", "r3-env",
     lambda d: [train(recipe(d / "r.yaml"), "--out", d / "run", env={"RANK": "1"}, expect=(0, 2),
                      timeout=150, check=lambda f, r: None if r.code == 2 or "checkpoint:" in r.out

@@ -305,3 +305,68 @@ def test_a_resumed_run_rewrites_an_edited_recipe_yaml(tiny_run, tmp_path):
     assert code == 0, err
     assert "did not show the recipe this run uses (model.hidden_size)" in err
     assert "hidden_size: 16" in shown and "# resumed: xmtc train" in shown
+
+
+# --- torchrun's variables ----------------------------------------------------------------------
+
+_LAUNCH = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": "29500"}
+
+
+def _env(monkeypatch, values: dict[str, str]) -> None:
+    from xmtc_cli import distributed
+
+    for name in (*distributed.LAUNCH_VARIABLES, "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
+                 distributed.RENDEZVOUS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("values,named", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc'"),
+    ({"WORLD_SIZE": "0"}, "WORLD_SIZE='0'"),
+    ({"WORLD_SIZE": "1.5"}, "WORLD_SIZE='1.5'"),
+    ({"RANK": "-1"}, "RANK='-1'"),
+    ({"TORCHELASTIC_RESTART_COUNT": "x"}, "TORCHELASTIC_RESTART_COUNT='x'"),
+    ({"WORLD_SIZE": "2"}, "RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not set"),
+    ({"RANK": "1"}, "RANK=1 is set, but WORLD_SIZE is not"),
+    ({**_LAUNCH, "RANK": "2"}, "RANK=2 is not below WORLD_SIZE=2"),
+    ({**_LAUNCH, "MASTER_PORT": "70000"}, "MASTER_PORT=70000 is not a port"),
+    ({**_LAUNCH, "LOCAL_WORLD_SIZE": "1"}, "LOCAL_RANK=1 and LOCAL_WORLD_SIZE=1 do not fit"),
+])
+def test_torchrun_variables_half_set_or_malformed_are_usage_errors(monkeypatch, values, named):
+    from xmtc_cli import distributed
+    from xmtc_cli.errors import UsageError
+
+    _env(monkeypatch, values)
+    with pytest.raises(UsageError) as info:
+        distributed.identity()
+    assert named in info.value.message
+
+
+def test_a_complete_launch_is_recognised(monkeypatch):
+    from xmtc_cli import distributed
+
+    _env(monkeypatch, {**_LAUNCH, "TORCHELASTIC_RESTART_COUNT": "2"})
+    assert distributed.identity() == distributed.Identity(world=2, rank=1, local_rank=1,
+                                                          restarts=2)
+    _env(monkeypatch, {"WORLD_SIZE": "1", "RANK": "0"})
+    assert distributed.identity() == distributed.Identity()
+
+
+def test_a_rendezvous_whose_peers_never_come_ends_naming_the_variables(monkeypatch):
+    import socket
+
+    from xmtc_cli import distributed
+    from xmtc_cli.errors import XmtcError
+
+    with socket.socket() as s:  # a free port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _env(monkeypatch, {**_LAUNCH, "RANK": "0", "LOCAL_RANK": "0", "MASTER_PORT": str(port),
+                       distributed.RENDEZVOUS_ENV: "1"})
+    with pytest.raises(XmtcError) as info:
+        distributed.setup("cpu")
+    assert "did not meet within 1 s" in info.value.message
+    assert f"MASTER_PORT={port}" in info.value.message

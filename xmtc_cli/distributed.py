@@ -140,14 +140,107 @@ SINGLE = Group()
 
 # --- the environment torchrun sets ------------------------------------------------------------
 
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What a launch of many processes must set, all of them: torchrun does."""
+RENDEZVOUS_ENV = "XMTC_RENDEZVOUS_TIMEOUT"
+RENDEZVOUS_SECONDS = 120
+"""How long the processes of a launch wait for each other to start, unless XMTC_RENDEZVOUS_TIMEOUT
+says otherwise: processes that torchrun starts meet within seconds."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """This process's place, from torchrun's variables, read and checked once (`identity`)."""
+
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    restarts: int = 0
+
+    @property
+    def many(self) -> bool:
+        return self.world > 1
+
+
+def _count(name: str, least: int = 0) -> int | None:
+    """The environment variable `name` as a decimal integer >= `least`; None where unset; a
+    UsageError naming it where it is anything else."""
+    from xmtc_cli.errors import UsageError
+
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) < least or len(text) > 9:
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        raise UsageError(
+            f"environment variable {name}={shown!r} is not a whole number"
+            + (f" of at least {least}" if least else "") + " (torchrun sets it for the "
+            "processes it starts)",
+            f"unset {name} (it may be left over in your shell), or start xmtc with torchrun")
+    return int(text)
+
+
+def identity() -> Identity:
+    """This process's place in a launch of many, or one process alone.
+
+    A launch is recognised only when it is complete and consistent: WORLD_SIZE above 1 with
+    RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT all set, RANK below WORLD_SIZE and the port a
+    port. Every variable set must be well-formed, whatever the rest says. Anything else is a
+    UsageError naming the variables: torchrun's variables left in a shell then never make a
+    plain `xmtc train` wait for processes that will not come.
+    """
+    from xmtc_cli.errors import UsageError
+
+    world = _count("WORLD_SIZE", least=1)
+    rank, local_rank = _count("RANK"), _count("LOCAL_RANK")
+    restarts = _count("TORCHELASTIC_RESTART_COUNT") or 0
+    port = _count("MASTER_PORT")
+    local_world = _count("LOCAL_WORLD_SIZE", least=1)
+    hint = ("unset them if they are left over in your shell (unset " + " ".join(LAUNCH_VARIABLES)
+            + "), or start the processes with torchrun or `xmtc train --nproc K`")
+    if world is None or world == 1:
+        stray = [f"{n}={os.environ[n]}" for n in ("RANK", "LOCAL_RANK")
+                 if os.environ.get(n, "0").strip() not in ("0", "")]
+        if stray:
+            raise UsageError(f"{', '.join(stray)} is set, but WORLD_SIZE "
+                             f"{'is not' if world is None else 'is 1'}: a process of a launch "
+                             "of many, or one process alone?", hint)
+        return Identity(restarts=restarts)
+    missing = [n for n in LAUNCH_VARIABLES if not os.environ.get(n, "").strip()]
+    if missing:
+        raise UsageError(f"WORLD_SIZE={world} asks for a launch of many processes, but "
+                         f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set",
+                         hint)
+    assert rank is not None and local_rank is not None and port is not None
+    problems = []
+    if rank >= world:
+        problems.append(f"RANK={rank} is not below WORLD_SIZE={world}")
+    if not 1 <= port <= 65535:
+        problems.append(f"MASTER_PORT={port} is not a port (1 to 65535)")
+    if local_world is not None and (local_world > world or local_rank >= local_world):
+        problems.append(f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world} do not fit "
+                        f"WORLD_SIZE={world}")
+    elif local_rank > rank:
+        problems.append(f"LOCAL_RANK={local_rank} is above RANK={rank}")
+    if problems:
+        raise UsageError("torchrun's variables disagree: " + "; ".join(problems), hint)
+    return Identity(world=world, rank=rank, local_rank=local_rank, restarts=restarts)
+
+
+def rendezvous_timeout() -> datetime.timedelta:
+    seconds = _count(RENDEZVOUS_ENV, least=1)
+    return datetime.timedelta(seconds=RENDEZVOUS_SECONDS if seconds is None else seconds)
+
+
 def under_torchrun() -> bool:
-    """Started by torchrun (or another launcher that sets WORLD_SIZE)."""
-    return "WORLD_SIZE" in os.environ
+    """Started by torchrun (or another launcher) as one of many processes."""
+    return identity().many
 
 
 def restart_count() -> int:
     """How often torchrun has restarted this group after a failure (0 on the first start)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    return identity().restarts
 
 
 def launch_id() -> str | None:
@@ -166,9 +259,8 @@ def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
     """The group this process belongs to and its device; joins the process group (NCCL on CUDA,
     gloo on the CPU) when there are several processes. The flag says whether this call joined
     it, and so must leave it (`teardown`)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    me = identity()
+    world, rank, local_rank = me.world, me.rank, me.local_rank
     device = resolve_device(device_name)
     if device.type == "cuda" and device.index is None and under_torchrun():
         count = torch.cuda.device_count()
@@ -185,16 +277,36 @@ def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     joined = False
     if not dist.is_initialized():
-        store = _restart_store(world)
-        if store is None:
-            dist.init_process_group(backend, timeout=TIMEOUT)
-        else:
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                    timeout=TIMEOUT)
+        store = _restart_store(world) or _meet(me)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=TIMEOUT)
         joined = True
     group = Group(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                   backend=backend, comm_device=device if backend == "nccl" else torch.device("cpu"))
     return group, device, joined
+
+
+def _meet(me: Identity) -> dist.Store:
+    """The store of torch's env:// rendezvous (rank 0 serves it unless torchrun's agent does),
+    waited for at most `rendezvous_timeout()`: an XmtcError naming the variables where the
+    other processes never come. Collectives then get the long TIMEOUT."""
+    timeout = rendezvous_timeout()
+    addr, port = os.environ["MASTER_ADDR"].strip(), int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    try:
+        store = dist.TCPStore(addr, port, me.world, is_master=me.rank == 0 and not agent,
+                              timeout=timeout, wait_for_workers=True)
+    except (RuntimeError, ValueError, OSError) as exc:  # DistStoreError is a RuntimeError
+        raise XmtcError(
+            f"the {me.world} processes did not meet within {timeout.total_seconds():.0f} s "
+            f"(WORLD_SIZE={me.world}, RANK={me.rank}, MASTER_ADDR={addr[:40]}, "
+            f"MASTER_PORT={port}): {str(exc).splitlines()[0][:120] if str(exc) else '?'}",
+            "start every process with torchrun (or `xmtc train --nproc K`); if these variables "
+            "are left over in your shell, unset them (unset " + " ".join(LAUNCH_VARIABLES)
+            + f"); {RENDEZVOUS_ENV}=SECONDS sets the wait",
+        ) from None
+    store.set_timeout(TIMEOUT)
+    return store
 
 
 def _restart_store(world: int) -> dist.Store | None:

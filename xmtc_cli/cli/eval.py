@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,10 @@ def eval_command(
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
+    for name, value in (("--propensity-a", propensity_a), ("--propensity-b", propensity_b)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{name} {value} is not a finite number",
+                             f"give {name} a number such as 0.55")
 
     if checkpoint is not None:
         if data is None or predictions or gold or train_labels or encoding != "utf-8":

@@ -22,7 +22,9 @@ class Device(str, Enum):
 
 DeviceOption = Annotated[Device, typer.Option(
     help="Where to run the model: auto (a GPU when there is one), cpu or cuda.")]
-BatchSizeOption = Annotated[int, typer.Option(min=1, help="Documents per forward pass.")]
+MAX_BATCH = 1 << 20
+BatchSizeOption = Annotated[int, typer.Option(
+    min=1, max=MAX_BATCH, help="Documents per forward pass.")]
 EncodingOption = Annotated[str, typer.Option(
     "--encoding", help="Encoding of the input text, e.g. latin-1 or utf-16 (a byte-order mark "
     "is always dropped).")]

@@ -86,7 +86,7 @@ def preprocess_command(
         "--lowercase/--keep-case", help="Lower-case text before tokenizing.",
     )] = _DEFAULTS.lowercase,
     max_vocab: Annotated[int, typer.Option(
-        "--max-vocab", min=1, help="Most frequent training words kept.",
+        "--max-vocab", min=1, max=2**31 - 1, help="Most frequent training words kept.",
     )] = _DEFAULTS.max_vocab,
     valid_fraction: Annotated[float, typer.Option(
         "--valid-fraction", min=0.0, max=0.99,

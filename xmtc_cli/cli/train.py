@@ -82,15 +82,17 @@ def train(
         return
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir
+
+    distributed.identity()  # torchrun's variables checked before anything else
     from xmtc_cli.training import fit
 
     launch = distributed.launch_id() if distributed.restart_count() > 0 else None
     run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, launch)
     command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        command += f"  # on {world} processes (torchrun)"
-    main_rank = os.environ.get("RANK", "0") == "0"
+    me = distributed.identity()  # a UsageError for torchrun's variables half set
+    if me.many:
+        command += f"  # on {me.world} processes (torchrun)"
+    main_rank = me.rank == 0
     display = TrainingDisplay() if main_rank else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
@@ -144,7 +146,7 @@ def _ignored(ctx: typer.Context, recipe, overrides: list[str], dry_run: bool) ->
                        "with --dry-run, which only prints the recipe")
     out += without_effect(recipe)
     world = os.environ.get("WORLD_SIZE", "1").strip()
-    if recipe.train.ddp_bf16_grads and world in ("", "1") and ctx.params.get("nproc", 1) == 1:
+    if recipe.train.ddp_bf16_grads and world in ("", "1") and ctx.params.get("nproc", 1) <= 1:
         out.append("train.ddp_bf16_grads has no effect on one process (it rounds the gradients "
                    "that processes exchange)")
     return out
