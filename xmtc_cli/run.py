@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +47,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from xmtc_cli.atomic import atomic_file, atomic_write_text
-from xmtc_cli.config import Recipe
-from xmtc_cli.errors import ConfigError, XmtcError
+from xmtc_cli.config import Recipe, load_recipe, recipe_from_dict
+from xmtc_cli.errors import ConfigError, XmtcError, cut
 from xmtc_cli.fileerrors import file_error
 from xmtc_cli.tensorfile import ChecksumMismatch, verify_checksum, write_safetensors
 
@@ -203,7 +204,7 @@ class RunFolder:
             if stat.S_ISREG(info.st_mode):
                 continue
             if stat.S_ISLNK(info.st_mode):
-                what = f"a symbolic link (to {_cut(os.readlink(path), 60)})"
+                what = f"a symbolic link (to {cut(os.readlink(path), 60)})"
             elif stat.S_ISDIR(info.st_mode):
                 what = "a folder"
             elif stat.S_ISFIFO(info.st_mode):
@@ -236,13 +237,11 @@ class RunFolder:
             edited = ["(unreadable)"]
         if edited and not all(key in RESUMABLE_CHANGES for key in edited):
             log.warning(f"{path} did not show the recipe this run uses "
-                        f"({_cut(', '.join(edited), 80)}): it is written again")
+                        f"({cut(', '.join(edited), 80)}): it is written again")
         header = comments[:1] + ([f"# resumed: {command}"] if command else [])
         atomic_write_text(path, "".join(ln + "\n" for ln in header) + recipe.to_yaml())
 
     def _check_recipe(self, recipe: Recipe) -> None:
-        from xmtc_cli.config import load_recipe, recipe_from_dict
-
         saved = _recipe_of(self.path / STATE_FILE) if self.has_state else None
         if saved is None:  # killed before the first save: recipe.yaml says what it was
             saved = load_recipe(self.path / RECIPE_FILE).to_dict()
@@ -474,7 +473,7 @@ def _metadata(path: Path) -> dict[str, str]:
         raise XmtcError(f"{path} was changed after xmtc wrote it: its checksum does not match "
                         "its tensors and metadata", _NEW_RUN) from None
     except (OSError, ValueError) as exc:
-        raise XmtcError(f"{path} is damaged ({_cut(str(exc), 80)})", _NEW_RUN) from None
+        raise XmtcError(f"{path} is damaged ({cut(str(exc), 80)})", _NEW_RUN) from None
     try:
         with safe_open(str(path), "pt") as f:
             return f.metadata() or {}
@@ -506,7 +505,7 @@ def _train_state(path: Path, raw: str | None) -> TrainState:
     fields = {f.name: f for f in dataclasses.fields(TrainState)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise damaged(f"unknown keys {_cut(', '.join(map(str, unknown)), 60)}")
+        raise damaged(f"unknown keys {cut(', '.join(map(str, unknown)), 60)}")
     for key in ("epoch", "step", "best_epoch"):
         if key not in values:
             raise damaged(f"no {key}")
@@ -528,7 +527,7 @@ def _train_state(path: Path, raw: str | None) -> TrainState:
                     for v in value.values()))
             what = "an object of finite numbers"
         if not ok:
-            raise damaged(f"{key} is {_cut(json.dumps(value), 30)}, not {what}")
+            raise damaged(f"{key} is {cut(json.dumps(value), 30)}, not {what}")
     state = TrainState(**values)
     if state.best_epoch > state.epoch:
         raise damaged(f"best_epoch {state.best_epoch} is after epoch {state.epoch}")
@@ -544,10 +543,6 @@ def _read_regular(path: Path) -> bytes:
         return f.read()
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for key in set(a) | set(b):
@@ -557,3 +552,11 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif x != y:
             out.append(f"{prefix}{key}")
     return out
+
+
+def run_name(recipe: Recipe, path: str | Path) -> str:
+    """The run's name: the recipe's, else the recipe file's stem made safe as a folder name."""
+    if recipe.name:
+        return recipe.name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(path).stem).lstrip(".-_")[:100]
+    return stem or "run"
