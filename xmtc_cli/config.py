@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from xmtc_cli.errors import ConfigError, short
-from xmtc_cli.recipefile import build, read_recipe_file
+from xmtc_cli.recipefile import build, dump_recipe, read_recipe_file
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,7 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_recipe(self.to_dict())
 
 
 def _plain(value: Any) -> Any:
