@@ -370,3 +370,30 @@ def test_a_rendezvous_whose_peers_never_come_ends_naming_the_variables(monkeypat
         distributed.setup("cpu")
     assert "did not meet within 1 s" in info.value.message
     assert f"MASTER_PORT={port}" in info.value.message
+
+
+def test_a_fifo_as_checkpoint_is_refused_not_waited_on(tmp_path):
+    from xmtc_cli.checkpoint import read_meta
+    from xmtc_cli.errors import CheckpointError
+
+    os.mkfifo(tmp_path / "m.safetensors")
+    with pytest.raises(CheckpointError, match="not a regular file"):
+        read_meta(tmp_path / "m.safetensors")
+
+
+def test_writing_a_fifo_that_nobody_reads_is_an_error_not_a_wait(tmp_path):
+    from xmtc_cli.fileerrors import FileError
+
+    os.mkfifo(tmp_path / "out")
+    with pytest.raises(FileError, match="FIFO .* that no process reads"):
+        atomic.atomic_write_text(tmp_path / "out", "x\n")
+
+
+def test_a_glove_file_that_never_ends_a_line_is_refused(tmp_path, monkeypatch):
+    from xmtc_cli.data import glove
+
+    monkeypatch.setattr(glove, "MAX_LINE_BYTES", 100)
+    path = tmp_path / "v.txt"
+    path.write_bytes(b"word 0.1 0.2\n" + b"7" * 1000)
+    with pytest.raises(DataError, match="binary file"):
+        glove.read_word_vectors(path, ["word"])

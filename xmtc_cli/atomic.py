@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xmtc_cli.errors import XmtcError
-from xmtc_cli.fileerrors import file_error
+from xmtc_cli.fileerrors import FileError, file_error
 
 
 def _umask() -> int:
@@ -152,12 +152,28 @@ def _mode_of(path: Path, default: int) -> int:
 @contextlib.contextmanager
 def _in_place(path: Path, mode: str, encoding: str | None) -> Iterator:
     try:
-        with open(path, mode, encoding=encoding) as handle:
+        with _open_in_place(path, mode, encoding) as handle:
             yield handle
     except OSError as exc:
         if _about(exc, path):
             raise file_error(exc, "write", path) from None
         raise
+
+
+def _open_in_place(path: Path, mode: str, encoding: str | None):
+    """`open(path, mode)`, except that a FIFO no process reads is an error, not a wait for ever:
+    it is opened without blocking first (ENXIO says nobody reads), then written as usual."""
+    if not stat.S_ISFIFO(os.stat(path).st_mode):
+        return open(path, mode, encoding=encoding)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:
+            raise
+        raise FileError(f"cannot write {path}: it is a FIFO (named pipe) that no process reads",
+                        "start its reader first, or write to a file", exc.errno, path) from None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode, encoding=encoding)
 
 
 def _umask_modes(folder: Path, top: int | None = None) -> None:

@@ -379,6 +379,11 @@ def _check_is_file(path: Path) -> None:
             f"{path} is a folder, not a checkpoint file",
             f"pass the checkpoint file inside it, e.g. {path / 'model.safetensors'}",
         )
+    if not path.is_file():  # a FIFO would block, a device never end: neither is a checkpoint
+        raise CheckpointError(
+            f"checkpoint {path} is not a regular file (a FIFO, a socket or a device)",
+            "pass the model.safetensors file itself: a checkpoint is read in place, not streamed",
+        )
 
 
 def _data_end(header: dict[str, Any]) -> int:
