@@ -397,3 +397,20 @@ def test_a_glove_file_that_never_ends_a_line_is_refused(tmp_path, monkeypatch):
     path.write_bytes(b"word 0.1 0.2\n" + b"7" * 1000)
     with pytest.raises(DataError, match="binary file"):
         glove.read_word_vectors(path, ["word"])
+
+
+def test_a_block_device_is_never_written(tmp_path, monkeypatch):
+    from xmtc_cli.fileerrors import FileError
+
+    target = tmp_path / "disk"
+    target.write_text("the disk\n")
+    monkeypatch.setattr(Path, "is_block_device", lambda self: self == target)
+    with pytest.raises(FileError, match="block device"):
+        atomic.atomic_write_text(target, "x\n")
+    assert target.read_text() == "the disk\n"
+
+
+@pytest.mark.parametrize("folder", ["/etc", "/usr", "/dev", "/tmp"])
+def test_out_naming_a_system_folder_is_refused(cli, folder):
+    result = cli("train", "r.yaml", "--out", folder)
+    assert result.code == 2 and "is a system folder" in result.err

@@ -112,6 +112,9 @@ def atomic_file(path: str | Path, mode: str = "wb", encoding: str | None = None)
     path = Path(path)
     if path.is_dir():
         raise file_error(OSError(errno.EISDIR, "Is a directory"), "write", path)
+    if path.exists() and path.is_block_device():  # a disk: writing it in place would wreck it
+        raise FileError(f"cannot write {path}: it is a block device (a disk or partition)",
+                        "write to a file", errno.EPERM, path)
     if path.exists() and not path.is_file():
         with _in_place(path, mode, encoding) as handle:
             yield handle

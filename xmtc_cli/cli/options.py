@@ -30,9 +30,15 @@ EncodingOption = Annotated[str, typer.Option(
     "is always dropped).")]
 
 
+SYSTEM_FOLDERS = frozenset(("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/run",
+                            "/sbin", "/sys", "/usr", "/var", "/tmp"))
+"""Folders that --out may not name itself (a file or folder inside them is fine)."""
+
+
 def out_path(value: str | None, option: str = "--out") -> Path | None:
     """An output path as given to `option`, refused where writing there is never meant: the
-    empty string (which would mean the working folder), the filesystem root, the home folder.
+    empty string (which would mean the working folder), the filesystem root, a system folder
+    (`SYSTEM_FOLDERS`) or the home folder.
     A folder-writing command replacing or filling one of those would scatter files over (or
     replace) what is there."""
     if value is None:
@@ -47,6 +53,9 @@ def out_path(value: str | None, option: str = "--out") -> Path | None:
         return path  # the write itself says what is wrong
     if real == Path(real.anchor):
         raise UsageError(f"{option} {value} is the root of the file system",
+                         f"give {option} a folder or file of its own, e.g. {option} out")
+    if str(real) in SYSTEM_FOLDERS:
+        raise UsageError(f"{option} {value} is a system folder ({real})",
                          f"give {option} a folder or file of its own, e.g. {option} out")
     if home is not None and real == home:
         raise UsageError(f"{option} {value} is your home folder",
