@@ -2439,6 +2439,14 @@ add("r3 predict --out ''", "r3-links",
 add("r3 predict --out /", "r3-links",
     lambda d: [predict(FX.ckpt, FX.docs, "--out", "/", expect=(1, 2))])
 
+add("r3 predict --out a FIFO that nobody reads", "r3-links",
+    lambda d: [predict(FX.ckpt, FX.docs, "--out", fifo(d / "out.fifo"), timeout=60)])
+add("r3 preprocess --glove /dev/zero", "r3-faults",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--glove", "/dev/zero", timeout=120)])
+add("r3 recipe file with a section twice", "r3-values",
+    lambda d: [train(write(d / "r.yaml", TINY_RECIPE.format(data=FX.proc, epochs=1)
+                           + "train:\n  epochs: 2\n"), "--dry-run")])
+
 
 # leftovers and permissions
 def _killed_then_again(kind: str):
