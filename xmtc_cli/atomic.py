@@ -64,7 +64,7 @@ def remove_leftovers(path: str | Path) -> None:
     of processes that no longer run; a folder that a killed `atomic_dir` moved aside
     (`.NAME.PID.*.old/previous`) goes back to `path` if `path` is gone, else is removed."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[a-z0-9_]{{8}}\.(tmp|old)")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)\.[A-Za-z0-9_]+\.(tmp|old)")
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
