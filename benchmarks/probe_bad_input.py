@@ -1,6 +1,7 @@
 """Probe `xmtc` with bad input, faults and misuse: does every case end cleanly?
 
-    PYTHONPATH=. python benchmarks/probe_bad_input.py [--jobs 2] [-k SUBSTRING] [--timeout 90]
+    PYTHONPATH=. python benchmarks/probe_bad_input.py [--jobs 2] [-k SUBSTRING] [--family F,G]
+        [--timeout 90]
         [--memory-gib 4] [--json FILE] [--keep] [--list]
 
 Each case runs the real command line (`python -m xmtc_cli ...`) in a subprocess, in its own
@@ -2474,7 +2475,7 @@ def _planted_leftover(name: str, pid: int):
 
 
 add("r3 predict --out with a leftover of a killed writer (dead pid)", "r3-leftovers",
-    _planted_leftover("", 4_000_000))
+    _planted_leftover("", 4_000_000), may_change=(".pred.txt.*.tmp", "pred.txt"))
 add("r3 preprocess --out killed, then run again", "r3-leftovers",
     lambda d: [preprocess(FX.raw, "--out", d / "p", "--glove", FX.raw / "vectors.txt",
                           expect=(-9, 0),
@@ -2723,13 +2724,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once")
     parser.add_argument("-k", dest="only", default="", help="only cases whose name has this")
+    parser.add_argument("--family", default="",
+                        help="only cases of these families (comma-separated)")
     parser.add_argument("--timeout", type=float, default=90, help="seconds per step")
     parser.add_argument("--memory-gib", type=float, default=4, help="RLIMIT_AS per command")
     parser.add_argument("--json", type=Path, help="also write the verdicts here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()
-    cases = [c for c in CASES if args.only.lower() in c.name.lower()]
+    families = {f.strip() for f in args.family.split(",") if f.strip()}
+    cases = [c for c in CASES if args.only.lower() in c.name.lower()
+             and (not families or c.family in families)]
     if args.list:
         for c in cases:
             print(f"{c.family:10} {c.name}")
