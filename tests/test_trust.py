@@ -98,7 +98,7 @@ def test_an_edited_checkpoint_is_refused_as_changed(tiny_run, tmp_path, cli):
 
 @pytest.mark.parametrize("field,change,problem", [
     ("labels", lambda v: [v[0], *v[:-1]], "twice"),
-    ("labels", lambda v: ["a b", *v[1:]], "space, tab or line break"),
+    ("labels", lambda v: ["a\tb", *v[1:]], "tab or line break"),
     ("labels", lambda v: ["", *v[1:]], "empty"),
     ("tokens", lambda v: [*v[:2], "x\ty", *v[3:]], "space, tab or line break"),
 ])
@@ -315,8 +315,9 @@ _LAUNCH = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "12
 
 def _env(monkeypatch, values: dict[str, str]) -> None:
     from xmtc_cli import distributed
+    from xmtc_cli.launch import LAUNCH_VARIABLES
 
-    for name in (*distributed.LAUNCH_VARIABLES, "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
+    for name in (*LAUNCH_VARIABLES, "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
                  distributed.RENDEZVOUS_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in values.items():
@@ -336,23 +337,23 @@ def _env(monkeypatch, values: dict[str, str]) -> None:
     ({**_LAUNCH, "LOCAL_WORLD_SIZE": "1"}, "LOCAL_RANK=1 and LOCAL_WORLD_SIZE=1 do not fit"),
 ])
 def test_torchrun_variables_half_set_or_malformed_are_usage_errors(monkeypatch, values, named):
-    from xmtc_cli import distributed
     from xmtc_cli.errors import UsageError
+    from xmtc_cli.launch import Launch
 
     _env(monkeypatch, values)
     with pytest.raises(UsageError) as info:
-        distributed.identity()
+        Launch.from_environ()
     assert named in info.value.message
 
 
 def test_a_complete_launch_is_recognised(monkeypatch):
-    from xmtc_cli import distributed
+    from xmtc_cli.launch import Launch
 
     _env(monkeypatch, {**_LAUNCH, "TORCHELASTIC_RESTART_COUNT": "2"})
-    assert distributed.identity() == distributed.Identity(world=2, rank=1, local_rank=1,
-                                                          restarts=2)
+    assert Launch.from_environ() == Launch(by_torchrun=True, world_size=2, rank=1, local_rank=1,
+                                           restarts=2)
     _env(monkeypatch, {"WORLD_SIZE": "1", "RANK": "0"})
-    assert distributed.identity() == distributed.Identity()
+    assert Launch.from_environ().world_size == 1 and Launch.from_environ().rank == 0
 
 
 def test_a_rendezvous_whose_peers_never_come_ends_naming_the_variables(monkeypatch):
@@ -366,8 +367,10 @@ def test_a_rendezvous_whose_peers_never_come_ends_naming_the_variables(monkeypat
         port = s.getsockname()[1]
     _env(monkeypatch, {**_LAUNCH, "RANK": "0", "LOCAL_RANK": "0", "MASTER_PORT": str(port),
                        distributed.RENDEZVOUS_ENV: "1"})
+    from xmtc_cli.launch import Launch
+
     with pytest.raises(XmtcError) as info:
-        distributed.setup("cpu")
+        distributed.setup("cpu", Launch.from_environ())
     assert "did not meet within 1 s" in info.value.message
     assert f"MASTER_PORT={port}" in info.value.message
 

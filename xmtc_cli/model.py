@@ -8,7 +8,7 @@ exactly N steps (matching loss, "student forcing") or the gold labels (cross-ent
 
 Shape legend:
     B   batch                      T   source tokens (padded)      T'  conv-branch positions
-    N   decoding steps (max_steps) M   gold labels (padded)        S   steps of one decode
+    N   decoding steps             M   gold labels (padded)        S   steps of one decode
     V   output labels (corpus labels + 3 specials, see labelspace.py)
     H   hidden size                C   context width, 2H           A   attention width (= H)
     E   token embedding width      E_l label embedding width
@@ -44,8 +44,9 @@ class ModelSizes:
     """Source tokens, <pad>=0 and <unk>=1 included."""
     num_labels: int
     """Corpus labels L; the decoder predicts over V = L + 3 outputs."""
-    max_steps: int
-    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1."""
+    decode_steps: int
+    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1.
+    The recipe's data.max_labels (not train.max_steps, which counts optimiser steps)."""
     embed_size: int = 300
     """E: token embedding width (the pretrained vectors' width when there are some)."""
     label_embed_size: int = 300
@@ -90,7 +91,7 @@ def build_model(
         ),
         masked_softmax=model_cfg.masked_softmax,
         teacher_forcing=loss_cfg.kind == "cross-entropy",
-        max_steps=sizes.max_steps,
+        decode_steps=sizes.decode_steps,
         feature_size=sizes.feature_size,
     )
     with torch.no_grad():
@@ -291,7 +292,7 @@ class GlobalEmbedding(nn.Module):
 
 
 class DecoderStep(NamedTuple):
-    """What one decoding step yields (`Seq2SetModel._decode`)."""
+    """What one decoding step yields (`Seq2SetModel.decode`)."""
 
     features: Tensor  # u_t [B, F], the input of the output layer's last (V-wide) linear map
     logits: Tensor | None  # o_t [B, V] (masked), where computed step by step; else None
@@ -370,13 +371,13 @@ class Seq2SetModel(nn.Module):
         global_embedding_tau: float | None,
         masked_softmax: bool,
         teacher_forcing: bool,
-        max_steps: int,
+        decode_steps: int,
         feature_size: int = 0,
     ):
         super().__init__()
         self.teacher_forcing = teacher_forcing
         self.masked_softmax = masked_softmax
-        self.max_steps = max_steps
+        self.decode_steps = decode_steps
         self.feature_size = feature_size
         context = 2 * hidden_size * (2 if conv_kernels else 1)  # [c_t ; ĉ_t]
         self.encoder = Encoder(vocab_size, embed_size, hidden_size, encoder_layers, dropout)
@@ -417,7 +418,7 @@ class Seq2SetModel(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None,
                 features: Tensor | None = None) -> Tensor:
         """Training logits [B, S, V] for src [B, T], lengths [B] and, for a model with side
-        features, features [B, D] (`_encode`).
+        features, features [B, D] (`encode`).
 
         Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
@@ -427,12 +428,12 @@ class Seq2SetModel(nn.Module):
         linear map is taken once, for all S steps together: one [V, F] weight gradient instead
         of S of them, and no stack of per-step logits in the graph (docs/design.md §2). Teacher
         forcing applies that map once to all steps' features. Student forcing needs each step's
-        logits to choose its arg-max: `_decode` computes them without autograd and they are
+        logits to choose its arg-max: `decode` computes them without autograd and they are
         used as they are, with the map's gradient attached (`_ComputedLinear`). SGM's global
         embedding reads the previous step's logits with their gradient, so with it the output
         layer stays step by step.
         """
-        memories, state = self._encode(src, lengths, features)
+        memories, state = self.encode(src, lengths, features)
         inputs = None
         if self.teacher_forcing:
             if gold is None:
@@ -441,11 +442,11 @@ class Seq2SetModel(nn.Module):
             bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
             # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
             inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
-        num_steps = self.max_steps if inputs is None else inputs.size(1)
-        steps = self._decode(memories, state, num_steps, inputs)
+        num_steps = self.decode_steps if inputs is None else inputs.size(1)
+        steps = self.decode(memories, state, num_steps, inputs)
         if self.global_embedding is not None:
             return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
-        last = self._last_layer()
+        last = self.last_layer()
         if inputs is not None:  # teacher forcing: no step needed its logits
             features, used = zip(*((step.features, step.used) for step in steps))
             logits = last(torch.stack(features, dim=1))  # (B, S, F) -> (B, S, V)
@@ -468,26 +469,36 @@ class Seq2SetModel(nn.Module):
         return _ComputedLinear.apply(features, last.weight, last.bias, logits, mask)
 
     @torch.no_grad()
-    def generate(self, src: Tensor, lengths: Tensor,
-                 features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
+                 best: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
-        the side features of a model that has them (`_encode`).
+        the side features of a model that has them (`encode`).
 
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
         score 0, and decoding stops once every document has ended.
+
+        `best`, a list, receives one tensor [B, V]: every output's highest probability over the
+        steps decoded (for a cross-entropy model, the steps up to its EOS), which ranks labels
+        the set left out (`xmtc predict --top-k`). Decoding itself is unchanged.
         """
-        memories, state = self._encode(src, lengths, features)
-        num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
+        memories, state = self.encode(src, lengths, features)
+        num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
-        for t, step in enumerate(self._decode(memories, state, num_steps)):
-            label = step.choice  # (B,): the arg-max _decode feeds back
+        best_so_far = None
+        for t, step in enumerate(self.decode(memories, state, num_steps)):
+            label = step.choice  # (B,): the arg-max decode feeds back
             # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
             logits = step.logits.float()  # (B, V)
             chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
             score = (chosen - torch.logsumexp(logits, dim=-1)).exp()  # (B,)
+            if best is not None:
+                probs = torch.softmax(logits, dim=-1)  # (B, V)
+                if self.teacher_forcing:  # a document that has ended adds nothing
+                    probs = probs.masked_fill(ended.unsqueeze(1), 0.0)
+                best_so_far = probs if best_so_far is None else torch.maximum(best_so_far, probs)
             if self.teacher_forcing:
                 label = label.masked_fill(ended, EMPTY)
                 score = score.masked_fill(ended, 0.0)
@@ -497,10 +508,12 @@ class Seq2SetModel(nn.Module):
             # Checking for the end waits on the device: do it every few steps only.
             if self.teacher_forcing and t % 4 == 3 and bool(ended.all()):
                 break
+        if best is not None:
+            best.append(best_so_far)  # (B, V)
         return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
 
-    def _encode(self, src: Tensor, lengths: Tensor,
-                features: Tensor | None = None) -> tuple[list[Memory], Tensor]:
+    def encode(self, src: Tensor, lengths: Tensor,
+               features: Tensor | None = None) -> tuple[list[Memory], Tensor]:
         """The memories every decoding step attends to, and the start state s_0 [B, H].
 
         A model with side features (feature_size D > 0) needs `features` [B, D], and one
@@ -551,8 +564,8 @@ class Seq2SetModel(nn.Module):
             raise ValueError(f"side features of shape {tuple(features.shape)}, the model "
                              f"expects ({batch}, {self.feature_size})")
 
-    def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
-                inputs: Tensor | None = None) -> Iterator[DecoderStep]:
+    def decode(self, memories: list[Memory], state: Tensor, num_steps: int,
+               inputs: Tensor | None = None) -> Iterator[DecoderStep]:
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
         forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing).
 
@@ -573,7 +586,7 @@ class Seq2SetModel(nn.Module):
         # Without the global embedding the step's logits only choose the next label: they are
         # computed without autograd, and forward gives all steps' logits the gradient at once.
         track = nullcontext if self.global_embedding is not None else torch.no_grad
-        last = self._last_layer()
+        last = self.last_layer()
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
@@ -614,7 +627,7 @@ class Seq2SetModel(nn.Module):
                 x = layer(x)
         return x
 
-    def _last_layer(self) -> nn.Linear:
+    def last_layer(self) -> nn.Linear:
         """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""
         return self.output[-1] if isinstance(self.output, nn.Sequential) else self.output
 

@@ -38,6 +38,7 @@ from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.launch import Launch
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.prototypes import init_output_prototypes
@@ -110,7 +111,8 @@ class Silent:
 # --- from data and recipe to a model ---------------------------------------------------------
 
 def resolve_recipe(recipe: Recipe, data: ProcessedData) -> Recipe:
-    """Fill the data-dependent blanks of a recipe (max source tokens, N) from the data."""
+    """Fill the two blanks a recipe may leave to the data (data.max_src_tokens, data.max_labels:
+    N) once, when a run starts; the run records the filled recipe (config.py's docstring)."""
     max_src = recipe.data.max_src_tokens or DEFAULT_MAX_SRC_TOKENS
     max_labels = recipe.data.max_labels or _largest_label_set(data)
     return dataclasses.replace(
@@ -140,7 +142,7 @@ def model_sizes(recipe: Recipe, data: ProcessedData) -> ModelSizes:
     return ModelSizes(
         vocab_size=len(data.tokens),
         num_labels=data.num_labels,
-        max_steps=recipe.data.max_labels,
+        decode_steps=recipe.data.max_labels,
         embed_size=emb.shape[1] if emb is not None else DEFAULT_EMBED_SIZE,
         label_embed_size=int(label_width),
         feature_size=data.feature_size,
@@ -151,8 +153,8 @@ def checkpoint_meta(recipe: Recipe, sizes: ModelSizes, data: ProcessedData,
                     **extra: Any) -> CheckpointMeta:
     """Everything `xmtc predict` needs beside the weights."""
     return CheckpointMeta(
-        recipe=recipe.to_dict(),
-        sizes=dataclasses.asdict(sizes),
+        recipe=recipe,
+        sizes=sizes,
         tokens=list(data.tokens),
         tokenizer=dict(data.tokenizer),
         labels=list(data.labels[: data.num_labels]),
@@ -245,15 +247,18 @@ class Trainer:
 # --- the run ----------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
-        command: str = "", callback: Callback | None = None) -> FitResult:
+        command: str = "", callback: Callback | None = None,
+        launch: Launch | None = None, init: str | Path | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
+    `launch`: this process's place (None: read from the environment).
     """
-    group, dev, joined = distributed.setup(device)
+    group, dev, joined = distributed.setup(device, launch or Launch.from_environ())
     try:
-        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
+        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
+                    init)
     except RuntimeError as exc:
         if not (group.active and distributed.lost_contact(exc)):
             raise
@@ -269,7 +274,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
 
 def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
-         command: str, callback: Callback) -> FitResult:
+         command: str, callback: Callback, init: str | Path | None = None) -> FitResult:
     if not group.is_main:
         callback = Silent()
     run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
@@ -278,18 +283,30 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
     _check_agreement(recipe, data, group)
-    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback)
+    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
+                           init)
     with epochs.folder or contextlib.nullcontext():
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
-            if epochs.out_of_steps:
+            if epochs.out_of_steps or epochs.out_of_patience:
                 break
             reports.append(epochs.run(epoch))
+        group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
                          last_checkpoint=run_dir / LAST_FILE, best_epoch=state.best_epoch,
                          best_valid=state.best_valid, epochs=reports)
+
+
+def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
+                    device: torch.device) -> None:
+    """The best checkpoint gets the score threshold tuned on validation (`threshold.py`)."""
+    valid = data.splits.get("valid")
+    if valid is not None and len(valid) and best.exists():
+        from xmtc_cli.threshold import tune_checkpoint
+
+        tune_checkpoint(best, valid, recipe.train.eval_batch_size, device)
 
 
 def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
@@ -307,13 +324,13 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
         )
 
 
-def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str) -> RunFolder:
-    launch = distributed.launch_id()
-    if not resume and distributed.restart_count() > 0 and RunFolder.started_by(run_dir, launch):
+def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str,
+                 launch: Launch) -> RunFolder:
+    if not resume and launch.restarts > 0 and RunFolder.started_by(run_dir, launch.launch_id):
         resume = True  # torchrun restarted this launch after a failure: continue its run
     if resume:
         return RunFolder.reopen(run_dir, recipe, command)
-    return RunFolder.create(run_dir, recipe, command, launch=launch)
+    return RunFolder.create(run_dir, recipe, command, launch=launch.launch_id)
 
 
 @dataclass
@@ -338,7 +355,7 @@ class _Epochs:
     @classmethod
     def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
               command: str, device: torch.device, group: Group,
-              callback: Callback) -> _Epochs:
+              callback: Callback, init: str | Path | None = None) -> _Epochs:
         """Build everything from the recipe, open the run folder (rank 0) and load the saved
         state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
@@ -353,28 +370,35 @@ class _Epochs:
         # for the run: `fit` closes it.
         with contextlib.ExitStack() as on_failure:
 
-            def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
-                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command))
+            def open_and_load(
+            ) -> tuple[RunFolder, TrainState, list[dict[str, torch.Tensor]] | None]:
+                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command,
+                                                                group.launch))
                 fingerprint = data_fingerprint(data)
-                state, rng = TrainState(data=fingerprint), None
+                state, rngs = TrainState(data=fingerprint), None
                 if folder.has_state:
-                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device,
-                                                   (recipe.data.dir, fingerprint))
+                    state, rngs = folder.load_state(trainer.model, trainer.optimizer, device,
+                                                    (recipe.data.dir, fingerprint))
                     state.data = fingerprint  # states saved before fingerprints had none
-                    _check_world_size(folder, distributed.saved_world_size(rng), group)
+                    _check_world_size(folder, len(rngs), group)
+                elif init is not None:  # --init: a checkpoint's weights, matched by name
+                    from xmtc_cli.warmstart import init_from_checkpoint
+
+                    init_from_checkpoint(trainer.model, init, list(data.tokens),
+                                         list(data.labels[: data.num_labels]))
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
                                            device)
                 folder.truncate_metrics(state.epoch)
-                return folder, state, rng
+                return folder, state, rngs
 
-            folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
+            folder, state, rngs = group.on_main(open_and_load) or (None, TrainState(), None)
             if group.active:
-                state, rng = distributed.sync_start(trainer.model, trainer.optimizer, state, rng,
-                                                    group)
-            if rng is not None:
-                set_rng_state(rng, device)
+                state, rngs = distributed.sync_start(trainer.model, trainer.optimizer, state,
+                                                     rngs, group)
+            if rngs is not None:  # as many as there are ranks (_check_world_size)
+                set_rng_state(rngs[group.rank], device)
             valid = data.splits.get("valid")
             callback.on_start(RunInfo(
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
@@ -387,6 +411,13 @@ class _Epochs:
             on_failure.pop_all()
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
                    steps_per_epoch)
+
+    @property
+    def out_of_patience(self) -> bool:
+        """train.early_stop epochs in a row have finished without a new best."""
+        patience = self.recipe.train.early_stop
+        return (patience is not None and self.state.best_epoch > 0
+                and self.state.epoch - self.state.best_epoch >= patience)
 
     @property
     def out_of_steps(self) -> bool:
@@ -447,10 +478,10 @@ class _Epochs:
             if self.out_of_steps or (every and state.step % every == 0):
                 state.loss_sum = loss_sum.item()
                 state.parts_sum = {k: v.item() for k, v in parts_sum.items()}
-                rng = distributed.gather_rng(rng_state(), self.group)  # every rank's
+                rngs = distributed.gather_rng(rng_state(), self.group)  # every rank's
                 if self.folder is not None:
                     self.folder.save_state(state, self.trainer.model, self.trainer.optimizer,
-                                           self.recipe, rng)
+                                           self.recipe, rngs)
             if self.out_of_steps:
                 break
         return loss_sum, parts_sum
@@ -480,15 +511,15 @@ class _Epochs:
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
         report = dataclasses.replace(report, best=best, seconds=seconds)
-        rng = distributed.gather_rng(rng_state(), self.group) if complete else None
+        rngs = distributed.gather_rng(rng_state(), self.group) if complete else None
         if self.folder is not None:
-            self._write(epoch, report, complete, rng)
+            self._write(epoch, report, complete, rngs)
         if complete:
             state.epoch, state.batches_done, state.loss_sum, state.parts_sum = epoch, 0, 0.0, {}
         return report
 
     def _write(self, epoch: int, report: EpochReport, complete: bool,
-               rng: dict[str, torch.Tensor] | None) -> None:
+               rngs: list[dict[str, torch.Tensor]] | None) -> None:
         state, model, folder = self.state, self.trainer.model, self.folder
         meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
                                valid=report.valid, steps=state.step, partial=not complete)
@@ -499,7 +530,7 @@ class _Epochs:
         if complete:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
-            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rngs)
 
 
 def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from enum import Enum
 from pathlib import Path
@@ -15,6 +14,7 @@ from xmtc_cli.cli.options import Device, given, out_path
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override, without_effect
 from xmtc_cli.errors import UsageError, XmtcError
+from xmtc_cli.launch import Launch
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
 # start fast.
@@ -42,6 +42,9 @@ def train(
     )] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="Start from this checkpoint's weights (fine-tuning on new documents "
+        "with the same label space; words and labels are matched by name).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved recipe and exit.")] = False,
     nproc: Annotated[int, typer.Option(
         min=1, help="Train on this many processes of this machine (one per GPU, or CPU "
@@ -68,47 +71,62 @@ def train(
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    if init is not None and resume:
+        raise UsageError("--init starts a new run and --resume continues one: give one of them")
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
+    launch = Launch.from_environ()  # this process's place, decided once and handed on
     if nproc > 1 or max_restarts > 0:
-        _launch(nproc, max_restarts, argv or ["train", str(recipe)])
+        _launch(nproc, max_restarts, argv or ["train", str(recipe)], launch)
         return
     # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir, run_name
-
-    distributed.identity()  # torchrun's variables checked before anything else
     from xmtc_cli.training import fit
 
-    launch = distributed.launch_id() if distributed.restart_count() > 0 else None
-    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, launch)
+    ours = launch.launch_id if launch.restarts > 0 else None  # a restart continues its folder
+    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, ours)
     command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
-    me = distributed.identity()  # a UsageError for torchrun's variables half set
-    if me.many:
-        command += f"  # on {me.world} processes (torchrun)"
-    main_rank = me.rank == 0
-    display = TrainingDisplay() if main_rank else None
+    if launch.world_size > 1:
+        command += f"  # on {launch.world_size} processes (torchrun)"
+    display = TrainingDisplay() if launch.is_main else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display)
+                     callback=display, launch=launch, init=init)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:
         if display is not None:
             display.close()
-    if not main_rank:
+    if not launch.is_main:
         return
+    patience = resolved.train.early_stop
+    if patience and result.epochs and result.epochs[-1].epoch < resolved.train.epochs \
+            and not result.epochs[-1].partial:
+        stderr.print(f"stopped early after epoch {result.epochs[-1].epoch}: {patience} epochs "
+                     f"without a better validation micro-F1 than epoch {result.best_epoch}'s")
     if result.best_valid:
         stdout.print(metrics_table(result.best_valid,
                                    f"validation, best epoch {result.best_epoch}"))
     stdout.print(f"checkpoint: {result.best_checkpoint}")
+    _report_threshold(result.best_checkpoint)
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
 
 
-def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
+def _report_threshold(checkpoint: Path) -> None:
+    from xmtc_cli.checkpoint import read_meta
+
+    tuned = read_meta(checkpoint).extra.get("threshold") if checkpoint.exists() else None
+    if tuned:
+        stderr.print(f"tuned threshold {tuned['threshold']:.3g}: validation micro-F1 "
+                     f"{100 * tuned['valid_micro_f1']:.2f} against the generated set's "
+                     f"{100 * tuned['set_micro_f1']:.2f} (xmtc predict --threshold tuned)")
+
+
+def _launch(nproc: int, max_restarts: int, argv: list[str], launch: Launch) -> None:
     """`xmtc train ... --nproc K [--max-restarts N]`: the same command on K processes, started
     (and restarted) by torchrun's own launcher (torch.distributed.run) on this machine."""
-    if "WORLD_SIZE" in os.environ:
+    if launch.by_torchrun:
         raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
                          "already started",
                          "drop them: torchrun's own --nproc-per-node and --max-restarts apply")
@@ -140,8 +158,8 @@ def _ignored(ctx: typer.Context, recipe, overrides: list[str], dry_run: bool) ->
             out.append(f"{', '.join(options)} {'has' if len(options) == 1 else 'have'} no effect "
                        "with --dry-run, which only prints the recipe")
     out += without_effect(recipe)
-    world = os.environ.get("WORLD_SIZE", "1").strip()
-    if recipe.train.ddp_bf16_grads and world in ("", "1") and ctx.params.get("nproc", 1) <= 1:
+    world = Launch.from_environ().world_size
+    if recipe.train.ddp_bf16_grads and world == 1 and ctx.params.get("nproc", 1) <= 1:
         out.append("train.ddp_bf16_grads has no effect on one process (it rounds the gradients "
                    "that processes exchange)")
     return out

@@ -279,8 +279,8 @@ def load_processed(path: str | Path) -> ProcessedData:
         _regular_files(path, names)
         tokens, token_counts = _read_tsv(path / "tokens.tsv", 2)
         labels, label_names, label_counts = _read_tsv(path / "labels.tsv", 3)
-        _unique_words(tokens, "tokens.tsv")
-        _unique_words(labels, "labels.tsv")
+        _unique_words(tokens, "tokens.tsv", spaces=False)
+        _unique_words(labels, "labels.tsv", spaces=True)
         emb = load_file(str(path / "embeddings.safetensors"))
         splits = {}
         width = _manifest_width(manifest.get("features"))
@@ -355,11 +355,14 @@ def _regular_files(folder: Path, names: list[str]) -> None:
             raise ValueError(f"{name} is not a regular file (a folder, FIFO or device)")
 
 
-def _unique_words(words: list[str], name: str) -> None:
-    """ValueError for an entry that is empty, holds whitespace, or repeats an earlier one."""
-    bad = next((w for w in words if w.split() != [w]), None)
+def _unique_words(words: list[str], name: str, spaces: bool) -> None:
+    """ValueError for an entry that is empty, holds a line break (or, unless `spaces`, any
+    whitespace), or repeats an earlier one."""
+    bad = next((w for w in words if not w or (any(c in w for c in "\t\n\r") if spaces
+                                               else w.split() != [w])), None)
     if bad is not None:
-        raise ValueError(f"{name} holds {bad[:40]!r}, which is empty or holds whitespace")
+        raise ValueError(f"{name} holds {bad[:40]!r}, which is empty or holds "
+                         + ("a tab or line break" if spaces else "whitespace"))
     if len(set(words)) != len(words):
         seen: set[str] = set()
         twice = next(w for w in words if w in seen or seen.add(w))
