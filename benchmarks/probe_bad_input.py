@@ -922,7 +922,8 @@ for _ov, _frag in [
 ]:
     _override(_ov, _ov, expect=(0,) if _frag is None else (1,), fragment=_frag)
 
-for _ov in ["train.lr=nan", "train.lr=.nan", "train.lr=.inf", "train.lr=-.inf", "train.lr=1e999",
+_override("train.lr=nan", "train.lr=nan", fragment="is not a number")  # text: numbers are digits
+for _ov in ["train.lr=.nan", "train.lr=.inf", "train.lr=-.inf", "train.lr=1e999",
             "train.grad_clip=.nan", "train.weight_decay=.nan", "loss.ot_weight=.inf",
             "loss.ot_beta=.nan", "loss.empty_weight=.nan", "model.global_embedding_tau=.nan",
             "train.log_every=.inf", "model.dropout=.nan", "train.min_lr=.nan"]:
