@@ -2726,7 +2726,8 @@ add("r3 resume after recipe.yaml's name was edited", "r3-record",
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once")
-    parser.add_argument("-k", dest="only", default="", help="only cases whose name has this")
+    parser.add_argument("-k", dest="only", default="",
+                        help="only cases whose name has this (A|B: either)")
     parser.add_argument("--family", default="",
                         help="only cases of these families (comma-separated)")
     parser.add_argument("--timeout", type=float, default=90, help="seconds per step")
@@ -2736,7 +2737,8 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()
     families = {f.strip() for f in args.family.split(",") if f.strip()}
-    cases = [c for c in CASES if args.only.lower() in c.name.lower()
+    wanted = [part for part in args.only.lower().split("|")]  # a|b: either substring
+    cases = [c for c in CASES if any(part in c.name.lower() for part in wanted)
              and (not families or c.family in families)]
     if args.list:
         for c in cases:
