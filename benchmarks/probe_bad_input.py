@@ -1,6 +1,7 @@
 """Probe `xmtc` with bad input, faults and misuse: does every case end cleanly?
 
-    PYTHONPATH=. python benchmarks/probe_bad_input.py [--jobs 2] [-k SUBSTRING] [--timeout 90]
+    PYTHONPATH=. python benchmarks/probe_bad_input.py [--jobs 2] [-k SUBSTRING] [--family F,G]
+        [--timeout 90]
         [--memory-gib 4] [--json FILE] [--keep] [--list]
 
 Each case runs the real command line (`python -m xmtc_cli ...`) in a subprocess, in its own
@@ -91,6 +92,8 @@ class Step:
     """A further condition; returns the reason the step is not clean, or None."""
     cwd: str = "."
     timeout: float | None = None
+    env: dict[str, str] | None = None
+    """Variables added to (or, with value None, removed from) the command's environment."""
 
 
 @dataclass
@@ -231,6 +234,8 @@ _LIMITS = ("import os, resource, signal, sys\n"
            "signal.signal(signal.SIGINT, signal.SIG_DFL)\n"
            "memory, fsize = int(sys.argv[1]), int(sys.argv[2])\n"
            "resource.setrlimit(resource.RLIMIT_AS, (memory, memory))\n"
+           "if os.environ.pop('PROBE_RMCWD', None):\n"
+           "    os.rmdir(os.getcwd())\n"
            "if fsize >= 0:\n"
            "    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))\n"
            "os.execv(sys.argv[3], sys.argv[3:])\n")
@@ -253,7 +258,13 @@ def run_step(step: Step, folder: Path, opts: Options) -> tuple[subprocess.Popen,
     elif step.stdout is not None:
         stdout = sink = open(step.stdout, "wb")  # closed once the child has it
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=folder / step.cwd, env=opts.env,
+    env = dict(opts.env)
+    for key, value in (step.env or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value.replace("{case}", str(folder))
+    proc = subprocess.Popen(cmd, cwd=folder / step.cwd, env=env,
                             stdin=subprocess.PIPE if step.stdin is not None else subprocess.DEVNULL,
                             stdout=stdout, stderr=subprocess.PIPE, start_new_session=True)
     if isinstance(sink, int):
@@ -911,7 +922,8 @@ for _ov, _frag in [
 ]:
     _override(_ov, _ov, expect=(0,) if _frag is None else (1,), fragment=_frag)
 
-for _ov in ["train.lr=nan", "train.lr=.nan", "train.lr=.inf", "train.lr=-.inf", "train.lr=1e999",
+_override("train.lr=nan", "train.lr=nan", fragment="is not a number")  # text: numbers are digits
+for _ov in ["train.lr=.nan", "train.lr=.inf", "train.lr=-.inf", "train.lr=1e999",
             "train.grad_clip=.nan", "train.weight_decay=.nan", "loss.ot_weight=.inf",
             "loss.ot_beta=.nan", "loss.empty_weight=.nan", "model.global_embedding_tau=.nan",
             "train.log_every=.inf", "model.dropout=.nan", "train.min_lr=.nan"]:
@@ -1202,7 +1214,8 @@ _meta_case("tokens not strings", None, tokens=lambda t: [1] * len(t))
 _meta_case("labels one short", "labels", labels=lambda t: t[:-1])
 _meta_case("label_names one long", "label_names", label_names=lambda t: t + ["x"])
 _meta_case("label_counts negative", None, label_counts=lambda t: [-1] * len(t))
-_meta_case("label_counts absent (older file)", None, label_counts=None, expect=(0,))
+_meta_case("label_counts absent (older file)", None, label_counts=None, xmtc_sha256=None,
+           expect=(0,))  # a file of an older xmtc has no checksum either
 _meta_case("tokenizer unknown", "tokenizer", tokenizer={"kind": "bpe"})
 _meta_case("tokenizer a list", None, tokenizer=["whitespace"])
 _meta_case("recipe lr nan", "does not validate",
@@ -1220,7 +1233,8 @@ _meta_case("format_version 2", "format version 2", format_version="2")
 _meta_case("format marker missing", "not an xmtc checkpoint", format=None)
 _meta_case("tokens field missing", "damaged metadata", tokens=None)
 _meta_case("tokens not JSON", "damaged metadata", tokens='["<pad>", "<un')
-_meta_case("package_version 10 KB", None, package_version="9" * 10_000, expect=(0,))
+_meta_case("package_version 10 KB", "changed after xmtc wrote it",
+           package_version="9" * 10_000)  # an edit the checksum sees
 
 
 def _state_case(name: str, change: Callable[[dict], None], expect=(1,)) -> None:
@@ -2078,19 +2092,654 @@ _damaged_feat("manifest features 0", lambda p: _manifest_features(p, 0))
 _damaged_feat("manifest features 10^12", lambda p: _manifest_features(p, 10**12))
 
 
+# --- round three: integrity, links, leftovers, named faults, ignored options, strict values, ----
+# --- the torchrun environment, what a run folder records (case names start with "r3 ") -------
+
+def st_read(path: Path) -> tuple[dict, bytearray]:
+    """A safetensors file's header (JSON) and its data bytes."""
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return json.loads(raw[8:8 + n]), bytearray(raw[8 + n:])
+
+
+def st_write(path: Path, header: dict, data: bytes) -> None:
+    h = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    h += b" " * (-(8 + len(h)) % 8)
+    path.write_bytes(len(h).to_bytes(8, "little") + h + bytes(data))
+
+
+def reseal(path: Path) -> None:
+    """Give an edited file a checksum that matches it, where this xmtc has checksums: a forger's
+    file, so that the checks of the values themselves are what is probed."""
+    try:
+        from xmtc_cli.tensorfile import reseal as _reseal
+    except ImportError:
+        return
+    _reseal(path)
+
+
+def edit_meta(path: Path, name: str, change: Callable, forge: bool = False) -> None:
+    header, data = st_read(path)
+    meta = header["__metadata__"]
+    value = json.loads(meta[name]) if name not in ("format", "format_version") else meta[name]
+    value = change(value)
+    meta[name] = value if isinstance(value, str) and name in ("format", "format_version") \
+        else json.dumps(value)
+    st_write(path, header, data)
+    if forge:
+        reseal(path)
+
+
+def flip_byte(path: Path, where: float) -> None:
+    """Flip the bits of one data byte, `where` (0..1) of the way into the data."""
+    header, data = st_read(path)
+    i = min(int(len(data) * where), len(data) - 1)
+    data[i] ^= 0xFF
+    st_write(path, header, data)
+
+
+def swap_tensors(path: Path, prefix: str = "") -> None:
+    """Swap the byte ranges of two tensors of the same dtype and shape (and other contents)."""
+    header, data = st_read(path)
+    groups: dict = {}
+    for name, e in header.items():
+        if name != "__metadata__" and name.startswith(prefix):
+            groups.setdefault((e["dtype"], tuple(e["shape"])), []).append(name)
+    for names in groups.values():
+        for a in names:
+            for b in names:
+                ea, eb = header[a]["data_offsets"], header[b]["data_offsets"]
+                if a < b and data[ea[0]:ea[1]] != data[eb[0]:eb[1]]:
+                    header[a]["data_offsets"], header[b]["data_offsets"] = eb, ea
+                    st_write(path, header, data)
+                    return
+    raise RuntimeError("no two tensors to swap")
+
+
+def err_lacks(*fragments: str) -> Callable[[Path, Result], str | None]:
+    def check(folder: Path, res: Result) -> str | None:
+        err = res.err.replace(str(folder), "<case>").lower()  # the case's name is no message
+        there = [f for f in fragments if f.lower() in err]
+        return f"message has {there[0]!r}" if there else None
+    return check
+
+
+def err_any(*fragments: str) -> Callable[[Path, Result], str | None]:
+    def check(folder: Path, res: Result) -> str | None:
+        low = res.err.lower()
+        return None if any(f.lower() in low for f in fragments) else \
+            f"message has none of {list(fragments)}"
+    return check
+
+
+def out_has(*fragments: str) -> Callable[[Path, Result], str | None]:
+    def check(folder: Path, res: Result) -> str | None:
+        missing = [f for f in fragments if f not in res.out]
+        return f"output lacks {missing[0]!r}" if missing else None
+    return check
+
+
+def refused_or(check_ok: Callable[[Path, Result], str | None]) -> Callable:
+    """A refusal is fine; a success must pass `check_ok`."""
+    def check(folder: Path, res: Result) -> str | None:
+        return None if res.code != 0 else check_ok(folder, res)
+    return check
+
+
+def warned_or_refused(folder: Path, res: Result) -> str | None:
+    if res.code == 0 and "warning:" not in res.err:
+        return "the option had no effect and nothing said so"
+    return None
+
+
+def mode_is(name: str, mode: int) -> Callable[[Path, Result], str | None]:
+    def check(folder: Path, res: Result) -> str | None:
+        got = (folder / name).stat().st_mode & 0o7777
+        return None if got == mode else f"{name} has mode {got:o}, was {mode:o}"
+    return check
+
+
+def none_left(pattern: str) -> Callable[[Path, Result], str | None]:
+    def check(folder: Path, res: Result) -> str | None:
+        left = sorted(p.name for p in folder.glob(pattern))
+        return f"leftover {left[0]} not cleaned up" if left else None
+    return check
+
+
+def fifo(path: Path) -> Path:
+    os.mkfifo(path)
+    return path
+
+
+def big_docs(folder: Path, times: int = 3000) -> Path:
+    text = FX.docs.read_text()
+    return write(folder / "big.txt", text * times)
+
+
+RESUME = ("--resume",)
+
+
+# integrity: checkpoints and train states carry a checksum; edits are refused as "changed"
+for _where in (0.0, 0.37, 0.999):
+    add(f"r3 predict with a checkpoint byte flipped at {_where:.0%}", "r3-integrity",
+        lambda d, w=_where: (shutil.copy(FX.ckpt, d / "m.safetensors"),
+                             flip_byte(d / "m.safetensors", w),
+                             [predict(d / "m.safetensors", FX.docs, check=err_has("changed"))])[2])
+add("r3 eval with a checkpoint byte flipped", "r3-integrity",
+    lambda d: (shutil.copy(FX.ckpt, d / "m.safetensors"), flip_byte(d / "m.safetensors", 0.5),
+               [evalc(d / "m.safetensors", check=err_has("changed"))])[2])
+add("r3 predict with two checkpoint tensors swapped", "r3-integrity",
+    lambda d: (shutil.copy(FX.ckpt, d / "m.safetensors"), swap_tensors(d / "m.safetensors"),
+               [predict(d / "m.safetensors", FX.docs, check=err_has("changed"))])[2])
+for _field, _change in (
+        ("labels", lambda v: [v[1], v[0], *v[2:]]),
+        ("label_names", lambda v: None if v is None else [v[1], v[0], *v[2:]]),
+        ("tokens", lambda v: [*v[:2], v[3], v[2], *v[4:]]),
+        ("extra", lambda v: {**v, "epoch": 99}),
+        ("recipe", lambda v: {**v, "name": "edited"}),
+        ("tokenizer", lambda v: {**v, "lowercase": not v.get("lowercase", False)}),
+        ("label_counts", lambda v: None if v is None else [c + 1 for c in v])):
+    add(f"r3 predict with checkpoint metadata {_field} edited", "r3-integrity",
+        lambda d, f=_field, c=_change: (
+            shutil.copy(FX.ckpt, d / "m.safetensors"), edit_meta(d / "m.safetensors", f, c),
+            [predict(d / "m.safetensors", FX.docs, check=err_has("changed"))])[2])
+add("r3 predict with last.safetensors edited", "r3-integrity",
+    lambda d: (shutil.copy(FX.run / "last.safetensors", d / "m.safetensors"),
+               flip_byte(d / "m.safetensors", 0.2),
+               [predict(d / "m.safetensors", FX.docs, check=err_has("changed"))])[2])
+
+
+def _state_case(edit: Callable[[Path], None], *fragments: str):
+    def build(d: Path) -> list[Step]:
+        run = copy_run(d)
+        edit(run / "train_state.safetensors")
+        return [train(FX.recipe, "train.epochs=4", "--out", run, "--resume",
+                      check=err_any(*fragments) if fragments else None)]
+    return build
+
+
+for _where in (0.01, 0.5, 0.99):
+    add(f"r3 resume with a train-state byte flipped at {_where:.0%}", "r3-integrity",
+        _state_case(lambda p, w=_where: flip_byte(p, w), "changed"), may_change=("run/*",))
+add("r3 resume with two optimiser moments swapped", "r3-integrity",
+    _state_case(lambda p: swap_tensors(p, "optim."), "changed"), may_change=("run/*",))
+add("r3 resume with two weights swapped in the train state", "r3-integrity",
+    _state_case(lambda p: swap_tensors(p, "model."), "changed"), may_change=("run/*",))
+add("r3 resume with the train state's step edited", "r3-integrity",
+    _state_case(lambda p: edit_meta(p, "state", lambda v: {**v, "step": v["step"] + 7}),
+                "changed"), may_change=("run/*",))
+add("r3 resume with the train state's recipe edited", "r3-integrity",
+    _state_case(lambda p: edit_meta(p, "recipe", lambda v: {**v, "name": "x"}), "changed"),
+    may_change=("run/*",))
+add("r3 resume with the train state's best_f1 edited", "r3-integrity",
+    _state_case(lambda p: edit_meta(p, "state", lambda v: {**v, "best_f1": 1.0}), "changed"),
+    may_change=("run/*",))
+
+
+# strict values restored from files: forged files (checksum recomputed) with impossible values
+for _name, _change in (
+        ("duplicate tokens", lambda v: [*v[:2], v[2], v[2], *v[4:]]),
+        ("duplicate labels", lambda v: [v[0], v[0], *v[2:]] if v else v),
+        ("a label with a space", lambda v: ["a b", *v[1:]]),
+        ("a label with a tab", lambda v: ["a\tb", *v[1:]]),
+        ("a label with a newline", lambda v: ["a\nb", *v[1:]]),
+        ("an empty label", lambda v: ["", *v[1:]]),
+        ("a token with a space", lambda v: [*v[:2], "x y", *v[3:]])):
+    _f = "tokens" if "token" in _name else "labels"
+    add(f"r3 predict with a forged checkpoint: {_name}", "r3-values",
+        lambda d, f=_f, c=_change: (
+            shutil.copy(FX.ckpt, d / "m.safetensors"),
+            edit_meta(d / "m.safetensors", f, c, forge=True),
+            [predict(d / "m.safetensors", FX.docs)])[2])
+for _name, _change in (
+        ("a negative step", lambda v: {**v, "step": -3}),
+        ("a step that is text", lambda v: {**v, "step": "12"}),
+        ("an epoch beyond int64", lambda v: {**v, "epoch": 2 ** 70}),
+        ("a negative batches_done", lambda v: {**v, "batches_done": -1}),
+        ("an unknown key", lambda v: {**v, "colour": "red"}),
+        ("a best epoch after the epoch", lambda v: {**v, "best_epoch": v["epoch"] + 5}),
+        ("a best_f1 of NaN text", lambda v: {**v, "best_f1": "nan"}),
+        ("no step at all", lambda v: {k: x for k, x in v.items() if k != "step"})):
+    add(f"r3 resume with a forged train state: {_name}", "r3-values",
+        _state_case(lambda p, c=_change: edit_meta(p, "state", c, forge=True)),
+        may_change=("run/*",))
+add("r3 resume with a forged train state: recipe not JSON", "r3-faults",
+    _state_case(lambda p: (lambda h, dd: (h["__metadata__"].__setitem__("recipe", "{oops"),
+                                          st_write(p, h, dd), reseal(p)))(*st_read(p))),
+    may_change=("run/*",))
+add("r3 resume with a forged train state: state not JSON", "r3-faults",
+    _state_case(lambda p: (lambda h, dd: (h["__metadata__"].__setitem__("state", "[1,"),
+                                          st_write(p, h, dd), reseal(p)))(*st_read(p))),
+    may_change=("run/*",))
+add("r3 resume with a forged train state: recipe an array", "r3-faults",
+    _state_case(lambda p: edit_meta(p, "recipe", lambda v: [1, 2], forge=True)),
+    may_change=("run/*",))
+
+
+# strict values: overrides and recipe files
+def _dry(*overrides: str, expect=(0,), check=None):
+    return lambda d: [train(FX.recipe, *overrides, "--dry-run", expect=expect, check=check)]
+
+
+for _ov in ("train.epochs=0x10", "train.epochs=0o17", "train.epochs=1:30", "train.epochs=3.0",
+            "train.epochs=1e1", "train.epochs=٣", "train.epochs=.inf", "train.batch_size=0b11",
+            "train.seed=12:00:00", "train.lr=.nan", "train.lr=1e999", "train.lr=0x1p-3",
+            "train.epochs=99999999999999999999999", "train.epochs=true", "model.hidden_size=16.5",
+            "train.checkpoint_every=1:00", "model.dropout=1:2", "train.max_steps=0x7FFF"):
+    add(f"r3 override {_ov} is refused", "r3-values", _dry(_ov, expect=(1, 2)))
+for _ov, _want in (("train.epochs=010", "epochs: 10"), ("train.lr=1e-3", "lr: 0.001"),
+                   ("train.lr=5E-4", "lr: 0.0005"), ("name=1e3", "name: '1e3'"),
+                   ("name=0x1F", "name: '0x1F'"), ("name=1:30", "name: '1:30'"),
+                   ("name=2024-01-02", "name: '2024-01-02'"), ("name=yes", "name: 'yes'"),
+                   ("name=null", "name: 'null'"), ("name=010", "name: '010'"),
+                   ("train.epochs= 7", "epochs: 7"), ("train.lr=+0.5", "lr: 0.5"),
+                   ("model.dropout=0", "dropout: 0.0")):
+    add(f"r3 override {_ov} means what it says", "r3-values",
+        _dry(_ov, expect=(0, 1), check=refused_or(out_has(_want))))
+add("r3 a section override merges", "r3-values",
+    _dry("train={epochs: 2}", expect=(0, 1),
+         check=refused_or(out_has("epochs: 2", "batch_size: 16", "lr: 0.01"))))
+add("r3 an empty section override changes nothing", "r3-values",
+    _dry("model={}", expect=(0, 1), check=refused_or(out_has("hidden_size: 16"))))
+add("r3 a flow section override with two keys merges", "r3-values",
+    _dry("model={hidden_size: 8, dropout: 0.5}", expect=(0, 1),
+         check=refused_or(out_has("hidden_size: 8", "light_conv: true", "encoder_layers: 1"))))
+
+
+def _recipe_with(line: str, want: str | None):
+    def build(d: Path) -> list[Step]:
+        text = TINY_RECIPE.format(data=FX.proc, epochs=1).replace("  epochs: 1\n", line)
+        write(d / "r.yaml", text)
+        check = refused_or(out_has(want)) if want else None
+        return [train(d / "r.yaml", "--dry-run", expect=(0, 1) if want else (1,), check=check)]
+    return build
+
+
+for _line, _want in (("  epochs: 0x10\n", None), ("  epochs: 1:30\n", None),
+                     ("  epochs: 1_0\n", None), ("  epochs: 0o7\n", None),
+                     ("  epochs: 2.0\n", None), ("  epochs: 1\n  seed: 0b101\n", None),
+                     ("  epochs: 1\n  seed: 010\n", "seed: 10"),
+                     ("  epochs: 1\n  min_lr: 3e-4\n", "min_lr: 0.0003"),
+                     ("  epochs: 1\n  epochs: 2\n", None)):
+    add(f"r3 recipe file with {_line.strip()!r}", "r3-values", _recipe_with(_line, _want))
+
+
+# nothing followed, nothing waited on: planted links, FIFOs and devices in a run folder
+def _planted(name: str, kind: str, resume: bool):
+    def build(d: Path) -> list[Step]:
+        if resume:
+            run = copy_run(d)
+        else:
+            run = d / "run"
+            run.mkdir()
+        victim = write(d / "victim.txt", "precious\n")
+        target = run / name
+        if target.exists():
+            target.unlink()
+        if kind == "link":
+            os.symlink(victim, target)
+        elif kind == "fifo":
+            fifo(target)
+        elif kind == "devnull":
+            os.symlink("/dev/null", target)
+        elif kind == "dir-link":
+            (d / "elsewhere").mkdir()
+            os.symlink(d / "elsewhere", target)
+        extra = ("train.epochs=4", "--resume") if resume else ()
+        return [train(FX.recipe, *extra, "--out", run, timeout=60)]
+    return build
+
+
+for _name in ("metrics.jsonl", "recipe.yaml", "train_state.safetensors", "last.safetensors",
+              "model.safetensors", ".lock"):
+    for _kind in ("link", "fifo"):
+        add(f"r3 resume with {_name} a {_kind}", "r3-links", _planted(_name, _kind, True),
+            may_change=("run/*",))
+for _name in (".lock", ".launch"):
+    for _kind in ("link", "fifo"):
+        add(f"r3 new run with {_name} a {_kind}", "r3-links", _planted(_name, _kind, False),
+            may_change=("run/*",))
+add("r3 resume with metrics.jsonl a link to /dev/null", "r3-links",
+    _planted("metrics.jsonl", "devnull", True), may_change=("run/*",))
+add("r3 resume with metrics.jsonl a link to a folder", "r3-links",
+    _planted("metrics.jsonl", "dir-link", True), may_change=("run/*",))
+add("r3 predict with a FIFO as the checkpoint", "r3-links",
+    lambda d: [predict(fifo(d / "m.safetensors"), FX.docs, timeout=60)])
+add("r3 eval with a FIFO as the checkpoint", "r3-links",
+    lambda d: [evalc(fifo(d / "m.safetensors"), timeout=60)])
+add("r3 predict with /dev/zero as the checkpoint", "r3-links",
+    lambda d: [predict("/dev/zero", FX.docs, timeout=60)])
+
+
+def _proc_with(name: str, kind: str):
+    def build(d: Path) -> list[Step]:
+        proc = d / "proc"
+        shutil.copytree(FX.proc, proc)
+        (proc / name).unlink()
+        if kind == "fifo":
+            fifo(proc / name)
+        else:
+            os.symlink(FX.proc / name, proc / name)
+        return [evalc(FX.ckpt, proc, expect=(0, 1) if kind == "link" else (1,), timeout=60)]
+    return build
+
+
+for _name in ("test.safetensors", "tokens.tsv", "labels.tsv", "manifest.json"):
+    add(f"r3 eval on processed data with {_name} a FIFO", "r3-links", _proc_with(_name, "fifo"))
+add("r3 train --out '' (the empty string)", "r3-links",
+    lambda d: [train(FX.recipe, "--out", "", expect=(1, 2), check=no_file("recipe.yaml"))])
+add("r3 train --out $HOME", "r3-links",
+    lambda d: ((d / "home").mkdir(), write(d / "home" / "notes.txt", "mine\n"),
+               [train(FX.recipe, "--out", d / "home", expect=(1, 2),
+                      env={"HOME": "{case}/home"}, check=no_file("home/recipe.yaml"))])[2])
+add("r3 preprocess --out $HOME (empty)", "r3-links",
+    lambda d: ((d / "home").mkdir(),
+               [preprocess(FX.raw, "--out", d / "home", expect=(1, 2),
+                           env={"HOME": "{case}/home"}, check=no_file("home/manifest.json"))])[1])
+add("r3 preprocess --out ''", "r3-links",
+    lambda d: [preprocess(FX.raw, "--out", "", expect=(1, 2))])
+add("r3 preprocess --out /", "r3-links",
+    lambda d: [preprocess(FX.raw, "--out", "/", expect=(1, 2))])
+add("r3 predict --out ''", "r3-links",
+    lambda d: [predict(FX.ckpt, FX.docs, "--out", "", expect=(1, 2))])
+add("r3 predict --out /", "r3-links",
+    lambda d: [predict(FX.ckpt, FX.docs, "--out", "/", expect=(1, 2))])
+
+add("r3 predict --out a FIFO that nobody reads", "r3-links",
+    lambda d: [predict(FX.ckpt, FX.docs, "--out", fifo(d / "out.fifo"), timeout=60)])
+add("r3 preprocess --glove /dev/zero", "r3-faults",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--glove", "/dev/zero", timeout=120)])
+add("r3 recipe file with a section twice", "r3-values",
+    lambda d: [train(write(d / "r.yaml", TINY_RECIPE.format(data=FX.proc, epochs=1)
+                           + "train:\n  epochs: 2\n"), "--dry-run")])
+
+
+# leftovers and permissions
+def _killed_then_again(kind: str):
+    def build(d: Path) -> list[Step]:
+        docs = big_docs(d)
+        has_tmp = lambda f: any(f.glob(".pred.txt.*"))  # noqa: E731
+        return [predict(FX.ckpt, docs, "--out", d / "pred.txt", expect=(-9, 0),
+                        interrupt=(signal.SIGKILL, has_tmp)),
+                predict(FX.ckpt, FX.docs, "--out", d / "pred.txt", expect=(0,),
+                        check=none_left(".pred.txt.*"))]
+    return build
+
+
+add("r3 predict --out killed, then run again", "r3-leftovers", _killed_then_again("kill"))
+
+
+def _planted_leftover(name: str, pid: int):
+    def build(d: Path) -> list[Step]:
+        write(d / f".pred.txt.{pid}.abc123.tmp" if pid else d / f".pred.txt.{name}.tmp", "x\n")
+        return [predict(FX.ckpt, FX.docs, "--out", d / "pred.txt", expect=(0,),
+                        check=none_left(".pred.txt.*.tmp"))]
+    return build
+
+
+add("r3 predict --out with a leftover of a killed writer (dead pid)", "r3-leftovers",
+    _planted_leftover("", 4_000_000), may_change=(".pred.txt.*.tmp", "pred.txt"))
+add("r3 preprocess --out killed, then run again", "r3-leftovers",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--glove", FX.raw / "vectors.txt",
+                          expect=(-9, 0),
+                          interrupt=(signal.SIGKILL, lambda f: any(f.glob(".p.*.tmp*")))),
+               preprocess(FX.raw, "--out", d / "p", expect=(0,), check=none_left(".p.*"))])
+for _mode in (0o600, 0o640, 0o660, 0o604, 0o700, 0o755):
+    add(f"r3 predict --out keeps mode {_mode:o}", "r3-leftovers",
+        lambda d, m=_mode: (write(d / "pred.txt", "old\n"), (d / "pred.txt").chmod(m),
+                            [predict(FX.ckpt, FX.docs, "--out", d / "pred.txt", expect=(0,),
+                                     check=mode_is("pred.txt", m))])[2],
+        may_change=("pred.txt",))
+add("r3 preprocess --out keeps the folder's mode 700", "r3-leftovers",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", expect=(0,)),
+               Step(["preprocess", FX.raw, "--out", d / "p"], expect=(0,),
+                    wait_for=lambda f: (f / "p").chmod(0o700) or True,
+                    check=mode_is("p", 0o700))])
+add("r3 train keeps recipe.yaml's mode 600 on resume", "r3-leftovers",
+    lambda d: (copy_run(d), (d / "run" / "recipe.yaml").chmod(0o600),
+               [train(FX.recipe, "--out", d / "run", "--resume", expect=(0, 1),
+                      check=mode_is("run/recipe.yaml", 0o600))])[2],
+    may_change=("run/*",))
+add("r3 train keeps metrics.jsonl's mode 600", "r3-leftovers",
+    lambda d: (copy_run(d), (d / "run" / "metrics.jsonl").chmod(0o600),
+               [train(FX.recipe, "train.max_steps=40", "--out", d / "run", "--resume",
+                      expect=(0, 1), check=mode_is("run/metrics.jsonl", 0o600))])[2],
+    may_change=("run/*",))
+
+
+# ordinary faults are named
+def _metrics_case(content: bytes):
+    def build(d: Path) -> list[Step]:
+        run = copy_run(d)
+        write(run / "metrics.jsonl", content)
+        return [train(FX.recipe, "--out", run, "--resume", expect=(0, 1),
+                      check=lambda f, r: None if r.code == 0 or "metrics.jsonl" in r.err
+                      else "message does not name metrics.jsonl")]
+    return build
+
+
+for _label, _content in (("not JSON", b"{\"epoch\": 1, oops\n"),
+                         ("a line without epoch", b"{\"train_loss\": 1.0}\n"),
+                         ("an epoch that is text", b"{\"epoch\": \"one\"}\n"),
+                         ("a JSON array line", b"[1, 2]\n"),
+                         ("bytes that are not UTF-8", b"{\"epoch\": 1}\n\xff\xfe\n"),
+                         ("a NUL-filled tail", b"{\"epoch\": 1}\n" + b"\0" * 64),
+                         ("an epoch of null", b"{\"epoch\": null}\n")):
+    add(f"r3 resume with metrics.jsonl holding {_label}", "r3-faults", _metrics_case(_content),
+        may_change=("run/*",))
+for _label, _make in (("gzip data", lambda d: write(d / "docs.txt", b"\x1f\x8b\x08\x00" + bytes(
+        range(256)) * 4)), ("the checkpoint", lambda d: FX.ckpt),
+        ("a NUL in line 1", lambda d: write(d / "docs.txt", b"some words\x00here\nmore\n")),
+        ("a .npy file", lambda d: FX.docs_feat)):
+    add(f"r3 predict docs that are {_label}: no UTF-16 hint", "r3-faults",
+        lambda d, m=_make: [predict(FX.ckpt, m(d), expect=(1,), check=err_lacks("utf-16"))])
+add("r3 predict docs in UTF-16 without a BOM: the hint says UTF-16", "r3-faults",
+    lambda d: [predict(FX.ckpt, write(d / "docs.txt", FX.docs.read_text().encode("utf-16-le")),
+                       expect=(1,), check=err_has("utf-16"))])
+add("r3 eval --gold that is gzip data: no UTF-16 hint", "r3-faults",
+    lambda d: [evalf(FX.pred, write(d / "g.gz", b"\x1f\x8b\x08\x00\x00\x00" + b"\0" * 50),
+                     check=err_lacks("utf-16"))])
+for _where, _make in (("docs", lambda d: predict(FX.ckpt, "/dev/zero", timeout=120)),
+                      ("--gold", lambda d: evalf(FX.pred, "/dev/zero", timeout=120)),
+                      ("--predictions", lambda d: evalf("/dev/zero", FX.gold, timeout=120))):
+    add(f"r3 {_where} /dev/zero: a line that never ends is named", "r3-faults",
+        lambda d, m=_make: [(s := m(d), setattr(s, "check", err_has("/dev/zero")), s)[2]])
+add("r3 recipe /dev/zero", "r3-faults",
+    lambda d: [train("/dev/zero", "--dry-run", check=err_has("/dev/zero"), timeout=120)])
+add("r3 relative checkpoint path that does not exist names the folder", "r3-faults",
+    lambda d: [predict("nope/model.safetensors", FX.docs, check=err_has(str(d)))])
+add("r3 relative docs path that does not exist names the folder", "r3-faults",
+    lambda d: [predict(FX.ckpt, "nope.txt", check=err_has(str(d)))])
+add("r3 ~ in a checkpoint path is explained", "r3-faults",
+    lambda d: [predict("~/model.safetensors", FX.docs, check=err_has("~"))])
+add("r3 ~user in a docs path is explained", "r3-faults",
+    lambda d: [predict(FX.ckpt, "~nobody/docs.txt", check=err_has("~"))])
+add("r3 ~ in a recipe path is explained", "r3-faults",
+    lambda d: [train("~/tiny.yaml", "--dry-run", check=err_has("~"))])
+add("r3 deleted working folder: predict relative docs", "r3-faults",
+    lambda d: ((d / "w").mkdir(),
+               [predict(FX.ckpt, "docs.txt", cwd="w", env={"PROBE_RMCWD": "1"},
+                        check=err_any("working folder", "current folder"))])[1])
+add("r3 deleted working folder: train into runs/", "r3-faults",
+    lambda d: ((d / "w").mkdir(),
+               [train(FX.recipe, cwd="w", env={"PROBE_RMCWD": "1"},
+                      check=err_any("working folder", "current folder"))])[1])
+add("r3 deleted working folder: eval files by absolute path", "r3-faults",
+    lambda d: ((d / "w").mkdir(),
+               [evalf(FX.pred, FX.gold, cwd="w", env={"PROBE_RMCWD": "1"}, expect=(0, 1))])[1])
+add("r3 deleted working folder: preprocess with relative --out", "r3-faults",
+    lambda d: ((d / "w").mkdir(),
+               [preprocess(FX.raw, "--out", "p", cwd="w", env={"PROBE_RMCWD": "1"},
+                           check=err_any("working folder", "current folder"))])[1])
+for _opt, _val in (("--propensity-a", "1e400"), ("--propensity-b", "inf"),
+                   ("--propensity-a", "nan")):
+    add(f"r3 eval {_opt} {_val}", "r3-faults",
+        lambda d, o=_opt, v=_val: [evalf(FX.pred, FX.gold, "--train-labels", FX.gold, o, v,
+                                         expect=(1, 2))])
+add("r3 predict --batch-size beyond int64", "r3-faults",
+    lambda d: [predict(FX.ckpt, FX.docs, "--batch-size", "1" + "0" * 25, expect=(1, 2))])
+add("r3 preprocess --max-vocab beyond int64", "r3-faults",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--max-vocab", "9" * 30, expect=(1, 2))])
+add("r3 preprocess --seed beyond 2**32", "r3-faults",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--seed", str(2 ** 40), expect=(0, 1, 2))])
+add("r3 eval CHECKPOINT --batch-size beyond int64", "r3-faults",
+    lambda d: [evalc(FX.ckpt, None, "--batch-size", "9" * 22, expect=(1, 2))])
+
+
+# the environment: torchrun's variables left in a shell
+_FULL = {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+         "MASTER_PORT": "29731"}
+for _label, _env, _expect in (
+        ("WORLD_SIZE=abc", {"WORLD_SIZE": "abc"}, (2,)),
+        ("WORLD_SIZE=0", {"WORLD_SIZE": "0"}, (2,)),
+        ("WORLD_SIZE=-2", {"WORLD_SIZE": "-2"}, (2,)),
+        ("WORLD_SIZE=1.5", {"WORLD_SIZE": "1.5"}, (2,)),
+        ("WORLD_SIZE=2 alone", {"WORLD_SIZE": "2"}, (0, 1, 2)),
+        ("RANK=1 alone", {"RANK": "1"}, (0, 1, 2)),
+        ("RANK=abc", {"RANK": "abc"}, (0, 2)),
+        ("LOCAL_RANK=x", {"LOCAL_RANK": "x"}, (0, 2)),
+        ("TORCHELASTIC_RESTART_COUNT=abc", {"TORCHELASTIC_RESTART_COUNT": "abc"}, (0, 2)),
+        ("TORCHELASTIC_RESTART_COUNT=-1", {"TORCHELASTIC_RESTART_COUNT": "-1"}, (0, 2)),
+        ("a complete launch with RANK beyond WORLD_SIZE", {**_FULL, "RANK": "5"}, (2,)),
+        ("a complete launch with MASTER_PORT=99999", {**_FULL, "MASTER_PORT": "99999"}, (2,)),
+        ("a complete launch with MASTER_PORT=http", {**_FULL, "MASTER_PORT": "http"}, (2,)),
+        ("WORLD_SIZE=2 RANK=0 without MASTER_ADDR", {"WORLD_SIZE": "2", "RANK": "0"}, (0, 1, 2)),
+        ("WORLD_SIZE=1 RANK=0", {"WORLD_SIZE": "1", "RANK": "0"}, (0,)),
+        ("LOCAL_RANK=3 alone", {"LOCAL_RANK": "3"}, (0, 1, 2))):
+    add(f"r3 train with {_label} left in the shell", "r3-env",
+        lambda d, e=_env, x=_expect: [train(recipe(d / "r.yaml"), "--out", d / "run", env=e,
+                                            expect=x, timeout=150)])
+add("r3 train with a complete launch whose peers never come", "r3-env",
+    lambda d: [train(recipe(d / "r.yaml"), "--out", d / "run", env=_FULL, expect=(1, 2),
+                     timeout=240, check=err_has("WORLD_SIZE"))])
+add("r3 train RANK=1 alone still reports", "r3-env",
+    lambda d: [train(recipe(d / "r.yaml"), "--out", d / "run", env={"RANK": "1"}, expect=(0, 2),
+                     timeout=150, check=lambda f, r: None if r.code == 2 or "checkpoint:" in r.out
+                     else "exit 0 but nothing reported (a run of rank 1 alone)")])
+
+
+# no option ignored in silence
+add("r3 eval --predictions/--gold with --split valid", "r3-options",
+    lambda d: [evalf(FX.pred, FX.gold, "--split", "valid", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 eval --predictions/--gold with --data", "r3-options",
+    lambda d: [evalf(FX.pred, FX.gold, "--data", FX.proc, expect=(0, 2), check=warned_or_refused)])
+add("r3 eval --predictions/--gold with --batch-size", "r3-options",
+    lambda d: [evalf(FX.pred, FX.gold, "--batch-size", "8", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 eval --predictions/--gold with --device cuda", "r3-options",
+    lambda d: [evalf(FX.pred, FX.gold, "--device", "cuda", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 eval CHECKPOINT with --json and --split train", "r3-options",
+    lambda d: [evalc(FX.ckpt, None, "--split", "train", expect=(0, 1, 2))])
+add("r3 preprocess --centroid-weighting tfidf with name embeddings", "r3-options",
+    lambda d: [preprocess(FX.raw, "--out", d / "p", "--centroid-weighting", "tfidf",
+                          "--glove", FX.raw / "vectors.txt", expect=(0, 2),
+                          check=warned_or_refused)])
+
+
+def _with_valid(d: Path) -> Path:
+    raw = copy_raw(d)
+    for kind in ("texts", "labels"):
+        lines = (raw / f"train_{kind}.txt").read_text().splitlines()
+        write(raw / f"valid_{kind}.txt", "\n".join(lines[:20]) + "\n")
+    return raw
+
+
+add("r3 preprocess --valid-fraction with valid files", "r3-options",
+    lambda d: [preprocess(_with_valid(d), "--out", d / "p", "--valid-fraction", "0.3",
+                          expect=(0, 2), check=warned_or_refused)])
+add("r3 preprocess --raw with a folder source", "r3-options",
+    lambda d: [preprocess(FX.raw, "--raw", d, "--out", d / "p", expect=(0, 1, 2),
+                          check=warned_or_refused)])
+for _ov in ("data.label_order=frequency", "train.ddp_bf16_grads=true",
+            "model.global_embedding_tau=0.5", "loss.ot_beta=2"):
+    extra = ("loss.ot_weight=0",) if _ov.startswith("loss.ot_") else ()
+    add(f"r3 train {_ov} where it has no effect", "r3-options",
+        lambda d, o=_ov, e=extra: [train(recipe(d / "r.yaml"), o, *e, "--out", d / "run",
+                                         expect=(0, 1, 2), check=warned_or_refused)])
+add("r3 train --max-restarts with --dry-run", "r3-options",
+    lambda d: [train(FX.recipe, "--max-restarts", "2", "--dry-run", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 train --nproc 2 with --dry-run", "r3-options",
+    lambda d: [train(FX.recipe, "--nproc", "2", "--dry-run", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 train the same override twice", "r3-options",
+    lambda d: [train(FX.recipe, "train.epochs=2", "train.epochs=5", "--dry-run", expect=(0, 2),
+                     check=warned_or_refused)])
+add("r3 train --out with --dry-run", "r3-options",
+    lambda d: [train(FX.recipe, "--out", d / "run", "--dry-run", expect=(0, 2),
+                     check=warned_or_refused)])
+
+
+# what a run folder records is what ran
+def _edited_recipe(edit: Callable[[str], str], *extra: str):
+    def build(d: Path) -> list[Step]:
+        run = copy_run(d)
+        path = run / "recipe.yaml"
+        path.write_text(edit(path.read_text()))
+        def check(f: Path, r: Result) -> str | None:
+            import yaml
+
+            if r.code != 0:
+                return None
+            # What ran: the run's own recipe.yaml as the fixture wrote it (data-derived sizes
+            # resolved), with the resume's overrides applied.
+            ran = yaml.safe_load((FX.run / "recipe.yaml").read_text())
+            for item in extra:
+                key, _, value = item.partition("=")
+                *parents, leaf = key.split(".")
+                node = ran
+                for part in parents:
+                    node = node[part]
+                node[leaf] = yaml.safe_load(value)
+            try:
+                shown = yaml.safe_load((f / "run" / "recipe.yaml").read_text())
+            except yaml.YAMLError:
+                shown = None
+            return None if shown == ran else \
+                "recipe.yaml does not show the recipe the resumed run used"
+        return [train(FX.recipe, *extra, "--out", run, "--resume", expect=(0, 1), check=check)]
+    return build
+
+
+add("r3 resume after recipe.yaml was edited (lr)", "r3-record",
+    _edited_recipe(lambda t: t.replace("lr: 0.01", "lr: 0.5")), may_change=("run/*",))
+add("r3 resume after recipe.yaml was edited (epochs)", "r3-record",
+    _edited_recipe(lambda t: t.replace("epochs: 3", "epochs: 9")), may_change=("run/*",))
+add("r3 resume after recipe.yaml was emptied", "r3-record",
+    _edited_recipe(lambda t: ""), may_change=("run/*",))
+add("r3 resume after recipe.yaml became garbage", "r3-record",
+    _edited_recipe(lambda t: "{{{ not yaml"), may_change=("run/*",))
+add("r3 resume with a new max_steps shows it", "r3-record",
+    _edited_recipe(lambda t: t, "train.max_steps=1000"), may_change=("run/*",))
+add("r3 resume with a new log_every shows it", "r3-record",
+    _edited_recipe(lambda t: t, "train.log_every=5"), may_change=("run/*",))
+add("r3 resume after a comment was added to recipe.yaml", "r3-record",
+    _edited_recipe(lambda t: t + "# my note\n"), may_change=("run/*",))
+add("r3 resume after recipe.yaml's name was edited", "r3-record",
+    _edited_recipe(lambda t: t.replace("name: tiny", "name: other")), may_change=("run/*",))
+
+
 # --- main --------------------------------------------------------------------------------------
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=2, help="cases run at once")
-    parser.add_argument("-k", dest="only", default="", help="only cases whose name has this")
+    parser.add_argument("-k", dest="only", default="",
+                        help="only cases whose name has this (A|B: either)")
+    parser.add_argument("--family", default="",
+                        help="only cases of these families (comma-separated)")
     parser.add_argument("--timeout", type=float, default=90, help="seconds per step")
     parser.add_argument("--memory-gib", type=float, default=4, help="RLIMIT_AS per command")
     parser.add_argument("--json", type=Path, help="also write the verdicts here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     args = parser.parse_args()
-    cases = [c for c in CASES if args.only.lower() in c.name.lower()]
+    families = {f.strip() for f in args.family.split(",") if f.strip()}
+    wanted = [part for part in args.only.lower().split("|")]  # a|b: either substring
+    cases = [c for c in CASES if any(part in c.name.lower() for part in wanted)
+             and (not families or c.family in families)]
     if args.list:
         for c in cases:
             print(f"{c.family:10} {c.name}")

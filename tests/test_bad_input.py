@@ -70,7 +70,7 @@ def test_hostile_recipes_are_refused_cheaply(text, fragments, tmp_path, cli):
 
 
 @pytest.mark.parametrize("override, fragment", [
-    ("train.lr=nan", "train.lr: nan is not a finite number"),
+    ("train.lr=nan", "train.lr: 'nan' is not a number"),  # text: numbers are digits
     ("train.lr=.inf", "train.lr: inf is not a finite number"),
     ("train.grad_clip=.nan", "train.grad_clip: nan is not a finite number"),
     ("train.lr=[unclosed", "override 'train.lr=[unclosed': not valid YAML"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xmtc_cli.config import METHODS, Recipe, load_recipe, method_overrides, recipe_from_dict
 from xmtc_cli.errors import ConfigError
@@ -201,7 +202,7 @@ def test_error_messages_quote_a_short_prefix_of_a_value():
     assert len(text) < 2000 and "5 problems" in text
 
 
-@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=.nan", "train.lr=.inf",
+@pytest.mark.parametrize("override", ["train.lr=.nan", "train.lr=.inf",
                                       "train.lr=-.inf", "train.grad_clip=.nan",
                                       "train.min_lr=-.inf", "loss.ot_weight=1e999",
                                       "model.dropout=.nan", "train.log_every=.inf"])
@@ -211,6 +212,56 @@ def test_numbers_that_are_not_finite_are_refused(override):
     key = override.partition("=")[0]
     assert f"{key}: " in str(err.value) and "is not a finite number" in str(err.value)
     assert "1 problem:" in str(err.value)
+
+
+@pytest.mark.parametrize("override,problem", [
+    ("train.lr=nan", "train.lr: 'nan' is not a number"),  # text: numbers are digits
+    ("train.epochs=0x10", "train.epochs: '0x10' is not an integer"),
+    ("train.epochs=0o17", "train.epochs: '0o17' is not an integer"),
+    ("train.epochs=1:30", "train.epochs: '1:30' is not an integer"),
+    ("train.epochs=1_000", "train.epochs: '1_000' is not an integer"),
+    ("train.epochs=3.0", "train.epochs: 3.0 is not an integer"),
+    ("train.epochs=\u0663", "is not an integer"),
+    ("model.light_conv=yes", "model.light_conv: 'yes' is not true or false"),
+    ("model.light_conv=on", "model.light_conv: 'on' is not true or false"),
+    ("name=1e3", "name: 1000.0 is not a string (quote it"),
+])
+def test_a_value_typed_as_something_else_is_refused_not_reread(override, problem):
+    override = override.encode().decode("unicode_escape")
+    with pytest.raises(ConfigError) as err:
+        recipe_from_dict({"data": {"dir": "d"}}, [override])
+    assert problem in str(err.value)
+
+
+@pytest.mark.parametrize("override,key,value", [
+    ("train.epochs=010", "epochs", 10), ("train.lr=1e-3", "lr", 0.001),
+    ("train.lr=5E-4", "lr", 0.0005), ("train.lr=+.5", "lr", 0.5), ("train.epochs=+7", "epochs", 7),
+])
+def test_decimal_numbers_mean_what_they_say(override, key, value):
+    recipe = recipe_from_dict({"data": {"dir": "d"}}, [override])
+    assert getattr(recipe.train, key) == value
+
+
+def test_a_section_override_merges_with_the_section():
+    base = {"data": {"dir": "d"}, "train": {"epochs": 5, "batch_size": 7}}
+    recipe = recipe_from_dict(base, ["train={epochs: 2, lr: 0.5}", "model={}"])
+    assert (recipe.train.epochs, recipe.train.batch_size, recipe.train.lr) == (2, 7, 0.5)
+
+
+def test_a_key_twice_in_a_recipe_file_is_refused(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("data: {dir: d}\ntrain:\n  epochs: 1\n  epochs: 2\n")
+    with pytest.raises(ConfigError, match=r"r.yaml:4: key 'epochs' appears twice"):
+        load_recipe(path)
+
+
+@pytest.mark.parametrize("name", ["1e3", "010", "yes", "0x1F", "1:30", "2024-01-02", "null"])
+def test_what_xmtc_writes_reads_back_the_same(name):
+    from xmtc_cli.recipefile import _parse_yaml
+
+    recipe = recipe_from_dict({"name": "x", "data": {"dir": name}})
+    assert _parse_yaml(recipe.to_yaml(), "r")["data"]["dir"] == name
+    assert yaml.safe_load(recipe.to_yaml())["data"]["dir"] == name  # and for YAML 1.1
 
 
 @pytest.mark.parametrize("override, fragment", [

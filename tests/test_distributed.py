@@ -45,6 +45,7 @@ from xmtc_cli.launch import Launch
 from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, _rng_tensors, _rngs_of, default_run_dir
+from xmtc_cli.tensorfile import CHECKSUM_KEY
 from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -186,6 +187,7 @@ def test_a_state_saved_before_a_recipe_key_existed_still_resumes(tiny, tmp_path)
         meta = f.metadata()
     old = json.loads(meta["recipe"])
     del old["train"]["ddp_bf16_grads"]
+    meta.pop(CHECKSUM_KEY)  # a state of an xmtc before checksums, too
     save_file(load_file(state), str(state), {**meta, "recipe": json.dumps(old)})
     result = fit(load_recipe(recipe_file, ["train.max_steps=3"]), tmp_path / "run",
                  device="cpu", resume=True)
@@ -201,14 +203,16 @@ def test_the_launcher_options_are_left_out_of_the_workers_command():
 
 @pytest.mark.parametrize("option", ["--nproc", "--max-restarts"])
 def test_launcher_options_inside_torchrun_are_a_usage_error(tiny, cli, monkeypatch, option):
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    for name, value in {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(name, value)
     result = cli("train", tiny[0], option, "2")
     assert result.code == 2 and "torchrun already started" in result.err
 
 
 def test_the_launch_is_read_from_torchruns_variables_and_defaults_to_one_process():
     env = {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RESTART_COUNT": "1",
-           "TORCHELASTIC_RUN_ID": "abc"}
+           "TORCHELASTIC_RUN_ID": "abc", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     assert Launch.from_environ(env) == Launch(by_torchrun=True, world_size=4, rank=2,
                                               local_rank=0, restarts=1, launch_id="abc")
     assert not Launch.from_environ(env).is_main and Launch().is_main

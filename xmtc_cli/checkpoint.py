@@ -43,11 +43,12 @@ from xmtc_cli.config import MAX_DECODE_STEPS, Recipe, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
+from xmtc_cli.fileerrors import resolved
 from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
 from xmtc_cli.lexical import TENSOR_DTYPES, KnnIndex, spec_problem
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
-from xmtc_cli.tensorfile import DTYPES, write_safetensors
+from xmtc_cli.tensorfile import DTYPES, ChecksumMismatch, verify_checksum, write_safetensors
 
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
@@ -130,8 +131,10 @@ def _as_json(value: Any) -> Any:
 def load_checkpoint(
     path: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], CheckpointMeta]:
-    """Read a checkpoint's weights (onto `device`) and metadata; CheckpointError if unusable."""
+    """Read a checkpoint's weights (onto `device`) and metadata; CheckpointError if unusable,
+    or if its checksum says it was changed after xmtc wrote it (`verify`)."""
     meta = read_meta(path)
+    verify(path)
     try:
         tensors = load_file(path, device=str(device))
     except (SafetensorError, OSError) as exc:
@@ -139,11 +142,26 @@ def load_checkpoint(
     return tensors, meta
 
 
+def verify(path: str | Path) -> None:
+    """Refuse a checkpoint whose bytes are not those xmtc wrote (`tensorfile` checksums);
+    a file written before checksums existed passes."""
+    try:
+        verify_checksum(path)
+    except ChecksumMismatch:
+        raise CheckpointError(
+            f"checkpoint {path} was changed after xmtc wrote it: its checksum does not match "
+            "its tensors and metadata", _RETRAIN) from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} cannot be read: {cut(str(exc), 80)}",
+                              _RETRAIN) from None
+
+
 def load_model(path: str | Path,
                device: str | torch.device = "cpu") -> tuple[Seq2SetModel, CheckpointMeta]:
     """The model a checkpoint holds, with its weights on `device`, and its metadata: the file
     is read and checked once, and the model checked against its tensors is the one returned."""
     meta, model = _read_checked(path)
+    verify(path)
     try:
         tensors = load_file(path, device=str(device))
     except (SafetensorError, OSError) as exc:
@@ -284,6 +302,22 @@ def _typed_meta(raw: dict[str, Any], path: str | Path) -> CheckpointMeta:
         values = getattr(meta, name) or []
         if not all(isinstance(v, str) for v in values):
             raise refuse(f"has damaged metadata: {name} holds a value that is not a string")
+    for name in ("tokens", "labels"):
+        values = getattr(meta, name)
+        # A token is whitespace-free (tokenizers split on it); a label may hold spaces but no
+        # tab or line break (they separate labels and documents in xmtc's files and outputs).
+        bad = next((v for v in values if not v or (
+            v.split() != [v] if name == "tokens" else any(c in v for c in "\t\n\r"))), None)
+        if bad is not None:
+            raise refuse(f"has damaged metadata: {name} holds {_short_json(bad)}, which is "
+                         "empty or holds a " + ("space, " if name == "tokens" else "")
+                         + "tab or line break")
+        if len(set(values)) != len(values):
+            seen: set[str] = set()
+            twice = next(v for v in values if v in seen or seen.add(v))
+            raise refuse(f"has damaged metadata: {name} holds {_short_json(twice)} twice")
+    if meta.label_names is not None and any("\n" in n or "\r" in n for n in meta.label_names):
+        raise refuse("has damaged metadata: label_names holds a line break")
     if meta.label_counts is not None and not all(
             isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in meta.label_counts):
         raise refuse("has damaged metadata: label_counts holds a value that is not a count")
@@ -439,13 +473,18 @@ def _check_is_file(path: Path) -> None:
                               "check the path and its permissions") from exc
     if not exists:
         raise CheckpointError(
-            f"checkpoint {path} does not exist",
+            f"checkpoint {path} does not exist{resolved(path)}",
             "check the path; `xmtc train` writes model.safetensors into its run folder",
         )
     if is_dir:
         raise CheckpointError(
             f"{path} is a folder, not a checkpoint file",
             f"pass the checkpoint file inside it, e.g. {path / 'model.safetensors'}",
+        )
+    if not path.is_file():  # a FIFO would block, a device never end: neither is a checkpoint
+        raise CheckpointError(
+            f"checkpoint {path} is not a regular file (a FIFO, a socket or a device)",
+            "pass the model.safetensors file itself: a checkpoint is read in place, not streamed",
         )
 
 

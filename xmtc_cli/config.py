@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from xmtc_cli.errors import ConfigError, short
-from xmtc_cli.recipefile import build, read_recipe_file
+from xmtc_cli.recipefile import build, dump_recipe, read_recipe_file
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class Recipe:
         return _plain(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return dump_recipe(self.to_dict())
 
 
 def _plain(value: Any) -> Any:
@@ -292,3 +290,21 @@ def _check(r: Recipe) -> list[str]:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")
     return p
+
+
+def without_effect(recipe: Recipe) -> list[str]:
+    """Values a recipe sets (away from their defaults) that nothing reads in its combination,
+    each as a sentence: `xmtc train` warns of them rather than ignore them in silence."""
+    defaults, out = Recipe(), []
+    if recipe.data.label_order != defaults.data.label_order and recipe.loss.kind == "matching":
+        out.append(f"data.label_order={recipe.data.label_order} has no effect with "
+                   "loss.kind=matching (the matching loss does not depend on label order)")
+    if (recipe.model.global_embedding_tau != defaults.model.global_embedding_tau
+            and not recipe.model.global_embedding):
+        out.append("model.global_embedding_tau has no effect without "
+                   "model.global_embedding=true")
+    if recipe.loss.ot_weight == 0:
+        for key in ("ot_beta", "ot_iters"):
+            if getattr(recipe.loss, key) != getattr(defaults.loss, key):
+                out.append(f"loss.{key} has no effect with loss.ot_weight=0 (no transport loss)")
+    return out

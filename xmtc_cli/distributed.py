@@ -48,7 +48,7 @@ from xmtc_cli.data.batching import Batch
 from xmtc_cli.device import resolve_device
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.labelspace import GOLD_PAD
-from xmtc_cli.launch import Launch
+from xmtc_cli.launch import LAUNCH_VARIABLES, Launch, count_variable
 from xmtc_cli.losses import LossTerms
 
 # Rank 0 validates and writes checkpoints while the others wait in a collective: allow for a
@@ -144,6 +144,17 @@ SINGLE = Group()
 
 # --- joining the group torchrun started -------------------------------------------------------
 
+RENDEZVOUS_ENV = "XMTC_RENDEZVOUS_TIMEOUT"
+RENDEZVOUS_SECONDS = 120
+"""How long the processes of a launch wait for each other to start, unless XMTC_RENDEZVOUS_TIMEOUT
+says otherwise: processes that torchrun starts meet within seconds."""
+
+
+def rendezvous_timeout() -> datetime.timedelta:
+    seconds = count_variable(RENDEZVOUS_ENV, least=1)
+    return datetime.timedelta(seconds=RENDEZVOUS_SECONDS if seconds is None else seconds)
+
+
 def setup(device_name: str, launch: Launch) -> tuple[Group, torch.device, bool]:
     """The group this process belongs to at its place `launch`, and its device; joins the
     process group (NCCL on CUDA, gloo on the CPU) when there are several processes. The flag
@@ -165,17 +176,39 @@ def setup(device_name: str, launch: Launch) -> tuple[Group, torch.device, bool]:
     backend = "nccl" if device.type == "cuda" else "gloo"
     joined = False
     if not dist.is_initialized():
-        store = _restart_store(launch)
-        if store is None:
-            dist.init_process_group(backend, timeout=TIMEOUT)
-        else:
-            dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                    timeout=TIMEOUT)
+        store = _restart_store(launch) or _meet(launch)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=TIMEOUT)
         joined = True
     group = Group(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                   backend=backend, comm_device=device if backend == "nccl" else torch.device("cpu"),
                   launch=launch)
     return group, device, joined
+
+
+def _meet(launch: Launch) -> dist.Store:
+    """The store of torch's env:// rendezvous (rank 0 serves it unless torchrun's agent does),
+    waited for at most `rendezvous_timeout()`: an XmtcError naming the variables where the
+    other processes never come. Collectives then get the long TIMEOUT."""
+    timeout = rendezvous_timeout()
+    addr, port = os.environ["MASTER_ADDR"].strip(), int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    try:
+        store = dist.TCPStore(addr, port, launch.world_size,
+                              is_master=launch.rank == 0 and not agent, timeout=timeout,
+                              wait_for_workers=True)
+    except (RuntimeError, ValueError, OSError) as exc:  # DistStoreError is a RuntimeError
+        raise XmtcError(
+            f"the {launch.world_size} processes did not meet within "
+            f"{timeout.total_seconds():.0f} s (WORLD_SIZE={launch.world_size}, "
+            f"RANK={launch.rank}, MASTER_ADDR={addr[:40]}, MASTER_PORT={port}): "
+            f"{str(exc).splitlines()[0][:120] if str(exc) else '?'}",
+            "start every process with torchrun (or `xmtc train --nproc K`); if these variables "
+            "are left over in your shell, unset them (unset " + " ".join(LAUNCH_VARIABLES)
+            + f"); {RENDEZVOUS_ENV}=SECONDS sets the wait",
+        ) from None
+    store.set_timeout(TIMEOUT)
+    return store
 
 
 def _restart_store(launch: Launch) -> dist.Store | None:

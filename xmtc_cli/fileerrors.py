@@ -70,7 +70,28 @@ def file_error(exc: OSError, action: str, path: str | Path) -> FileError:
     else:
         reason, hint = _REASONS.get(
             code, ((exc.strerror or str(exc)).lower(), "check the path and the device"))
+        if code == errno.ENOENT and path not in (STDOUT, STDIN):
+            reason += resolved(path)
     return FileError(f"cannot {action} {path}: {reason}", hint.format(path=path), code, path)
+
+
+def resolved(path: str | Path) -> str:
+    """How a path that was not found was looked up, for the end of a "does not exist" message:
+    relative to which working folder (or that the working folder itself was deleted), or that a
+    leading `~` was taken literally (the shell expands it, xmtc does not). "" for a plain
+    absolute path."""
+    text = str(path)
+    if text.startswith("~"):
+        return (" (xmtc does not expand ~: the shell does, and only when it is unquoted; "
+                "give the full path, e.g. with $HOME)")
+    if os.path.isabs(text):
+        return ""
+    try:
+        cwd = os.getcwd()
+    except OSError:
+        return " (relative to the working folder, which no longer exists: it was deleted or " \
+               "moved; cd to an existing folder and run the command again)"
+    return f" (relative to the working folder {cwd})"
 
 
 def _file_in_the_way(path: Path) -> Path | None:

@@ -43,15 +43,78 @@ class Launch:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Launch:
-        """The launch torchrun describes in `environ`; one process of its own without it."""
+        """The launch torchrun describes in `environ`; one process of its own without it.
+
+        A launch of many is recognised only when it is complete and consistent: WORLD_SIZE
+        above 1 with RANK, LOCAL_RANK, MASTER_ADDR and MASTER_PORT all set, RANK below
+        WORLD_SIZE, the port a port. Every variable that is set must be well-formed, whatever
+        the rest says. Anything else is a UsageError naming the variables, so that torchrun's
+        variables left in a shell never make a plain `xmtc train` wait for processes that will
+        not come.
+        """
+        from xmtc_cli.errors import UsageError
+
+        world = count_variable("WORLD_SIZE", least=1, environ=environ)
+        rank = count_variable("RANK", environ=environ)
+        local_rank = count_variable("LOCAL_RANK", environ=environ)
+        restarts = count_variable("TORCHELASTIC_RESTART_COUNT", environ=environ) or 0
+        port = count_variable("MASTER_PORT", environ=environ)
+        local_world = count_variable("LOCAL_WORLD_SIZE", least=1, environ=environ)
+        hint = ("unset them if they are left over in your shell (unset "
+                + " ".join(LAUNCH_VARIABLES)
+                + "), or start the processes with torchrun or `xmtc train --nproc K`")
         run_id = environ.get("TORCHELASTIC_RUN_ID")
         if run_id is not None and (not run_id or run_id == "none"):
             run_id = f"{socket.gethostname()}:{os.getppid()}"
-        return cls(
-            by_torchrun="WORLD_SIZE" in environ,
-            world_size=int(environ.get("WORLD_SIZE", "1") or 1),
-            rank=int(environ.get("RANK", "0") or 0),
-            local_rank=int(environ.get("LOCAL_RANK", "0") or 0),
-            restarts=int(environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
-            launch_id=run_id,
-        )
+        if world is None or world == 1:
+            stray = [f"{n}={environ[n]}" for n in ("RANK", "LOCAL_RANK")
+                     if environ.get(n, "0").strip() not in ("0", "")]
+            if stray:
+                raise UsageError(f"{', '.join(stray)} is set, but WORLD_SIZE "
+                                 f"{'is not' if world is None else 'is 1'}: a process of a "
+                                 "launch of many, or one process alone?", hint)
+            return cls(by_torchrun=world is not None, restarts=restarts, launch_id=run_id)
+        missing = [n for n in LAUNCH_VARIABLES if not environ.get(n, "").strip()]
+        if missing:
+            raise UsageError(f"WORLD_SIZE={world} asks for a launch of many processes, but "
+                             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
+                             "set", hint)
+        assert rank is not None and local_rank is not None and port is not None
+        problems = []
+        if rank >= world:
+            problems.append(f"RANK={rank} is not below WORLD_SIZE={world}")
+        if not 1 <= port <= 65535:
+            problems.append(f"MASTER_PORT={port} is not a port (1 to 65535)")
+        if local_world is not None and (local_world > world or local_rank >= local_world):
+            problems.append(f"LOCAL_RANK={local_rank} and LOCAL_WORLD_SIZE={local_world} do "
+                            f"not fit WORLD_SIZE={world}")
+        elif local_rank > rank:
+            problems.append(f"LOCAL_RANK={local_rank} is above RANK={rank}")
+        if problems:
+            raise UsageError("torchrun's variables disagree: " + "; ".join(problems), hint)
+        return cls(by_torchrun=True, world_size=world, rank=rank, local_rank=local_rank,
+                   restarts=restarts, launch_id=run_id)
+
+
+LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What a launch of many processes must set, all of them: torchrun does."""
+
+
+def count_variable(name: str, least: int = 0,
+                   environ: Mapping[str, str] = os.environ) -> int | None:
+    """The environment variable `name` as a decimal integer >= `least`; None where unset; a
+    UsageError naming it where it is anything else (malformed values are usage errors)."""
+    from xmtc_cli.errors import UsageError
+
+    value = environ.get(name)
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < least:
+        shown = value if len(value) <= 20 else value[:17] + "..."
+        raise UsageError(
+            f"environment variable {name}={shown!r} is not a whole number"
+            + (f" of at least {least}" if least else "") + " (torchrun sets it for the "
+            "processes it starts)",
+            f"unset {name} (it may be left over in your shell), or start xmtc with torchrun")
+    return int(text)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from xmtc_cli.errors import ConfigError, cut, short
+from xmtc_cli.fileerrors import resolved
 
 T = TypeVar("T")
 
@@ -56,7 +58,7 @@ def _read_recipe_text(path: Path) -> str:
         if path.is_dir():
             raise ConfigError(f"recipe {path} is a folder, not a file", example)
         if not path.exists():
-            problem = "is a broken link" if path.is_symlink() else "does not exist"
+            problem = "is a broken link" if path.is_symlink() else "does not exist" + resolved(path)
             raise ConfigError(f"recipe {path} {problem}", example)
         if not path.is_file():
             raise ConfigError(f"recipe {path} is not a regular file", example)
@@ -83,13 +85,47 @@ class _Refused(yaml.YAMLError):
         self.problem, self.problem_mark = problem, mark
 
 
+# One rule for every plain (unquoted) scalar of a recipe file or override, YAML 1.2's core schema
+# without its hex and octal forms: an integer is decimal digits (with a sign), a number is digits
+# with a point or an exponent, true/false and null are what they say, and anything else is a
+# string. YAML 1.1 (PyYAML's default) would read 0x10 as 16, 010 as 8, 1:30 as 90, 1_000 as
+# 1000, yes/on as true and 2024-01-02 as a date, and 1e-3 as a string: none of that here, so a
+# value typed as something else is refused by its field's type instead of changing meaning.
+_INT = r"[-+]?[0-9]+"
+_FLOAT = (r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+|[0-9]+)(?:[eE][-+]?[0-9]+)?"
+          r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+SCALARS = (
+    ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), "tTfF"),
+    ("tag:yaml.org,2002:int", re.compile(rf"^(?:{_INT})$"), "-+0123456789"),
+    ("tag:yaml.org,2002:float", re.compile(rf"^(?:{_FLOAT})$"), "-+0123456789."),
+    ("tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]),
+)
+
+
 class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader without aliases and with bounded nesting.
+    """SafeLoader without aliases and with bounded nesting, strict scalars (`SCALARS`) and no
+    key twice in a mapping.
 
     An alias (`*name`) is refused where it is read: nested aliases are how a few hundred bytes
     of YAML expand to billions of values ("billion laughs"), and recipes never need them. The
     composer recurses once per level, so deep nesting is refused long before the stack ends.
     """
+
+    yaml_implicit_resolvers: dict = {}  # filled from SCALARS below, not inherited
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                twice = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if twice:
+                raise _Refused(f"key {short(key)} appears twice in one mapping (the second "
+                               "would silently win)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
 
     def __init__(self, stream: str):
         super().__init__(stream)
@@ -107,6 +143,26 @@ class _RecipeLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+
+for _tag, _pattern, _first in SCALARS:
+    _RecipeLoader.add_implicit_resolver(_tag, _pattern, list(_first))
+_RecipeLoader.add_constructor(  # decimal, whatever its leading zeros (YAML 1.1: octal)
+    "tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
+
+
+class _RecipeDumper(yaml.SafeDumper):
+    """SafeDumper that also quotes a string `SCALARS` would read as something else ("1e3"),
+    so that what xmtc writes reads back the same under both rules."""
+
+
+for _tag, _pattern, _first in SCALARS:
+    _RecipeDumper.add_implicit_resolver(_tag, _pattern, list(_first))
+
+
+def dump_recipe(data: dict) -> str:
+    """`data` as YAML that `_RecipeLoader` (and YAML 1.1) read back as the same values."""
+    return yaml.dump(data, Dumper=_RecipeDumper, sort_keys=False, allow_unicode=False)
 
 
 def _parse_yaml(text: str, where: str, lines: bool = True) -> Any:
@@ -161,10 +217,15 @@ def build(cls: type[T], raw: dict, overrides: Sequence[str], source: str,
             node = child
         else:
             try:
-                node[leaf] = (_parse_yaml(text, f"override {short(item)}", lines=False)
-                              if text.strip() else None)
+                value = (_parse_yaml(text, f"override {short(item)}", lines=False)
+                         if text.strip() else None)
             except ConfigError as exc:
                 problems.append(exc.message)
+                continue
+            if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+                _merge(node[leaf], value)  # a section override changes the keys it names
+            else:
+                node[leaf] = value
     built = _build(cls, raw, "", problems)
     if not problems:
         problems.extend(check(built))
@@ -175,6 +236,14 @@ def build(cls: type[T], raw: dict, overrides: Sequence[str], source: str,
             "fix the recipe or the override; `xmtc train RECIPE --dry-run` shows the result",
         )
     return built
+
+
+def _merge(into: dict, values: dict) -> None:
+    for key, value in values.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def _deep_copy(value: Any, source: str, depth: int = 0) -> Any:
@@ -208,7 +277,8 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         else:
             ok, converted = _coerce(value, hint)
             if not ok:
-                problems.append(f"{prefix}{name}: {short(value)} is not {_describe(hint)}")
+                problems.append(f"{prefix}{name}: {short(value)} is not {_describe(hint)}"
+                                + _how_to_write(value, hint))
             elif not _finite(converted):
                 problems.append(f"{prefix}{name}: {short(converted)} is not a finite number")
             elif _too_large(converted):
@@ -218,6 +288,18 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             else:
                 kwargs[name] = converted
     return cls(**kwargs)
+
+
+def _how_to_write(value: Any, hint: Any) -> str:
+    """Advice for a value that the strict scalar rule (`SCALARS`) read as another type."""
+    wants = {_describe(a) for a in typing.get_args(hint)} | {_describe(hint)}
+    if isinstance(value, str) and ("an integer" in wants or "a number" in wants):
+        return " (integers are decimal digits, numbers digits with a point or an exponent)"
+    if isinstance(value, str) and "true or false" in wants:
+        return " (write true or false)"
+    if not isinstance(value, (str, dict, list)) and "a string" in wants:
+        return " (quote it to mean the text, e.g. '\"1e3\"')"
+    return ""
 
 
 def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
@@ -244,12 +326,7 @@ def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True, float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, None
-        return False, None
+        return False, None  # "1e-3" is a number already (SCALARS); a string is no number
     if hint is str:
         return isinstance(value, str), value
     return False, None

@@ -16,6 +16,14 @@ its line. One process at a time: a second `xmtc train` on a locked folder fails 
 the holder's pid. A new run never writes into a folder that holds any run file; temporary files
 that a killed run left behind are removed when the folder is next opened.
 
+Nothing in a run folder is followed or waited on: a run file (or the lock) that is a symbolic
+link, a FIFO, a device or a folder is refused when the folder is opened, before anything is
+read or written, so a link planted there can neither make xmtc write through it nor a FIFO make
+it block. The train state carries a checksum (`xmtc_cli.tensorfile`) checked before it is used,
+and every value restored from it is checked to be what it must be (counts are non-negative
+integers, losses finite numbers, no unknown keys). A resumed run rewrites recipe.yaml with the
+recipe it runs (a new train.max_steps included), warning where the file had been edited.
+
 Under torchrun (xmtc_cli.distributed) only rank 0 opens a RunFolder: it alone takes the lock
 and writes; the train state then holds every rank's RNG state (`rng.torch.R`).
 """
@@ -25,8 +33,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
+import math
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +48,11 @@ from safetensors.torch import load_file
 
 from xmtc_cli.atomic import atomic_file, atomic_write_text
 from xmtc_cli.config import Recipe, load_recipe, recipe_from_dict
-from xmtc_cli.errors import ConfigError, XmtcError
+from xmtc_cli.errors import ConfigError, XmtcError, cut
 from xmtc_cli.fileerrors import file_error
-from xmtc_cli.tensorfile import write_safetensors
+from xmtc_cli.tensorfile import ChecksumMismatch, verify_checksum, write_safetensors
+
+log = logging.getLogger(__name__)
 
 try:  # POSIX; elsewhere runs go unlocked
     import fcntl
@@ -127,6 +140,7 @@ class RunFolder:
             run.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise file_error(exc, "create the run folder", run.path) from exc
+        run._check_files()
         run._acquire()
         try:
             run._remove_leftovers()
@@ -150,9 +164,13 @@ class RunFolder:
         return run
 
     @classmethod
-    def reopen(cls, path: str | Path, recipe: Recipe) -> RunFolder:
-        """The interrupted run in `path`, checked to be the run of `recipe`."""
+    def reopen(cls, path: str | Path, recipe: Recipe, command: str = "") -> RunFolder:
+        """The interrupted run in `path`, checked to be the run of `recipe`; its recipe.yaml is
+        rewritten to show `recipe` (what the resumed run uses) with `command` under the
+        original command."""
         run = cls(path)
+        if run.path.is_dir():
+            run._check_files()
         if not (run.path / RECIPE_FILE).is_file():
             raise XmtcError(
                 f"{run.path} holds no interrupted run to resume (no {RECIPE_FILE})",
@@ -162,6 +180,7 @@ class RunFolder:
         try:
             run._remove_leftovers()
             run._check_recipe(recipe)
+            run._record_recipe(recipe, command)
         except BaseException:
             run.close()
             raise
@@ -174,10 +193,60 @@ class RunFolder:
             return False
         path = Path(path)
         try:
-            mark = (path / LAUNCH_FILE).read_text(encoding="utf-8").strip()
+            mark = _read_regular(path / LAUNCH_FILE).decode("utf-8", "replace").strip()
         except OSError:
             return False
         return mark == launch and (path / RECIPE_FILE).is_file()
+
+    def _check_files(self) -> None:
+        """Refuse run files that are not regular files: links, FIFOs, devices, folders."""
+        for name in (*RUN_FILES, LOCK_FILE, LAUNCH_FILE):
+            path = self.path / name
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise file_error(exc, "read", path) from None
+            if stat.S_ISREG(info.st_mode):
+                continue
+            if stat.S_ISLNK(info.st_mode):
+                what = f"a symbolic link (to {cut(os.readlink(path), 60)})"
+            elif stat.S_ISDIR(info.st_mode):
+                what = "a folder"
+            elif stat.S_ISFIFO(info.st_mode):
+                what = "a FIFO (named pipe)"
+            else:
+                what = "a device or socket"
+            raise XmtcError(
+                f"{path} is {what}, not a file that xmtc wrote: xmtc neither follows links "
+                "nor opens pipes or devices in a run folder",
+                f"remove {path}, or train into another folder with --out",
+            )
+
+    def _record_recipe(self, recipe: Recipe, command: str) -> None:
+        """recipe.yaml shows what the resumed run uses; an edit since the run began is told."""
+        from xmtc_cli.config import recipe_from_dict
+
+        path = self.path / RECIPE_FILE
+        try:
+            text = _read_regular(path).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = ""
+        comments = [ln for ln in text.splitlines()
+                    if ln.startswith("# ") and not ln.startswith("# resumed: ")]
+        try:
+            import yaml
+
+            shown = recipe_from_dict(yaml.safe_load(text) or {}).to_dict()
+            edited = sorted(_diff_keys(shown, recipe.to_dict()))
+        except Exception:  # damaged beyond reading: it is rewritten all the same
+            edited = ["(unreadable)"]
+        if edited and not all(key in RESUMABLE_CHANGES for key in edited):
+            log.warning(f"{path} did not show the recipe this run uses "
+                        f"({cut(', '.join(edited), 80)}): it is written again")
+        header = comments[:1] + ([f"# resumed: {command}"] if command else [])
+        atomic_write_text(path, "".join(ln + "\n" for ln in header) + recipe.to_yaml())
 
     def _check_recipe(self, recipe: Recipe) -> None:
         saved = _recipe_of(self.path / STATE_FILE) if self.has_state else None
@@ -197,7 +266,16 @@ class RunFolder:
     def _acquire(self) -> None:
         if fcntl is None:
             return
-        handle = open(self.path / LOCK_FILE, "a+", encoding="utf-8")
+        path = self.path / LOCK_FILE
+        try:  # never through a link, never waiting on a FIFO
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as exc:
+            self._check_files()  # a link or a FIFO planted since: say so
+            raise file_error(exc, "open the lock file", path) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            self._check_files()
+        handle = os.fdopen(fd, "a+", encoding="utf-8")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -249,7 +327,7 @@ class RunFolder:
     def append_metrics(self, report: EpochReport) -> None:
         # Rewritten whole through a temporary file, so a kill never leaves a torn last line.
         path = self.path / METRICS_FILE
-        previous = path.read_text(encoding="utf-8") if path.exists() else ""
+        previous = "".join(ln + "\n" for ln, _ in self._metric_lines())
         with atomic_file(path, "w", encoding="utf-8") as f:
             f.write(previous + json.dumps(dataclasses.asdict(report), sort_keys=True) + "\n")
         from xmtc_cli.curves import write_csv
@@ -261,9 +339,38 @@ class RunFolder:
         path = self.path / METRICS_FILE
         if not path.exists():
             return
-        lines = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                 if ln.strip() and json.loads(ln)["epoch"] <= epoch]
+        lines = [ln for ln, report in self._metric_lines() if report["epoch"] <= epoch]
         atomic_write_text(path, "".join(ln + "\n" for ln in lines))
+
+    def _metric_lines(self) -> list[tuple[str, dict[str, Any]]]:
+        """metrics.jsonl's lines and what each says; an XmtcError naming the line where one is
+        not a metrics line."""
+        path = self.path / METRICS_FILE
+        try:
+            raw = _read_regular(path)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise file_error(exc, "read", path) from None
+        out = []
+        for number, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                report = json.loads(line.decode("utf-8"))
+                ok = (isinstance(report, dict) and isinstance(report.get("epoch"), int)
+                      and not isinstance(report["epoch"], bool) and report["epoch"] >= 0)
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                ok = False
+            if not ok:
+                raise XmtcError(
+                    f"{path}:{number}: damaged: not a metrics line (a JSON object with an "
+                    "epoch number)",
+                    f"remove that line (or {path} itself: it only lists finished epochs) and "
+                    "resume again",
+                )
+            out.append((line.decode("utf-8"), report))
+        return out
 
     def save_state(self, state: TrainState, model: torch.nn.Module,
                    optimizer: torch.optim.Optimizer, recipe: Recipe,
@@ -302,7 +409,8 @@ class RunFolder:
         if meta.get("format") not in ("1", str(STATE_FORMAT), str(MANY_PROCESS_STATE_FORMAT)):
             raise XmtcError(f"{path} is from another version of xmtc",
                             "start a new run with another --out")
-        saved = json.loads(meta["state"]).get("data", "")
+        restored = _train_state(path, meta.get("state"))
+        saved = restored.data
         if data is not None and saved and saved != data[1]:
             raise XmtcError(
                 f"{data[0]} is not the processed data this run trained on: it was preprocessed "
@@ -323,7 +431,7 @@ class RunFolder:
                 optim_state.setdefault(int(pid), {})[slot] = value
         current = optimizer.state_dict()
         optimizer.load_state_dict({"state": optim_state, "param_groups": current["param_groups"]})
-        return TrainState(**json.loads(meta["state"])), _rngs_of(tensors)
+        return restored, _rngs_of(tensors)
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -379,16 +487,90 @@ def default_run_dir(base: Path, resume: bool, launch: str | None = None) -> Path
     return next(c for c in candidates if not holds_run(c))
 
 
+_NEW_RUN = "start a new run with another --out"
+_verified: dict[str, tuple[int, int, int]] = {}  # path -> (size, mtime, inode) checked
+
+
 def _metadata(path: Path) -> dict[str, str]:
+    """The train state's metadata, once its checksum is checked (once per version of the file)."""
+    try:
+        info = os.stat(path)
+        key = (info.st_size, info.st_mtime_ns, info.st_ino)
+        if _verified.get(str(path)) != key:
+            verify_checksum(path)
+            _verified[str(path)] = key
+    except ChecksumMismatch:
+        raise XmtcError(f"{path} was changed after xmtc wrote it: its checksum does not match "
+                        "its tensors and metadata", _NEW_RUN) from None
+    except (OSError, ValueError) as exc:
+        raise XmtcError(f"{path} is damaged ({cut(str(exc), 80)})", _NEW_RUN) from None
     try:
         with safe_open(str(path), "pt") as f:
             return f.metadata() or {}
     except Exception as exc:  # safetensors raises its own error types for damaged files
-        raise XmtcError(f"{path} is damaged ({exc})", "start a new run with another --out") from exc
+        raise XmtcError(f"{path} is damaged ({exc})", _NEW_RUN) from exc
 
 
 def _recipe_of(state_file: Path) -> dict[str, Any]:
-    return json.loads(_metadata(state_file)["recipe"])
+    try:
+        recipe = json.loads(_metadata(state_file)["recipe"])
+    except (KeyError, ValueError, RecursionError):
+        recipe = None
+    if not isinstance(recipe, dict):
+        raise XmtcError(f"{state_file} holds a damaged recipe (not a JSON object)", _NEW_RUN)
+    return recipe
+
+
+def _train_state(path: Path, raw: str | None) -> TrainState:
+    """The `TrainState` a state file records, each value checked to be what it must be."""
+    def damaged(what: str) -> XmtcError:
+        return XmtcError(f"{path} holds a damaged train state: {what}", _NEW_RUN)
+
+    try:
+        values = json.loads(raw) if isinstance(raw, str) else None
+    except (ValueError, RecursionError):
+        values = None
+    if not isinstance(values, dict):
+        raise damaged("not a JSON object")
+    fields = {f.name: f for f in dataclasses.fields(TrainState)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise damaged(f"unknown keys {cut(', '.join(map(str, unknown)), 60)}")
+    for key in ("epoch", "step", "best_epoch"):
+        if key not in values:
+            raise damaged(f"no {key}")
+    for key, value in values.items():
+        kind = fields[key].type
+        if kind == "int":
+            ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2 ** 62
+            what = "a count (a non-negative integer)"
+        elif kind == "float":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value)
+            what = "a finite number"
+        elif kind == "str":
+            ok, what = isinstance(value, str), "a string"
+        else:  # dict[str, float] (or None for best_valid)
+            ok = (value is None and key == "best_valid") or (
+                isinstance(value, dict) and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in value.values()))
+            what = "an object of finite numbers"
+        if not ok:
+            raise damaged(f"{key} is {cut(json.dumps(value), 30)}, not {what}")
+    state = TrainState(**values)
+    if state.best_epoch > state.epoch:
+        raise damaged(f"best_epoch {state.best_epoch} is after epoch {state.epoch}")
+    return state
+
+
+def _read_regular(path: Path) -> bytes:
+    """A run file's bytes, read without following a link or waiting on a FIFO."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path} is not a regular file")
+        return f.read()
 
 
 def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

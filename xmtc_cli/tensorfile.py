@@ -8,13 +8,25 @@ metadata), then each tensor's bytes in header order — and streams each tensor 
 memory (a GPU tensor is copied to the host alone, so the extra memory is the largest tensor).
 The result is an ordinary safetensors file: `safetensors.safe_open` and `load_file` read it.
 
+Every file carries a checksum in its metadata, `xmtc_sha256`: the SHA-256 of the whole file as
+written, header and tensor bytes, with the checksum's own 64 hex digits read as zeros. It is
+computed while the tensors stream out (no second pass at save) and written into the header's
+reserved digits before the file is renamed into place. `verify_checksum` recomputes it on load,
+so a tensor edited, two tensors swapped in the header, or a metadata value changed after xmtc
+wrote the file are told apart from a file as written (it is a check against damage and edits,
+not a signature: whoever edits a file can recompute it with `reseal`). It costs one read of
+the file; SHA-256 runs at about 1-2 GB/s on a core with SHA extensions.
+
 Files are written atomically (`xmtc_cli.atomic`): a failure leaves any previous file intact.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -26,14 +38,22 @@ DTYPES = {
     torch.uint8: "U8", torch.bool: "BOOL",
 }
 _ALIGN = 8  # safetensors pads the header with spaces so that the data starts 8-byte aligned
+CHECKSUM_KEY = "xmtc_sha256"
+_ZEROS = "0" * 64  # the checksum's digits while it is computed
+_CHUNK = 1 << 22
+
+
+class ChecksumMismatch(Exception):
+    """The file's bytes are not those its checksum was computed over."""
 
 
 def write_safetensors(path, tensors: Mapping[str, torch.Tensor],
                       metadata: Mapping[str, str] | None = None) -> None:
     """Write `tensors` (any device, any layout) and string `metadata` to `path` atomically."""
     header: dict[str, object] = {}
-    if metadata:
-        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    meta[CHECKSUM_KEY] = _ZEROS
+    header["__metadata__"] = meta
     offset = 0
     for name, tensor in tensors.items():
         if tensor.dtype not in DTYPES:
@@ -44,11 +64,82 @@ def write_safetensors(path, tensors: Mapping[str, torch.Tensor],
         offset += size
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-(8 + len(raw)) % _ALIGN)
+    digest = hashlib.sha256()
+    head = len(raw).to_bytes(8, "little") + raw
+    slot = _slot(head)
     with atomic_file(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little"))
-        f.write(raw)
+        f.write(head)
+        digest.update(head)
         for tensor in tensors.values():
-            f.write(_bytes_of(tensor))
+            chunk = _bytes_of(tensor)
+            f.write(chunk)
+            digest.update(chunk)
+        f.seek(slot)
+        f.write(digest.hexdigest().encode("ascii"))
+        f.seek(0, os.SEEK_END)
+
+
+def _slot(head: bytes) -> int:
+    """Where the checksum's 64 digits start in the file's first bytes (8 + header)."""
+    marker = f'"{CHECKSUM_KEY}":"'.encode()
+    at = head.find(marker)
+    if at < 0 or head.find(marker, at + 1) >= 0:
+        raise ValueError("the header does not hold exactly one checksum")
+    return at + len(marker)
+
+
+def file_checksum(path: str | Path) -> tuple[str, str] | None:
+    """(stored, computed) checksum of a file that xmtc wrote; None for a file without one
+    (written before xmtc kept checksums). Raises OSError, or ValueError for a file that is no
+    safetensors file at all."""
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        length = int.from_bytes(prefix, "little")
+        head = bytearray(prefix + f.read(length))
+        if len(prefix) < 8 or len(head) < 8 + length:
+            raise ValueError("the file is cut short")
+        meta = json.loads(bytes(head[8:])).get("__metadata__") or {}
+        stored = meta.get(CHECKSUM_KEY)
+        if stored is None:
+            return None
+        try:
+            slot = _slot(bytes(head))
+        except ValueError:
+            return str(stored), ""
+        head[slot:slot + 64] = _ZEROS.encode("ascii")
+        digest = hashlib.sha256(head)
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return str(stored), digest.hexdigest()
+
+
+def verify_checksum(path: str | Path) -> bool:
+    """Raise ChecksumMismatch where `path` is not the file xmtc wrote; False where the file has
+    no checksum (an older xmtc wrote it), True where it matches."""
+    sums = file_checksum(path)
+    if sums is None:
+        return False
+    stored, computed = sums
+    if stored != computed:
+        raise ChecksumMismatch(path)
+    return True
+
+
+def reseal(path: str | Path) -> None:
+    """Recompute the checksum of `path` in place (for tests that forge files, and for tools that
+    edit a file on purpose)."""
+    with open(path, "r+b") as f:
+        prefix = f.read(8)
+        head = prefix + f.read(int.from_bytes(prefix, "little"))
+    slot = _slot(head)
+    with open(path, "r+b") as f:
+        f.seek(slot)
+        f.write(_ZEROS.encode("ascii"))
+    stored = file_checksum(path)
+    assert stored is not None
+    with open(path, "r+b") as f:
+        f.seek(slot)
+        f.write(stored[1].encode("ascii"))
 
 
 def _bytes_of(tensor: torch.Tensor) -> memoryview:

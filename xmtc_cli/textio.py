@@ -21,9 +21,12 @@ from pathlib import Path
 from typing import BinaryIO
 
 from xmtc_cli.errors import DataError, XmtcError, at
-from xmtc_cli.fileerrors import STDIN, file_error
+from xmtc_cli.fileerrors import STDIN, file_error, resolved
 
 ENCODING_HINT = "pass the file's encoding, e.g. --encoding latin-1"
+MAX_LINE_BYTES = 1 << 28
+"""The longest line read (256 MiB): longer, a file is taken for one that never ends a line (a
+device such as /dev/zero, a binary file) rather than read until memory runs out."""
 _CHUNK = 1 << 16
 _UTF16_32_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE,
                   codecs.BOM_UTF16_BE)
@@ -71,7 +74,7 @@ def open_source(path: Path, what: str = "file", buffering: int = -1) -> BinaryIO
     device such as /dev/stdin.
     """
     if not path.exists():
-        raise DataError(f"{what} {path} does not exist", "check the path")
+        raise DataError(f"{what} {path} does not exist{resolved(path)}", "check the path")
     if path.is_dir():
         raise DataError(f"{what} {path} is a folder, not a file", "give the path of a file")
     try:
@@ -93,6 +96,9 @@ def decode_lines(stream: BinaryIO, name: str, encoding: str = "utf-8",
         lines = _decoded_lines(stream, name, encoding)
     try:
         yield from lines
+    except MemoryError:
+        raise DataError(f"{name}: out of memory while reading its lines",
+                        "check that it is a text file with one document a line") from None
     except OSError as exc:
         if isinstance(exc, XmtcError):
             raise
@@ -104,9 +110,13 @@ def _byte_lines(stream: BinaryIO, name: str, encoding: str, hint: str) -> Iterat
     """Split on the byte 0x0a, then decode each line: a bad byte is found at its line."""
     if encoding == "utf-8-sig":  # its BOM is dropped below, once, not at every line
         encoding = "utf-8"
-    for lineno, raw in enumerate(stream, 1):
+    lineno = 0
+    while raw := stream.readline(MAX_LINE_BYTES + 1):
+        lineno += 1
         if lineno == 1:
             _check_first_line(raw, name, encoding)
+        if len(raw) > MAX_LINE_BYTES:
+            raise _endless(name, lineno)
         try:
             text = raw.decode(encoding)
         except UnicodeDecodeError as exc:
@@ -120,16 +130,43 @@ def _byte_lines(stream: BinaryIO, name: str, encoding: str, hint: str) -> Iterat
         yield _strip_line_end(text)
 
 
+def _endless(name: str, lineno: int) -> DataError:
+    return DataError(
+        f"{at(name, lineno)}: a line longer than {MAX_LINE_BYTES >> 20} MiB, so it is no text "
+        "file with one document a line (a device such as /dev/zero, or binary data)",
+        "pass a text file, one document a line",
+    )
+
+
 def _check_first_line(raw: bytes, name: str, encoding: str) -> None:
-    """Refuse UTF-16/32 text read as a byte encoding, which decodes to garbage without error."""
-    if raw.startswith(_UTF16_32_BOMS) or b"\x00" in raw:
-        what = "starts with a UTF-16 or UTF-32 byte-order mark" \
-            if raw.startswith(_UTF16_32_BOMS) else "holds NUL bytes"
-        raise DataError(
-            f"{at(name, 1)}: {what}, so it is not {encoding} text",
-            "it looks like UTF-16: pass --encoding utf-16 (or convert it: "
-            "iconv -f utf-16 -t utf-8)",
-        )
+    """Refuse UTF-16/32 text read as a byte encoding, which decodes to garbage without error,
+    and binary files (compressed, checkpoints, arrays) with a message of their own: the UTF-16
+    advice only where the bytes look like UTF-16."""
+    utf16 = "it looks like UTF-16: pass --encoding utf-16 (or convert it: " \
+        "iconv -f utf-16 -t utf-8)"
+    if raw.startswith(_UTF16_32_BOMS):
+        raise DataError(f"{at(name, 1)}: starts with a UTF-16 or UTF-32 byte-order mark, so it "
+                        f"is not {encoding} text", utf16)
+    if raw.startswith(b"\x1f\x8b"):
+        raise DataError(f"{name} is gzip-compressed, not text",
+                        f"decompress it first (gunzip -k {name}), or pass <(zcat {name})")
+    if b"\x00" in raw:
+        if looks_like_utf16(raw):
+            raise DataError(f"{at(name, 1)}: holds NUL bytes between its characters, so it is "
+                            f"not {encoding} text", utf16)
+        raise DataError(f"{at(name, 1)}: holds NUL bytes, so it is binary data, not text",
+                        "pass a text file, one document a line")
+
+
+def looks_like_utf16(raw: bytes) -> bool:
+    """Whether bytes read like UTF-16 text of a Latin script: NUL bytes at every other position
+    (the high bytes of the characters) and almost none at the others."""
+    sample = raw[:4096]
+    if len(sample) < 4:
+        return False
+    even, odd = sample[0::2], sample[1::2]
+    share = [part.count(0) / max(len(part), 1) for part in (even, odd)]
+    return max(share) >= 0.5 and min(share) <= 0.05
 
 
 def _decoded_lines(stream: BinaryIO, name: str, encoding: str) -> Iterator[str]:
@@ -145,6 +182,8 @@ def _decoded_lines(stream: BinaryIO, name: str, encoding: str) -> Iterator[str]:
         except UnicodeDecodeError:
             raise _bad_bytes(decoder, state, pending, chunk, name, lineno, encoding) from None
         *lines, pending = text.split("\n")
+        if len(pending) > MAX_LINE_BYTES:
+            raise _endless(name, lineno + len(lines) + 1)
         for line in lines:
             lineno += 1
             yield _strip_line_end(line.removeprefix("\ufeff") if lineno == 1 else line)

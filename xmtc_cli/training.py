@@ -345,7 +345,7 @@ def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str,
     if not resume and launch.restarts > 0 and RunFolder.started_by(run_dir, launch.launch_id):
         resume = True  # torchrun restarted this launch after a failure: continue its run
     if resume:
-        return RunFolder.reopen(run_dir, recipe)
+        return RunFolder.reopen(run_dir, recipe, command)
     return RunFolder.create(run_dir, recipe, command, launch=launch.launch_id)
 
 

@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     _show_core_warnings()
     previous = _catch_sigterm()
     try:
+        _check_working_folder()
         command = typer.main.get_command(app)
         # Not `app(...)`: click's own main turns a broken pipe into exit code 1 before we see it.
         # The arguments ride along in the context so `xmtc train` can record its own command.
@@ -55,6 +56,17 @@ def main(argv: list[str] | None = None) -> None:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
+
+
+def _check_working_folder() -> None:
+    """A working folder deleted under the shell: said at once, in words, before any path is
+    resolved against it (and before torch's libraries, which then fail to load, are imported)."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        raise XmtcError("the working folder no longer exists: it was deleted or moved while "
+                        "this shell was in it",
+                        "cd to an existing folder (e.g. cd ~) and run the command again") from None
 
 
 class Terminated(BaseException):

@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
+from xmtc_cli.cli.options import (
+    BatchSizeOption,
+    Device,
+    DeviceOption,
+    EncodingOption,
+    given,
+)
 from xmtc_cli.cli.render import metrics_table, stdout
 from xmtc_cli.errors import UsageError
 
 
 @app.command("eval")
 def eval_command(
+    ctx: typer.Context,
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A model.safetensors to evaluate on --data.")] = None,
     data: Annotated[Path | None, typer.Option(
@@ -47,6 +55,10 @@ def eval_command(
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
+    for name, value in (("--propensity-a", propensity_a), ("--propensity-b", propensity_b)):
+        if value is not None and not math.isfinite(value):
+            raise UsageError(f"{name} {value} is not a finite number",
+                             f"give {name} a number such as 0.55")
 
     ranks = _ranks(k)
     rows: list | None = [] if per_label is not None else None
@@ -60,6 +72,11 @@ def eval_command(
                                       propensity_a, propensity_b, ranks, rows)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
+        ignored = given(ctx, "data", "split", "batch_size", "device")
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} {'has' if len(ignored) == 1 else 'have'} no "
+                             "effect with --predictions/--gold: they apply to CHECKPOINT --data",
+                             f"leave out {', '.join(ignored)}")
         if str(predictions) == str(gold) == "-":
             raise UsageError("only one of --predictions and --gold can be - (standard input)",
                              "give the other one as a file")

@@ -15,7 +15,7 @@ import typer
 
 from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
+from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption, out_path
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
@@ -49,7 +49,7 @@ def predict(
     docs: Annotated[str, typer.Argument(
         help="Documents: a text file, one document a line, or a .jsonl file of "
         '{"id": ..., "text": ...} lines; - for stdin (pipes and <(...) work too).')],
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         help="Write here (atomically) instead of stdout.")] = None,
     format: Annotated[Format, typer.Option(
         "--format", help="text: one line of labels per document; jsonl: "
@@ -83,6 +83,7 @@ def predict(
 ) -> None:
     """Predict a label set for every document of DOCS, in input order, with ranked
     suggestions, names and scores."""
+    out = out_path(out)  # a str until checked: "" would become Path(".")
     from xmtc_cli.data.formats import plain_documents, read_documents
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
     from xmtc_cli.suggest import rank_needed, suggest

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xmtc_cli.cli.app import app
+from xmtc_cli.cli.options import given, out_path
 from xmtc_cli.data.catalog import DATA_ENV, DATASETS
 from xmtc_cli.data.preprocess import (
     LabelEmbeddingStats,
@@ -48,6 +49,7 @@ class Tokenizer(str, Enum):
 
 @app.command("preprocess")
 def preprocess_command(
+    ctx: typer.Context,
     source: Annotated[str, typer.Argument(
         metavar="NAME|DIR",
         help=f"A dataset name ({', '.join(DATASETS)}) or a folder with train_texts.txt, "
@@ -59,7 +61,7 @@ def preprocess_command(
         "--raw", help=f"Folder with the raw files of a named dataset "
         f"(default: ${DATA_ENV}/raw/NAME, else data/raw/NAME).",
     )] = None,
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         "--out", "-o", help=f"Processed-data folder to write "
         f"(default: ${DATA_ENV}/NAME, else data/NAME).",
     )] = None,
@@ -85,7 +87,7 @@ def preprocess_command(
         "--lowercase/--keep-case", help="Lower-case text before tokenizing.",
     )] = _DEFAULTS.lowercase,
     max_vocab: Annotated[int, typer.Option(
-        "--max-vocab", min=1, help="Most frequent training words kept.",
+        "--max-vocab", min=1, max=2**31 - 1, help="Most frequent training words kept.",
     )] = _DEFAULTS.max_vocab,
     valid_fraction: Annotated[float, typer.Option(
         "--valid-fraction", min=0.0, max=0.99,
@@ -111,6 +113,11 @@ def preprocess_command(
     )] = False,
 ) -> None:
     """Read a raw corpus, build vocabularies and embeddings, write a processed-data folder."""
+    out = out_path(out)  # a str until checked: "" would become Path(".")
+    if given(ctx, "centroid_weighting") and label_embeddings.value == "names":
+        raise UsageError("--centroid-weighting has no effect with --label-embeddings names",
+                         "add --label-embeddings centroid (or names+centroid), or leave out "
+                         "--centroid-weighting")
     log = Console(stderr=True, highlight=False, markup=False)
     options = PreprocessOptions(
         raw=raw, out=out, glove=glove, tokenizer=tokenizer.value, lowercase=lowercase,

@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import Device
+from xmtc_cli.cli.options import Device, given, out_path
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
-from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override
+from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override, without_effect
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.launch import Launch
 
@@ -37,7 +37,7 @@ def train(
         help="A row of the paper's Table 3: " + ", ".join(METHODS)
         + " (applied before KEY=VALUE overrides).",
     )] = None,
-    out: Annotated[Path | None, typer.Option(
+    out: Annotated[str | None, typer.Option(
         help="Run folder. Default: runs/NAME, or runs/NAME-2, -3... if that holds a run.",
     )] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
@@ -60,10 +60,14 @@ def train(
     Under `torchrun --nproc-per-node K -m xmtc_cli train ...` the K processes train together
     on the same global batches; rank 0 writes the run folder and shows progress.
     """
-    overrides = (method_overrides(method) if method else []) + list(overrides or [])
+    out = out_path(out)  # a str until checked: "" would become Path(".")
+    user_overrides = list(overrides or [])
+    overrides = (method_overrides(method) if method else []) + user_overrides
     if scheme is not None:
         overrides = scheme_override(scheme.value, overrides)
     resolved = load_recipe(recipe, overrides)
+    for problem in _ignored(ctx, resolved, user_overrides, dry_run):
+        typer.echo(f"warning: {problem}", err=True)
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
@@ -140,6 +144,25 @@ def _launch(nproc: int, max_restarts: int, argv: list[str], launch: Launch) -> N
             f"training on {nproc} processes failed (exit code {', '.join(map(str, codes))})",
             "the processes' own error is printed above",
         ) from None
+
+
+def _ignored(ctx: typer.Context, recipe, overrides: list[str], dry_run: bool) -> list[str]:
+    """What the command line asks for that has no effect, each as a sentence for a warning."""
+    out = []
+    keys = [o.split("=", 1)[0].strip() for o in overrides if "=" in o]
+    for key in sorted({k for k in keys if keys.count(k) > 1}):
+        out.append(f"{key} is overridden {keys.count(key)} times: only the last one applies")
+    if dry_run:
+        options = given(ctx, "out", "resume", "nproc", "max_restarts", "device")
+        if options:
+            out.append(f"{', '.join(options)} {'has' if len(options) == 1 else 'have'} no effect "
+                       "with --dry-run, which only prints the recipe")
+    out += without_effect(recipe)
+    world = Launch.from_environ().world_size
+    if recipe.train.ddp_bf16_grads and world == 1 and ctx.params.get("nproc", 1) <= 1:
+        out.append("train.ddp_bf16_grads has no effect on one process (it rounds the gradients "
+                   "that processes exchange)")
+    return out
 
 
 LAUNCH_OPTIONS = ("--nproc", "--max-restarts")

@@ -21,7 +21,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from xmtc_cli.errors import DataError
-from xmtc_cli.fileerrors import file_error
+from xmtc_cli.fileerrors import file_error, resolved
 
 SUFFIXES = (".npy", ".safetensors")
 MAX_WIDTH = 65_536  # a bound on D: a header claiming more is not an embedding
@@ -84,7 +84,7 @@ def open_features(path: str | Path, documents: int | None = None,
     Read rows with `checked_rows`."""
     path = Path(path)
     if not path.exists():
-        raise DataError(f"features file {path} does not exist",
+        raise DataError(f"features file {path} does not exist{resolved(path)}",
                         "pass a .npy or .safetensors file of shape [documents, D]")
     if not path.is_file():  # a folder; a pipe or a device cannot be memory-mapped
         kind = "folder" if path.is_dir() else "pipe or a device"

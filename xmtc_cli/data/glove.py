@@ -25,6 +25,8 @@ import numpy as np
 
 from xmtc_cli.data.readers import open_checksummed
 from xmtc_cli.errors import DataError, at
+from xmtc_cli.fileerrors import resolved
+from xmtc_cli.textio import MAX_LINE_BYTES
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -52,7 +54,8 @@ def read_word_vectors(path: str | Path, words: Iterable[str]) -> WordVectors:
     # Anything that reads as a stream will do: a file, or a pipe (`--glove <(zcat FILE)`).
     if not path.exists() or path.is_dir():
         raise DataError(
-            f"word-vector file {path} " + ("is a folder" if path.is_dir() else "does not exist"),
+            f"word-vector file {path} "
+            + ("is a folder" if path.is_dir() else "does not exist" + resolved(path)),
             "pass a GloVe .txt or .txt.gz file (e.g. glove.840B.300d.txt), or leave out --glove",
         )
     wanted: dict[bytes, str] = {}
@@ -69,7 +72,10 @@ def _lines(path: Path, stream: io.BufferedReader) -> Iterator[bytes]:
     """The file's lines, decompressed if it is gzip, with damage reported as a DataError."""
     source = gzip.GzipFile(fileobj=stream) if stream.peek(2)[:2] == _GZIP_MAGIC else stream
     try:
-        yield from source
+        while line := source.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:  # /dev/zero, or binary data: no line end in sight
+                raise _binary(path)
+            yield line
     except (EOFError, OSError, zlib.error) as exc:  # truncated or corrupt gzip
         raise DataError(
             f"{path} is damaged: {exc}", "download the file again (`gzip -t FILE` checks a .gz)"

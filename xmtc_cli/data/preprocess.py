@@ -33,6 +33,7 @@ Choices (see also docs/design.md §5, §9):
 
 from __future__ import annotations
 
+import logging
 import time
 from array import array
 from collections.abc import Callable
@@ -95,7 +96,9 @@ from xmtc_cli.data.vocab import (
     word_vocabulary,
 )
 from xmtc_cli.errors import DataError, short
+from xmtc_cli.fileerrors import resolved
 
+log = logging.getLogger(__name__)
 LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
 LABEL_EMBEDDING_KINDS: tuple[str, ...] = ("names", "centroid", "names+centroid")
 
@@ -378,7 +381,7 @@ def _resolve(source: str,
     if folder.exists():
         raise DataError(f"{folder} is a file; expected a dataset name or a corpus folder")
     if "/" in source or "\\" in source or source.startswith("."):
-        raise DataError(f"corpus folder {folder} does not exist", _LAYOUT_HINT)
+        raise DataError(f"corpus folder {folder} does not exist{resolved(folder)}", _LAYOUT_HINT)
     raise unknown_dataset(source)
 
 
@@ -544,6 +547,9 @@ def _read_splits(read: _SplitReader, files: CorpusFiles, training: _Training,
     gold = _GoldLabels(training.labels)
     encode = _word_encoder(training.words)
     if "valid" in files.texts:
+        if options.valid_fraction != PreprocessOptions.valid_fraction:
+            log.warning(f"--valid-fraction {options.valid_fraction} has no effect: the corpus "
+                        f"has its own validation split ({files.texts['valid'].name})")
         progress(f"reading {files.texts['valid']}")
         train, valid = training.split, gold.split(read(split="valid", encode=encode))
         valid_from = files.texts["valid"].name

@@ -37,6 +37,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from safetensors.numpy import load_file, save_file
 
 from xmtc_cli.atomic import atomic_dir
 from xmtc_cli.errors import DataError, cut
+from xmtc_cli.fileerrors import resolved
 
 FORMAT_VERSION = 1
 FORMAT = "xmtc-processed"  # manifest["format"]: marks a folder xmtc wrote (and may replace)
@@ -254,7 +256,7 @@ def load_processed(path: str | Path) -> ProcessedData:
     path = Path(path)
     hint = f"run `xmtc preprocess DATASET --out {path}` first"
     if not path.is_dir():
-        raise DataError(f"processed-data folder {path} does not exist", hint)
+        raise DataError(f"processed-data folder {path} does not exist{resolved(path)}", hint)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise DataError(f"{path} is not a processed-data folder (no {MANIFEST})", hint)
@@ -272,8 +274,13 @@ def load_processed(path: str | Path) -> ProcessedData:
             f"re-run `xmtc preprocess` with this version of xmtc to rebuild {path}",
         )
     try:
+        names = ["tokens.tsv", "labels.tsv", "embeddings.safetensors",
+                 *(f"{name}.safetensors" for name in manifest.get("splits", {}))]
+        _regular_files(path, names)
         tokens, token_counts = _read_tsv(path / "tokens.tsv", 2)
         labels, label_names, label_counts = _read_tsv(path / "labels.tsv", 3)
+        _unique_words(tokens, "tokens.tsv", spaces=False)
+        _unique_words(labels, "labels.tsv", spaces=True)
         emb = load_file(str(path / "embeddings.safetensors"))
         splits = {}
         width = _manifest_width(manifest.get("features"))
@@ -336,6 +343,32 @@ def _checked(split: Split, name: str, tokens: int, labels: int,
     return split
 
 
+def _regular_files(folder: Path, names: list[str]) -> None:
+    """ValueError unless each of `names` in `folder` is a regular file (a link to one is fine):
+    a FIFO or a device would block or never end."""
+    for name in names:
+        try:
+            mode = os.stat(folder / name).st_mode
+        except FileNotFoundError:
+            raise ValueError(f"{name} is missing") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{name} is not a regular file (a folder, FIFO or device)")
+
+
+def _unique_words(words: list[str], name: str, spaces: bool) -> None:
+    """ValueError for an entry that is empty, holds a line break (or, unless `spaces`, any
+    whitespace), or repeats an earlier one."""
+    bad = next((w for w in words if not w or (any(c in w for c in "\t\n\r") if spaces
+                                               else w.split() != [w])), None)
+    if bad is not None:
+        raise ValueError(f"{name} holds {bad[:40]!r}, which is empty or holds "
+                         + ("a tab or line break" if spaces else "whitespace"))
+    if len(set(words)) != len(words):
+        seen: set[str] = set()
+        twice = next(w for w in words if w in seen or seen.add(w))
+        raise ValueError(f"{name} holds {twice[:40]!r} twice")
+
+
 def _read_tsv(path: Path, columns: int) -> list[list]:
     cols: list[list] = [[] for _ in range(columns)]
     with open(path, encoding="utf-8", newline="\n") as f:
@@ -345,6 +378,9 @@ def _read_tsv(path: Path, columns: int) -> list[list]:
                 raise ValueError(f"{path.name} line {len(cols[0]) + 1} has {len(parts)} fields")
             for col, value in zip(cols, parts):
                 col.append(value)
+    bad = next((x for x in cols[-1] if not (x.isascii() and x.isdigit())), None)
+    if bad is not None:
+        raise ValueError(f"{path.name}: count {bad[:20]!r} is not a non-negative integer")
     cols[-1] = [int(x) for x in cols[-1]]
     return cols
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xmtc_cli.errors import DataError, at, short
+from xmtc_cli.fileerrors import resolved
 from xmtc_cli.textio import (
     ENCODING_HINT,
     check_encoding,  # noqa: F401 (preprocess checks --encoding here)
@@ -69,7 +70,7 @@ class CorpusFiles:
 def locate(folder: Path, layout: Layout, hint: str) -> CorpusFiles:
     """Find a corpus's files in `folder`, listing every missing one in a single error."""
     if not folder.is_dir():
-        raise DataError(f"corpus folder {folder} does not exist", hint)
+        raise DataError(f"corpus folder {folder} does not exist{resolved(folder)}", hint)
     texts, labels, missing = {}, {}, []
     for split in SPLIT_NAMES:
         pair = folder / layout.texts.format(split=split), folder / layout.labels.format(split=split)
