@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,6 +15,11 @@ import pytest
 import torch
 
 from xmtc_cli.cli import main
+from xmtc_cli.threads import THREADS_ENV
+
+# Commands and fit() choose their own thread count (xmtc_cli.threads); on the tests' tiny
+# tensors a second thread only adds overhead, so they get one unless a test says otherwise.
+os.environ.setdefault(THREADS_ENV, "1")
 from xmtc_cli.data.synthetic import write_demo_corpus
 
 # Small enough that an epoch over the 180 training documents takes a fraction of a second, large
@@ -70,7 +76,7 @@ class CliResult:
 def run_cli(*args: str | Path, stdin: bytes | None = None) -> CliResult:
     """Run `xmtc ARGS` in this process (stdin from `stdin`); its exit code, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()
-    saved_stdin = sys.stdin
+    saved_stdin, saved_threads = sys.stdin, torch.get_num_threads()  # commands set threads
     if stdin is not None:
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
     try:
@@ -79,6 +85,7 @@ def run_cli(*args: str | Path, stdin: bytes | None = None) -> CliResult:
             main([str(a) for a in args])
     finally:
         sys.stdin = saved_stdin
+        torch.set_num_threads(saved_threads)
     code = exit_info.value.code
     return CliResult(0 if code is None else code, out.getvalue(), err.getvalue())
 

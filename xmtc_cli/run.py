@@ -59,7 +59,10 @@ STATE_FORMAT = 2
 MANY_PROCESS_STATE_FORMAT = 3
 # Recipe keys that say how long to run and how often to report or save, not what to train:
 # --resume accepts new values for them.
-RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.checkpoint_every")
+# train.threads changes the rounding of some sums (how work is split among threads), as
+# resuming on another machine would, not the method.
+RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.checkpoint_every",
+                     "train.threads")
 
 
 @dataclass
@@ -96,6 +99,7 @@ class EpochReport:
     best: bool  # this epoch is the best so far (its weights are in model.safetensors)
     steps: int = 0  # optimiser steps so far, over all epochs
     partial: bool = False  # train.max_steps ended the run inside this epoch
+    threads: int = 0  # CPU threads torch used (xmtc_cli.threads); 0 in lines written before
 
 
 class RunFolder:

@@ -38,6 +38,7 @@ from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
+from xmtc_cli.optim import build_adam
 from xmtc_cli.prototypes import init_output_prototypes
 from xmtc_cli.run import (
     BEST_FILE,
@@ -48,6 +49,7 @@ from xmtc_cli.run import (
     rng_state,
     set_rng_state,
 )
+from xmtc_cli.threads import ThreadChoice, apply_threads, choose_threads
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
@@ -70,6 +72,7 @@ class RunInfo:
     valid_docs: int
     parameters: int
     log_every: float  # seconds between progress lines off a terminal
+    threads: str = ""  # the CPU threads torch uses and why (ThreadChoice.describe)
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,8 @@ class Trainer:
             label_embeddings = None  # the recipe asks for random ones
         model = build_model(recipe.model, recipe.loss, sizes, token_embeddings, label_embeddings)
         model = model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.lr,
-                                     weight_decay=recipe.train.weight_decay)
+        optimizer = build_adam(model.parameters(), recipe.train.lr, recipe.train.weight_decay,
+                               fused=recipe.train.fused_adam)
         ddp = None
         if group.active:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
@@ -243,15 +246,22 @@ class Trainer:
 # --- the run ----------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
-        command: str = "", callback: Callback | None = None) -> FitResult:
+        command: str = "", callback: Callback | None = None,
+        threads: int | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
+
+    `threads`: CPU threads for torch (--threads); None: train.threads, else the environment's
+    or the usable cores' default (xmtc_cli.threads.choose_threads).
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
     """
+    choice = choose_threads(threads, recipe.train.threads)
+    apply_threads(choice)
     group, dev, joined = distributed.setup(device)
     try:
-        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent())
+        return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
+                    choice)
     except RuntimeError as exc:
         if not (group.active and distributed.lost_contact(exc)):
             raise
@@ -267,7 +277,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
 
 def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
-         command: str, callback: Callback) -> FitResult:
+         command: str, callback: Callback, threads: ThreadChoice) -> FitResult:
     if not group.is_main:
         callback = Silent()
     run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
@@ -276,7 +286,8 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
     _check_agreement(recipe, data, group)
-    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback)
+    epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
+                           threads)
     try:
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
@@ -338,7 +349,7 @@ class _Epochs:
     @classmethod
     def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
               command: str, device: torch.device, group: Group,
-              callback: Callback) -> _Epochs:
+              callback: Callback, threads: ThreadChoice | None = None) -> _Epochs:
         """Build everything from the recipe, open the run folder (rank 0) and load the saved
         state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
@@ -385,6 +396,7 @@ class _Epochs:
                 train_docs=len(batcher.split), valid_docs=len(valid) if valid is not None else 0,
                 parameters=sum(p.numel() for p in trainer.model.parameters()),
                 log_every=recipe.train.log_every,
+                threads=threads.describe() if threads is not None else "",
             ))
         except BaseException:
             if folder is not None:
@@ -416,6 +428,7 @@ class _Epochs:
             loss_parts={k: v.item() / done for k, v in parts_sum.items()}, valid=metrics,
             seconds=0.0, docs_per_second=trained_docs / max(train_seconds, 1e-9),
             lr=self.trainer.lr, best=False, steps=self.state.step, partial=not complete,
+            threads=torch.get_num_threads(),
         )
         report = self._save(epoch, report, complete, time.perf_counter() - start)
         self.callback.on_epoch_end(report)

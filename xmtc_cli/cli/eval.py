@@ -9,7 +9,13 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption
+from xmtc_cli.cli.options import (
+    BatchSizeOption,
+    Device,
+    DeviceOption,
+    EncodingOption,
+    ThreadsOption,
+)
 from xmtc_cli.cli.render import metrics_table, stdout
 from xmtc_cli.errors import UsageError
 
@@ -39,9 +45,13 @@ def eval_command(
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
     encoding: EncodingOption = "utf-8",
+    threads: ThreadsOption = None,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
+    from xmtc_cli.threads import apply_threads, choose_threads
+
+    apply_threads(choose_threads(threads))
 
     if checkpoint is not None:
         if data is None or predictions or gold or train_labels or encoding != "utf-8":

@@ -22,3 +22,7 @@ BatchSizeOption = Annotated[int, typer.Option(min=1, help="Documents per forward
 EncodingOption = Annotated[str, typer.Option(
     "--encoding", help="Encoding of the input text, e.g. latin-1 or utf-16 (a byte-order mark "
     "is always dropped).")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    min=1, max=1024, help="CPU threads for torch. Default: the recipe's train.threads, else "
+    "XMTC_THREADS or OMP_NUM_THREADS, else the cores this process may use (shared among "
+    "torchrun's processes).")]
