@@ -393,7 +393,9 @@ class _Epochs:
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
                 start_epoch=state.epoch + 1, start_batch=state.batches_done,
                 steps_per_epoch=batcher.num_batches(recipe.train.batch_size),
-                train_docs=len(batcher.split), valid_docs=len(valid) if valid is not None else 0,
+                train_docs=len(batcher.split),
+                valid_docs=(min(len(valid), recipe.train.valid_docs or len(valid))
+                            if valid is not None else 0),
                 parameters=sum(p.numel() for p in trainer.model.parameters()),
                 log_every=recipe.train.log_every,
                 threads=threads.describe() if threads is not None else "",
@@ -420,7 +422,7 @@ class _Epochs:
         train_seconds = time.perf_counter() - start
         loss = loss_sum.item() / done
         _check_finite(loss, epoch, self.trainer.model, self.group, self.reference_loss)
-        metrics = self._validate()
+        metrics = self._validate() if self._validates(epoch) else None
         trained_docs = min(done * self.recipe.train.batch_size, len(self.batcher.split))
         trained_docs -= first * self.recipe.train.batch_size
         report = EpochReport(
@@ -472,14 +474,27 @@ class _Epochs:
                 break
         return loss_sum, parts_sum
 
-    def _validate(self) -> dict[str, float] | None:
-        """Validation metrics, computed by rank 0 alone exactly as one process computes them,
-        and handed to the other ranks, which wait."""
+    @property
+    def has_validation(self) -> bool:
         valid = self.data.splits.get("valid")
-        if valid is None or not len(valid):
+        return valid is not None and len(valid) > 0
+
+    def _validates(self, epoch: int) -> bool:
+        """Whether epoch `epoch` ends with a validation: every train.valid_every-th epoch, and
+        the run's last (the last of the recipe, or where train.max_steps ends it)."""
+        every = self.recipe.train.valid_every
+        return (self.has_validation and (epoch % every == 0 or epoch == self.recipe.train.epochs
+                                         or self.out_of_steps))
+
+    def _validate(self) -> dict[str, float] | None:
+        """Validation metrics (on train.valid_docs of the split, if set), computed by rank 0
+        alone exactly as one process computes them, and handed to the other ranks, which
+        wait."""
+        if not self.has_validation:
             return None
+        data = validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
         return self.group.on_main(
-            lambda: evaluate_split(self.trainer.model, self.data, "valid", self.recipe,
+            lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
                                    self.trainer.device, progress=self.callback.on_validate),
             share=True,
         )
@@ -493,7 +508,8 @@ class _Epochs:
         # the best, but it writes model.safetensors when there is none yet, so the run can be
         # tried with `xmtc predict`.
         score = report.valid["micro_f1"] if report.valid else float(epoch)
-        best = complete and score > state.best_f1
+        skipped = self.has_validation and report.valid is None  # train.valid_every
+        best = complete and not skipped and score > state.best_f1
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
         report = dataclasses.replace(report, best=best, seconds=seconds)
@@ -517,6 +533,17 @@ class _Epochs:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
             folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+
+
+def validation_subset(data: ProcessedData, docs: int | None, seed: int) -> ProcessedData:
+    """`data` with its validation split cut to `docs` documents drawn with `seed` (kept in
+    their order), the same ones at every call; `data` itself when it has no more than that."""
+    valid = data.splits.get("valid")
+    if docs is None or valid is None or len(valid) <= docs:
+        return data
+    keep = np.zeros(len(valid), dtype=bool)
+    keep[np.random.default_rng(seed).choice(len(valid), docs, replace=False)] = True
+    return dataclasses.replace(data, splits={**data.splits, "valid": valid.select(keep)})
 
 
 def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:
