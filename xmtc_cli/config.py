@@ -122,6 +122,10 @@ class TrainConfig:
     """CPU threads torch uses; None: `--threads`, else XMTC_THREADS or OMP_NUM_THREADS, else
     the cores this process may use divided among torchrun's processes on the machine
     (xmtc_cli/threads.py). --threads overrides it."""
+    shortlist: int | None = None
+    """Beyond the paper, an approximation (docs/design.md §11): each training step's softmax
+    over the batch's gold labels plus this many negatives drawn uniformly (and the special
+    symbols) instead of all labels; predicting still scores all. None: the full softmax."""
     fused_adam: bool = True
     """Adam's fused kernel where torch has one (CPU, CUDA): the same update in one pass over
     each tensor, about 10x faster than the per-tensor loop on the CPU; weights agree with the
@@ -501,6 +505,7 @@ def _check(r: Recipe) -> list[str]:
         "train.threads": r.train.threads,
         "train.valid_every": r.train.valid_every,
         "train.valid_docs": r.train.valid_docs,
+        "train.shortlist": r.train.shortlist,
     }
     p += [f"{k} must be a positive integer, not {_short(v)}" for k, v in positive.items()
           if v is not None and v < 1]
@@ -526,6 +531,9 @@ def _check(r: Recipe) -> list[str]:
                        ("train.log_every", r.train.log_every)):
         if value <= 0:
             p.append(f"{key} must be > 0, not {_short(value)}")
+    if r.train.shortlist is not None and r.model.global_embedding:
+        p.append("train.shortlist does not apply to model.global_embedding (SGM's gate reads "
+                 "every label's logit): set one of them off")
     if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")

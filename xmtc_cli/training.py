@@ -49,6 +49,7 @@ from xmtc_cli.run import (
     rng_state,
     set_rng_state,
 )
+from xmtc_cli.shortlist import CandidateSource, UniformNegatives, to_candidates
 from xmtc_cli.threads import ThreadChoice, apply_threads, choose_threads
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
@@ -183,6 +184,7 @@ class Trainer:
     device: torch.device
     group: Group = SINGLE  # the processes training together (one by default)
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
+    shortlist: CandidateSource | None = None  # the softmax's candidates (train.shortlist)
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
@@ -202,8 +204,10 @@ class Trainer:
         if group.active:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
             distributed.seed_rank(recipe.train.seed, group.rank)
+        shortlist = (UniformNegatives(recipe.train.shortlist, recipe.train.seed)
+                     if recipe.train.shortlist is not None else None)
         return cls(model, build_criterion(recipe.loss), optimizer, recipe.train, total_steps,
-                   device, group, ddp)
+                   device, group, ddp, shortlist)
 
     def step(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Train on `batch` as optimiser step `step` (0-based; it sets the learning rate).
@@ -217,19 +221,27 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         standin = False
+        outputs = self.model.label_embedding.num_embeddings  # V
+        candidates = None  # drawn from the global batch: every rank has the same
+        if self.shortlist is not None:
+            candidates = self.shortlist.candidates(batch.gold, outputs, step)  # (K',)
         if self.ddp is not None:
             batch, standin = distributed.shard(batch, self.group.rank, self.group.world_size)
         net = self.ddp if self.ddp is not None else self.model
         net.train()
         batch = batch.to(self.device)
-        table = self.model.label_embedding.weight
+        gold, table = batch.gold, self.model.label_embedding.weight
+        if candidates is not None:  # the loss sees the candidates' columns and rows only
+            candidates = candidates.to(self.device)
+            gold = to_candidates(gold, candidates, outputs)  # (B, M) positions
+            table = table.index_select(0, candidates)  # (K', E_l)
         with autocast(self.device, self.train.amp):
-            logits = net(batch.src, batch.lengths, batch.gold, batch.features)
+            logits = net(batch.src, batch.lengths, batch.gold, batch.features, candidates)
             if self.ddp is None:
-                loss, parts = self.criterion(logits, batch.gold, table)
+                loss, parts = self.criterion(logits, gold, table)
                 value = loss
             else:
-                terms = self.criterion.terms(logits, batch.gold, table)
+                terms = self.criterion.terms(logits, gold, table)
                 loss, value, parts = distributed.global_loss(terms, self.group, standin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
