@@ -8,7 +8,8 @@ WHAT is one of:
            with the thread count and OpenMP wait policy its `xmtc train` would use when the user
            sets nothing (OMP_NUM_THREADS, XMTC_THREADS and OMP_WAIT_POLICY removed from the
            children's environment). Today's tree: torch's default (one thread per core) with
-           libgomp's spinning waits; the new tree: xmtc_cli.threads' choice, with passive waits.
+           libgomp's spinning waits; the new tree: xmtc_cli.threads' choice (the usable cores
+           less the load average), with passive waits.
            Also the new tree at 1 thread. --neighbour N starts N busy processes (a Python loop
            each) beside the children, the "busy neighbour" of the issue.
   steps    one training step at AmazonCat-13K's shape (bench_train.py's CPU sizes: H 128, B 8,
@@ -20,7 +21,8 @@ WHAT is one of:
            training steps on the processed corpus's own batches (--data, `xmtc preprocess` of
            tibkat_core_en), and validation (greedy decoding) of --valid-docs documents at the
            recipe's eval batch size; the epoch figure is steps/epoch x step + validation scaled
-           to the whole validation split. Both trees at the same thread count (--threads).
+           to the whole validation split; micro-F1 on those documents after the steps. Both
+           trees at the same thread count (--threads); then the new tree with train.shortlist.
 
 Every measurement runs in a fresh child (PYTHONPATH = the tree, working directory outside both),
 the trees alternating (old, new, old, new, ...) for --rounds rounds so that load from other jobs
@@ -140,11 +142,12 @@ def _tibkat(spec: dict, recipe, torch) -> dict:
     sub = dataclasses.replace(data, splits={**data.splits, "valid": valid.select(keep)})
     t = time.perf_counter()
     with torch.no_grad():
-        evaluate_split(trainer.model, sub, "valid", recipe, torch.device("cpu"))
+        metrics = evaluate_split(trainer.model, sub, "valid", recipe, torch.device("cpu"))
     valid_s = (time.perf_counter() - t) * len(valid) / spec["valid_docs"]
     step = statistics.median(times)
     return {"step": step, "timed": len(times), "steps_per_epoch": per_epoch,
             "valid_s": valid_s, "epoch_s": step * per_epoch + valid_s,
+            "micro_f1": metrics["micro_f1"], "p@1": metrics.get("p@1"),
             "threads": torch.get_num_threads(), "fused": _fused(trainer)}
 
 
@@ -231,8 +234,8 @@ def main() -> None:
     old, new = args.baseline.resolve(), args.new.resolve()
     print(f"# {' '.join(sys.argv)}\n# machine: {os.cpu_count()} CPUs, load at start "
           f"{os.getloadavg()}", flush=True)
-    neighbours = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
-                  for _ in range(args.neighbour)]
+    spin = f"import os\nwhile os.getppid() == {os.getpid()}: pass"  # ends with this process
+    neighbours = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(args.neighbour)]
     try:
         if args.what == "threads":
             _threads(args, old, new)
@@ -291,11 +294,14 @@ def _tibkat_rows(args, old: Path, new: Path) -> None:
               "train": {"batch_size": 32, "lr": 3e-3}}
     spec = {"kind": "tibkat", "recipe": recipe, "data": args.data, "threads": args.threads,
             "steps": args.steps, "warmup": args.warmup, "valid_docs": args.valid_docs}
-    res = interleave([("today", old, spec), ("new", new, spec)], args.rounds, args.tmp)
-    print(f"\n{'TIBKAT core':<8} {'step s':>7} {'valid s':>8} {'epoch min':>9}")
+    short = {**spec, "overrides": [f"train.shortlist={args.shortlist}"]}
+    res = interleave([("today", old, spec), ("new", new, spec), ("new+shortlist", new, short)],
+                     args.rounds, args.tmp)
+    print(f"\n{'TIBKAT core':<14} {'step s':>7} {'valid s':>8} {'epoch min':>9} "
+          f"{'micro-F1':>8} (after the timed steps, on the valid subset)")
     for name, got in res.items():
-        print(f"{name:<8} {median_of(got, 'step'):>7.2f} {median_of(got, 'valid_s'):>8.1f} "
-              f"{median_of(got, 'epoch_s') / 60:>9.1f}")
+        print(f"{name:<14} {median_of(got, 'step'):>7.2f} {median_of(got, 'valid_s'):>8.1f} "
+              f"{median_of(got, 'epoch_s') / 60:>9.1f} {100 * median_of(got, 'micro_f1'):>8.2f}")
     t, n = (median_of(res[k], "epoch_s") for k in ("today", "new"))
     print(f"epoch today/new: {t / n:.2f}")
 

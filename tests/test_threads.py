@@ -25,6 +25,7 @@ def machine(monkeypatch):
     for name in (THREADS_ENV, "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
     return monkeypatch
 
 
@@ -49,6 +50,15 @@ def test_the_default_shares_the_usable_cores_among_torchruns_local_processes(
     choice = choose_threads()
     assert choice.count == expected
     assert choice.source == "cores"
+
+
+@pytest.mark.parametrize(("busy", "local", "expected"), [
+    (0.2, "1", 8), (1.0, "1", 7), (2.6, "1", 5), (7.9, "1", 1), (30.0, "1", 1), (2.0, "2", 3),
+    (1.0, "4", 1)])
+def test_the_default_leaves_out_the_cores_others_keep_busy(machine, busy, local, expected):
+    machine.setattr(threads, "busy_cores", lambda: busy)
+    machine.setenv("LOCAL_WORLD_SIZE", local)
+    assert choose_threads().count == expected
 
 
 def test_usable_cores_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch, tmp_path):

@@ -5,14 +5,21 @@ idle threads spin for a while before they sleep: at the end of every parallel re
 that finished first busy-wait for the last. A training step is thousands of small regions (the
 GRU's time steps, the decoder's N steps), so on a machine where another process wants a core,
 the spinning threads take the core from the one thread that still works (or from the neighbour,
-which then preempts that thread in turn): a step with two threads ran 4-27 times slower than
-with one beside one busy process (BENCHMARKS.md, "Threads"). With OMP_WAIT_POLICY=PASSIVE the
-threads sleep as soon as they wait; libgomp reads it once, when torch loads it, so
+which then preempts that thread in turn): on a busy 2-core machine a step with two threads ran
+17-20 times slower than with one (BENCHMARKS.md, "Speed on the CPU"). With
+OMP_WAIT_POLICY=PASSIVE the threads sleep as soon as they wait; libgomp reads it once, when torch loads it, so
 `passive_wait` must run before torch is imported (`xmtc_cli/__init__.py` calls it).
+
+Passive waiting stops the spinning, not the cost of sharing: every parallel region waits for
+its slowest thread, so a thread that shares its core with a busy process still stalls the
+region each time it is preempted. Under a load of a dozen processes on two cores, two passive
+threads were as slow as two spinning ones; one thread was twenty times faster. So the default
+count leaves out the cores other processes keep busy (the 1-minute load average, read once at
+start; the command itself has not run yet).
 
 The count: `--threads`, else the recipe's train.threads, else XMTC_THREADS, else
 OMP_NUM_THREADS, else the cores this process may run on (its affinity mask, and a cgroup CPU
-quota where one is set) divided among torchrun's processes on this machine.
+quota where one is set) less the busy ones, divided among torchrun's processes on this machine.
 """
 
 from __future__ import annotations
@@ -35,11 +42,12 @@ class ThreadChoice:
     source: str  # "--threads", "train.threads", "XMTC_THREADS", "OMP_NUM_THREADS" or "cores"
     cores: int  # the cores this process may use (affinity, quota)
     local_processes: int  # torchrun's processes on this machine (1 without torchrun)
+    busy: float = 0.0  # cores other processes kept busy at the start (load average)
 
     def describe(self) -> str:
         if self.source == "cores":
             share = (f" / {self.local_processes} processes" if self.local_processes > 1 else "")
-            how = f"{self.cores} usable cores{share}"
+            how = f"{self.cores} usable cores, {self.busy:.1f} busy{share}"
         else:
             how = self.source
         return f"{self.count} ({how}; {WAIT_POLICY_ENV}={os.environ.get(WAIT_POLICY_ENV, '?')})"
@@ -72,6 +80,14 @@ def _cgroup_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
         return None
 
 
+def busy_cores() -> float:
+    """Cores other processes keep busy: the 1-minute load average (0 where there is none)."""
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
 def local_processes() -> int:
     """torchrun's processes on this machine (LOCAL_WORLD_SIZE), 1 without torchrun."""
     return _positive(os.environ.get("LOCAL_WORLD_SIZE")) or 1
@@ -79,14 +95,16 @@ def local_processes() -> int:
 
 def choose_threads(option: int | None = None, recipe: int | None = None) -> ThreadChoice:
     """The thread count: the first given of --threads, train.threads, XMTC_THREADS,
-    OMP_NUM_THREADS; else the usable cores shared among torchrun's local processes."""
-    cores, procs = usable_cores(), local_processes()
+    OMP_NUM_THREADS; else the usable cores less the busy ones, shared among torchrun's local
+    processes, at least one."""
+    cores, procs, busy = usable_cores(), local_processes(), busy_cores()
     for value, source in ((option, "--threads"), (recipe, "train.threads"),
                           (_env_count(THREADS_ENV), THREADS_ENV),
                           (_positive(os.environ.get("OMP_NUM_THREADS")), "OMP_NUM_THREADS")):
         if value is not None:
-            return ThreadChoice(int(value), source, cores, procs)
-    return ThreadChoice(max(1, cores // procs), "cores", cores, procs)
+            return ThreadChoice(int(value), source, cores, procs, busy)
+    free = max(1, min(cores, round(cores - busy)))
+    return ThreadChoice(max(1, free // procs), "cores", cores, procs, busy)
 
 
 def _env_count(name: str) -> int | None:

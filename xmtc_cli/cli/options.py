@@ -24,5 +24,5 @@ EncodingOption = Annotated[str, typer.Option(
     "is always dropped).")]
 ThreadsOption = Annotated[int | None, typer.Option(
     min=1, max=1024, help="CPU threads for torch. Default: the recipe's train.threads, else "
-    "XMTC_THREADS or OMP_NUM_THREADS, else the cores this process may use (shared among "
-    "torchrun's processes).")]
+    "XMTC_THREADS or OMP_NUM_THREADS, else the cores this process may use less the busy "
+    "ones (shared among torchrun's processes).")]
