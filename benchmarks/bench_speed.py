@@ -60,11 +60,12 @@ def child(spec: dict) -> dict:
 
     origin = str(Path(xmtc_cli.__file__).resolve().parent.parent)
     if spec["threads"] == "default":
-        try:  # the new tree: what fit() does
+        # Not `try: import`: an editable install of another tree answers for modules this
+        # tree lacks.
+        if (Path(xmtc_cli.__file__).parent / "threads.py").exists():  # what fit() does
             from xmtc_cli.threads import apply_threads, choose_threads
             apply_threads(choose_threads())
-        except ImportError:  # today's tree sets nothing
-            pass
+        # today's tree sets nothing: torch's default
     else:
         torch.set_num_threads(int(spec["threads"]))
     recipe = recipe_from_dict(spec["recipe"], spec.get("overrides", []))

@@ -152,3 +152,31 @@ def test_a_wait_policy_the_user_chose_is_kept():
                          env=_fresh_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
                          text=True, timeout=60)
     assert out.stdout.strip() == "ACTIVE"
+
+
+class _StopAfterFirstEpoch:
+    def on_start(self, info): ...
+    def on_step(self, epoch, step, docs, loss): ...
+    def on_validate(self, done, total): ...
+
+    def on_epoch_end(self, report):
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_run_keeps_its_thread_count_when_the_default_would_change(
+        machine, tiny_data, tmp_path, single_thread):
+    from xmtc_cli.config import load_recipe
+    from xmtc_cli.training import fit
+
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=2))
+    machine.setattr(threads, "usable_cores", lambda: 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run", device="cpu", callback=_StopAfterFirstEpoch())
+    machine.setattr(threads, "busy_cores", lambda: 1.6)  # the default would now be 1
+    assert choose_threads().count == 1
+    fit(recipe, tmp_path / "run", device="cpu", resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["threads"] for line in lines] == [2, 2]
+    fit(recipe, tmp_path / "again", device="cpu", threads=1)  # given: it wins
+    assert json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[-1])[
+        "threads"] == 1

@@ -83,6 +83,9 @@ class TrainState:
     parts_sum: dict[str, float] = field(default_factory=dict)
     data: str = ""
     """The processed data's fingerprint (`data_fingerprint`); "" in states saved before it."""
+    threads: int = 0
+    """CPU threads the run trains with (xmtc_cli.threads); a resume keeps them unless told
+    otherwise. 0 in states saved before."""
 
 
 @dataclass(frozen=True)

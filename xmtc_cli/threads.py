@@ -7,8 +7,9 @@ GRU's time steps, the decoder's N steps), so on a machine where another process 
 the spinning threads take the core from the one thread that still works (or from the neighbour,
 which then preempts that thread in turn): on a busy 2-core machine a step with two threads ran
 17-20 times slower than with one (BENCHMARKS.md, "Speed on the CPU"). With
-OMP_WAIT_POLICY=PASSIVE the threads sleep as soon as they wait; libgomp reads it once, when torch loads it, so
-`passive_wait` must run before torch is imported (`xmtc_cli/__init__.py` calls it).
+OMP_WAIT_POLICY=PASSIVE the threads sleep as soon as they wait; libgomp reads it once, when
+torch loads it, so `passive_wait` must run before torch is imported (`xmtc_cli/__init__.py`
+calls it).
 
 Passive waiting stops the spinning, not the cost of sharing: every parallel region waits for
 its slowest thread, so a thread that shares its core with a busy process still stalls the
@@ -39,7 +40,8 @@ class ThreadChoice:
     """The thread count a command uses and where it came from (for the run header)."""
 
     count: int
-    source: str  # "--threads", "train.threads", "XMTC_THREADS", "OMP_NUM_THREADS" or "cores"
+    source: str  # "--threads", "train.threads", "XMTC_THREADS", "OMP_NUM_THREADS", "cores"
+    # or "the run's own" (a resumed run's saved count)
     cores: int  # the cores this process may use (affinity, quota)
     local_processes: int  # torchrun's processes on this machine (1 without torchrun)
     busy: float = 0.0  # cores other processes kept busy at the start (load average)

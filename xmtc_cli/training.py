@@ -400,6 +400,9 @@ class _Epochs:
                                                     group)
             if rng is not None:
                 set_rng_state(rng, device)
+            if threads is not None:
+                threads = _resumed_threads(threads, state)
+                state.threads = threads.count
             valid = data.splits.get("valid")
             callback.on_start(RunInfo(
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
@@ -545,6 +548,18 @@ class _Epochs:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
             folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+
+
+def _resumed_threads(choice: ThreadChoice, state: TrainState) -> ThreadChoice:
+    """A resumed run keeps the thread count it was saved with unless one is given (--threads,
+    train.threads, the environment): the default follows the machine's load, and another count
+    rounds some sums differently, so the run would not end with the uninterrupted run's
+    weights."""
+    if choice.source != "cores" or not state.threads or state.threads == choice.count:
+        return choice
+    kept = dataclasses.replace(choice, count=state.threads, source="the run's own")
+    apply_threads(kept)
+    return kept
 
 
 def validation_subset(data: ProcessedData, docs: int | None, seed: int) -> ProcessedData:
