@@ -19,14 +19,18 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from references import naive_ipot
 
 from xmtc_cli.labelspace import EMPTY, NUM_SPECIALS
 from xmtc_cli.losses import CrossEntropyLoss, MatchingLoss, assign, cosine_cost, ipot
@@ -77,24 +81,12 @@ def per_sample_assign(p: torch.Tensor, gold: torch.Tensor, scheme: str) -> torch
     return targets.to(p.device)
 
 
-def numpy_ipot(cost: np.ndarray, beta: float = 1.0, iters: int = 50) -> np.ndarray:
-    """The published `ipot_WD`: IPOT on one document's [N, n] cost, in NumPy."""
-    steps, n = cost.shape
-    kernel, plan, b = np.exp(-cost / beta), np.ones((steps, n)), np.ones(n) / n
-    for _ in range(iters):
-        q = kernel * plan
-        a = 1 / (steps * (q @ b))
-        b = 1 / (n * (q.T @ a))
-        plan = a[:, None] * q * b[None, :]
-    return plan
-
-
 def per_sample_plans(cost: torch.Tensor, gold: torch.Tensor) -> list[torch.Tensor]:
     """NumPy IPOT per document on its real columns, each plan copied back to the device."""
     plans = []
     for b in range(cost.size(0)):
         n = int((gold[b] >= 0).sum())
-        plan = numpy_ipot(cost[b, :, :n].detach().cpu().numpy())
+        plan = naive_ipot(cost[b, :, :n].detach().cpu().numpy())
         plans.append(torch.tensor(plan, device=cost.device, dtype=torch.float))
     return plans
 
@@ -111,7 +103,7 @@ def per_sample_loss(logits, gold, table, scheme, empty_weight=0.2, ot_weight=8.0
     for b in range(p.size(0)):
         labels = gold[b, : int((gold[b] >= 0).sum())]
         cost = cosine_cost(expected[b][None], table[labels][None].detach())[0]  # (N, n)
-        plan = torch.tensor(numpy_ipot(cost.detach().cpu().numpy()), device=p.device,
+        plan = torch.tensor(naive_ipot(cost.detach().cpu().numpy()), device=p.device,
                             dtype=torch.float)
         ot = ot + (cost * plan).sum()
     return loss + ot_weight * ot / p.size(0)

@@ -48,31 +48,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+from references import TINY_RECIPE  # noqa: E402 (the tests' tiny recipe)
 
 GIB = 1 << 30
 FEATURE_WIDTH = 6  # D of the side-features fixtures
 HINT = "hint:"
 MEMORY_WORDS = ("MemoryError", "can't allocate memory", "not enough memory", "out of memory",
                 "bad_alloc", "Cannot allocate memory")
-
-TINY_RECIPE = """\
-name: tiny
-data:
-  dir: {data}
-  max_src_tokens: 40
-model:
-  hidden_size: 16
-  encoder_layers: 1
-  light_conv: true
-  conv_kernels: [3, 3]
-loss:
-  ot_weight: 1
-train:
-  epochs: {epochs}
-  batch_size: 16
-  lr: 1.0e-2
-"""
-
 
 # --- what a case is ----------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ way to run `xmtc` in-process and read what it printed."""
 from __future__ import annotations
 
 import contextlib
+import gzip
 import io
 import os
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from references import TINY_RECIPE
 
 from xmtc_cli.cli import main
 from xmtc_cli.threads import THREADS_ENV
@@ -21,26 +23,6 @@ from xmtc_cli.threads import THREADS_ENV
 # tensors a second thread only adds overhead, so they get one unless a test says otherwise.
 os.environ.setdefault(THREADS_ENV, "1")
 from xmtc_cli.data.synthetic import write_demo_corpus
-
-# Small enough that an epoch over the 180 training documents takes a fraction of a second, large
-# enough that the model predicts non-empty, partly right label sets after three epochs.
-TINY_RECIPE = """\
-name: tiny
-data:
-  dir: {data}
-  max_src_tokens: 40
-model:
-  hidden_size: 16
-  encoder_layers: 1
-  light_conv: true
-  conv_kernels: [3, 3]
-loss:
-  ot_weight: 1
-train:
-  epochs: {epochs}
-  batch_size: 16
-  lr: 1.0e-2
-"""
 
 
 def write_recipe(path: Path, data: Path, epochs: int = 3) -> Path:
@@ -131,3 +113,30 @@ def tiny_run(tiny_data, tmp_path_factory) -> TinyRun:
         result = run_cli("train", recipe, "--out", root / "run", "--device", "cpu")
     assert result.code == 0, result.err
     return TinyRun(recipe=recipe, run=root / "run")
+
+
+# A small word-vector file (test_glove.py reads it; test_embeddings.py builds tables from it).
+VECTORS = """\
+the 0.1 0.2 0.3
+cat 1 0 0
+dog 0 1 0
+. . . 0.5 0.5 0.5
+at name@domain.com 0.1 0.1 0.1
+bad x 0.2 0.3
+Paris 0 0 1
+paris 0 0 -1
+cat 9 9 9
+space 2 0 0
+travel 0 2 0
+"""
+
+
+@pytest.fixture(params=["txt", "gz"])
+def vector_file(request, tmp_path):
+    if request.param == "gz":
+        path = tmp_path / "vectors.txt.gz"
+        path.write_bytes(gzip.compress(VECTORS.encode()))
+    else:
+        path = tmp_path / "vectors.txt"
+        path.write_text(VECTORS)
+    return path

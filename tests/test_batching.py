@@ -6,14 +6,15 @@ import numpy as np
 import torch
 
 from xmtc_cli.data.batching import GOLD_PAD, Batcher, frequency_rank, pad_sources
-from xmtc_cli.data.processed import Split
+from xmtc_cli.data.processed import Split, flatten, offsets
 from xmtc_cli.labelspace import NUM_SPECIALS
 
 
 def _split():
     docs = [[5, 6, 7, 8], [], [9, 10]]
     labels = [[2, 0, 2, 1], [1], [7]]  # label 7 is beyond num_labels=4: never trained on
-    return Split.from_lists(docs, labels)
+    return Split(token_ids=flatten(docs), token_offsets=offsets([len(d) for d in docs]),
+                 label_ids=flatten(labels), label_offsets=offsets([len(x) for x in labels]))
 
 
 def test_pad_sources_cuts_and_pads():

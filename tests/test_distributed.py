@@ -35,7 +35,7 @@ from xmtc_cli.checkpoint import read_meta
 from xmtc_cli.cli.train import _without_launch_options
 from xmtc_cli.config import load_recipe, method_overrides
 from xmtc_cli.data.batching import Batcher
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split

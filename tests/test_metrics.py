@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
+from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.errors import DataError
-from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.metrics import (
     METRIC_KEYS,
     PS_METRIC_KEYS,

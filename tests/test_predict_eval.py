@@ -18,7 +18,7 @@ from conftest import run_cli, threads
 from xmtc_cli.checkpoint import load_checkpoint, read_meta, save_checkpoint
 from xmtc_cli.config import load_recipe
 from xmtc_cli.data.processed import load_processed
-from xmtc_cli.labelfiles import read_label_file
+from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.labelspace import NUM_SPECIALS
 from xmtc_cli.metrics import METRIC_KEYS, PS_METRIC_KEYS, score_label_sets
 

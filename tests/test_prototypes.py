@@ -13,7 +13,7 @@ from test_training import StopAfter, assert_same_run
 
 from xmtc_cli.config import load_recipe
 from xmtc_cli.data.batching import Batcher
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.labelspace import NUM_SPECIALS
 from xmtc_cli.prototypes import SCALE, init_output_prototypes
 from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe

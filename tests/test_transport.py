@@ -5,23 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from references import naive_ipot
 from scipy.optimize import linprog
 
 from xmtc_cli.losses import cosine_cost, ipot
-
-
-def naive_ipot(cost: np.ndarray, beta: float = 1.0, iters: int = 50) -> np.ndarray:
-    """docs/design.md §3.2 on one document's [N, n] block, in float64, loop for loop."""
-    steps, n = cost.shape
-    kernel = np.exp(-cost / beta)
-    plan = np.ones((steps, n))
-    b = np.ones(n) / n
-    for _ in range(iters):
-        q = kernel * plan
-        a = 1 / (steps * (q @ b))
-        b = 1 / (n * (q.T @ a))
-        plan = a[:, None] * q * b[None, :]
-    return plan
 
 
 def exact_ot(cost: np.ndarray) -> float:

@@ -115,11 +115,6 @@ def _umask_modes(folder: Path) -> None:
             os.chmod(os.path.join(root, name), 0o666 & ~mask)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_file(path, "wb") as handle:
-        handle.write(data)
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     with atomic_file(path, "w", encoding="utf-8") as handle:
         handle.write(text)

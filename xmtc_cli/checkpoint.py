@@ -38,10 +38,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.config import MAX_INT, MAX_STEPS, recipe_from_dict
+from xmtc_cli.config import MAX_STEPS, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
-from xmtc_cli.errors import CheckpointError, ConfigError
+from xmtc_cli.errors import CheckpointError, ConfigError, cut
+from xmtc_cli.model import ModelSizes, build_model, on_meta_device
+from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
 
 CHECKPOINT_FORMAT = 1
@@ -147,10 +149,10 @@ def _parse_meta(path: str | Path, metadata: Any) -> CheckpointMeta:
         fields = {name: json.loads(metadata[name]) for name in _JSON_FIELDS
                   if name in metadata or name not in _OPTIONAL_FIELDS}
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
-        what = "is nested too deeply" if isinstance(exc, RecursionError) else _cut(repr(exc))
+        what = "is nested too deeply" if isinstance(exc, RecursionError) else cut(repr(exc))
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {what}", _RETRAIN) from exc
     return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT,
-                          package_version=_cut(str(written_by)))
+                          package_version=cut(str(written_by)))
 
 
 # --- what the metadata may claim --------------------------------------------------------------
@@ -210,12 +212,10 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
 
 
 def _check_sizes(raw: dict[str, Any], refuse) -> Any:
-    from xmtc_cli.model import ModelSizes
-
     fields = {f.name: f for f in dataclasses.fields(ModelSizes)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
-        raise refuse(f"has unknown sizes: {_cut(', '.join(map(str, unknown)))}")
+        raise refuse(f"has unknown sizes: {cut(', '.join(map(str, unknown)))}")
     missing = [name for name, f in fields.items()
                if name not in raw and f.default is dataclasses.MISSING]
     if missing:
@@ -239,13 +239,11 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
 
 def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], refuse) -> None:
     """The header's tensors are those of the model `recipe` and `sizes` build, all float32."""
-    from xmtc_cli.model import build_model, on_meta_device
-
     try:
         with on_meta_device():  # shapes only: nothing is allocated
             model = build_model(recipe.model, recipe.loss, sizes)
     except Exception as exc:  # sizes no model can have (a tensor beyond int64 elements, ...)
-        raise refuse(f"describes a model that cannot be built ({_cut(str(exc), 80)})") from None
+        raise refuse(f"describes a model that cannot be built ({cut(str(exc), 80)})") from None
     expected = {name: (DTYPES[t.dtype], tuple(t.shape))
                 for name, t in model.state_dict().items()}
     missing = [name for name in expected if name not in tensors]
@@ -260,7 +258,7 @@ def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], r
             raise refuse(f"does not hold the model its metadata describes: tensor {name} has "
                          f"shape {list(got_shape)}, the model {list(shape)}")
         if got_dtype != dtype:
-            raise refuse(f"stores tensor {name} as {_cut(got_dtype)}; xmtc checkpoints store "
+            raise refuse(f"stores tensor {name} as {cut(got_dtype)}; xmtc checkpoints store "
                          f"{dtype}")
 
 
@@ -278,7 +276,7 @@ def _tensor_specs(path: str | Path, header: dict[str, Any]) -> dict[str, TensorS
             raise CheckpointError(f"{path} is not a safetensors file", _NOT_SAFETENSORS)
         if math.prod(shape) * size != end - begin:
             raise CheckpointError(
-                f"checkpoint {path} is damaged: tensor {_cut(name)} has shape {_cut(str(shape))} "
+                f"checkpoint {path} is damaged: tensor {cut(name)} has shape {cut(str(shape))} "
                 f"but {end - begin:,} bytes", _RETRAIN)
         specs[name] = (dtype, tuple(shape))
     return specs
@@ -289,19 +287,16 @@ _ITEM_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16
 
 
 def _names(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(_cut(n) for n in names[:limit])
+    shown = ", ".join(cut(n) for n in names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _short_json(value: Any) -> str:
     try:
-        return _cut(json.dumps(value))
+        return cut(json.dumps(value))
     except (TypeError, ValueError, RecursionError):
         return f"<{type(value).__name__}>"
 
-
-def _cut(text: str, limit: int = 40) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _read_header(path: Path) -> dict[str, Any]:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
-import reprlib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from xmtc_cli.errors import ConfigError
+from xmtc_cli.errors import ConfigError, short
+from xmtc_cli.recipefile import build, read_recipe_file
 from xmtc_cli.threads import MAX_THREADS
 
 
@@ -192,17 +189,6 @@ def method_overrides(method: str) -> list[str]:
     return list(METHODS[method])
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
-def run_name(recipe: Recipe, path: str | Path) -> str:
-    """The run's name: the recipe's, else the recipe file's stem made safe as a folder name."""
-    if recipe.name:
-        return recipe.name
-    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(path).stem).lstrip(".-_")[:100]
-    return stem or "run"
-
-
 def scheme_override(scheme: str, overrides: list[str]) -> list[str]:
     """`overrides` plus loss.scheme=SCHEME (the --scheme shorthand); a different
     loss.scheme among them is an error, not silently overridden."""
@@ -214,277 +200,32 @@ def scheme_override(scheme: str, overrides: list[str]) -> list[str]:
     return [*overrides, f"loss.scheme={scheme}"]
 
 
-# --- loading -------------------------------------------------------------------------------
+# --- loading and checks ------------------------------------------------------------------
 
-MAX_RECIPE_BYTES = 1_000_000
-"""A recipe is a few hundred bytes; a larger file is refused before it is parsed."""
-MAX_NESTING = 32
-"""YAML nesting deeper than this is refused (a recipe is two levels deep)."""
 MAX_STEPS = 10_000
 """The most decoding steps N (data.max_labels) a recipe or checkpoint may ask for."""
-MAX_INT = 2**31 - 1
-"""The largest integer any recipe field takes (sizes, counts and steps end up in C ints)."""
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply `KEY=VALUE` overrides, validate, and return it frozen.
-
-    A recipe file is untrusted data: it is read only up to MAX_RECIPE_BYTES, YAML aliases and
-    nesting deeper than MAX_NESTING are refused (so a few hundred bytes cannot expand to
-    gigabytes or exhaust the stack), and no error message quotes more than a short prefix of a
-    value.
-    """
-    path = Path(path)
-    raw = _parse_yaml(_read_recipe_text(path), str(path))
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of sections, found {type(raw).__name__}",
-                          "start from a shipped recipe, e.g. recipes/demo.yaml")
-    return recipe_from_dict(raw, overrides or [], source=str(path))
-
-
-def _read_recipe_text(path: Path) -> str:
-    example = "pass a YAML recipe, e.g. recipes/demo.yaml (see `ls recipes/`)"
-    try:  # pathlib's checks raise for a name too long, a permission on the way, ...
-        if path.is_dir():
-            raise ConfigError(f"recipe {path} is a folder, not a file", example)
-        if not path.exists():
-            problem = "is a broken link" if path.is_symlink() else "does not exist"
-            raise ConfigError(f"recipe {path} {problem}", example)
-        if not path.is_file():
-            raise ConfigError(f"recipe {path} is not a regular file", example)
-        with open(path, "rb") as f:
-            data = f.read(MAX_RECIPE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"recipe {path} cannot be read: {exc.strerror or exc}",
-                          "check the path and the file's permissions") from exc
-    if len(data) > MAX_RECIPE_BYTES:
-        raise ConfigError(f"recipe {path} is larger than {MAX_RECIPE_BYTES:,} bytes",
-                          "a recipe is a short YAML file; check that this is the right file")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start + 1})",
-                          "save the recipe as UTF-8") from exc
-
-
-class _Refused(yaml.YAMLError):
-    """A YAML construct that recipes do not accept, at a place in the text."""
-
-    def __init__(self, problem: str, mark: Any):
-        super().__init__(problem)
-        self.problem, self.problem_mark = problem, mark
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """SafeLoader without aliases and with bounded nesting.
-
-    An alias (`*name`) is refused where it is read: nested aliases are how a few hundred bytes
-    of YAML expand to billions of values ("billion laughs"), and recipes never need them. The
-    composer recurses once per level, so deep nesting is refused long before the stack ends.
-    """
-
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self.check_event(yaml.AliasEvent):
-            raise _Refused("YAML aliases (*name) are not allowed in recipes",
-                           self.peek_event().start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_NESTING:
-                raise _Refused(f"nested deeper than {MAX_NESTING} levels",
-                               self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _parse_yaml(text: str, where: str, lines: bool = True) -> Any:
-    """`text` as plain data; ConfigError naming `where` (and the line, with `lines`) if it is
-    not a value we accept."""
-    loader = None
-    try:
-        loader = _RecipeLoader(text)  # reads (and checks) the first characters already
-        return loader.get_single_data()
-    except _Refused as exc:
-        line = f":{exc.problem_mark.line + 1}" if lines and exc.problem_mark else ""
-        raise ConfigError(f"{where}{line}: {exc.problem}",
-                          "write the values out: recipes take no anchors, aliases or deep "
-                          "nesting") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if lines and mark else ""
-        problem = (getattr(exc, "problem", None) or getattr(exc, "reason", None)
-                   or type(exc).__name__)
-        raise ConfigError(f"{where}{line}: not valid YAML ({_cut(str(problem))})",
-                          "check the YAML syntax" + (" at that line" if line else "")) from None
-    except (ValueError, OverflowError, RecursionError) as exc:  # e.g. a 5000-digit integer
-        raise ConfigError(f"{where}: a value cannot be read ({_cut(str(exc), 80)})",
-                          "check the numbers in it") from None
-    finally:
-        if loader is not None:
-            loader.dispose()
+    """Read a YAML recipe, apply `KEY=VALUE` overrides, validate, and return it frozen
+    (the file is read as untrusted data: `xmtc_cli.recipefile`)."""
+    return recipe_from_dict(read_recipe_file(path), overrides or [], source=str(path))
 
 
 def recipe_from_dict(raw: dict, overrides: list[str] = (), source: str = "recipe") -> Recipe:
     """Build a Recipe from nested plain data plus overrides; list every problem at once."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: a recipe is a mapping of sections, found "
-                          f"{type(raw).__name__}", "pass a recipe written by xmtc")
-    raw = _deep_copy(raw, source)
-    problems: list[str] = []
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            problems.append(f"override {_short(item)} is not KEY=VALUE (e.g. train.epochs=3)")
-            continue
-        node = raw
-        *parents, leaf = key.strip().split(".")
-        for depth, part in enumerate(parents):
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                section = ".".join(parents[: depth + 1])
-                problems.append(f"override {_short(item)}: {_cut(section)} is not a section")
-                break
-            node = child
-        else:
-            try:
-                node[leaf] = (_parse_yaml(text, f"override {_short(item)}", lines=False)
-                              if text.strip() else None)
-            except ConfigError as exc:
-                problems.append(exc.message)
-    recipe = _build(Recipe, raw, "", problems)
-    if not problems:
-        problems.extend(_check(recipe))
-    if problems:
-        lines = "\n  ".join(problems)
-        raise ConfigError(
-            f"{source}: {len(problems)} problem{'s' if len(problems) > 1 else ''}:\n  {lines}",
-            "fix the recipe or the override; `xmtc train RECIPE --dry-run` shows the result",
-        )
-    return recipe
+    return build(Recipe, raw, overrides, source, _check)
 
 
-def _deep_copy(value: Any, source: str, depth: int = 0) -> Any:
-    if isinstance(value, dict):
-        if depth >= MAX_NESTING:
-            raise ConfigError(f"{source}: nested deeper than {MAX_NESTING} levels",
-                              "a recipe has four sections of plain values")
-        return {k: _deep_copy(v, source, depth + 1) for k, v in value.items()}
-    return value
-
-
-def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
-    if not isinstance(raw, dict):
-        problems.append(f"{prefix.rstrip('.') or 'recipe'} must be a mapping")
-        return cls()
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        name = key if isinstance(key, str) else _short(key)
-        if name not in fields:
-            close = difflib.get_close_matches(name[:100], fields, n=1)
-            tip = f" (did you mean {prefix}{close[0]}?)" if close else ""
-            known = ", ".join(prefix + f for f in fields)
-            problems.append(f"unknown key {prefix}{_cut(name)}{tip}; known here: {known}")
-            continue
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            section = value if value is not None else {}
-            kwargs[name] = _build(hint, section, f"{prefix}{name}.", problems)
-        else:
-            ok, converted = _coerce(value, hint)
-            if not ok:
-                problems.append(f"{prefix}{name}: {_short(value)} is not {_describe(hint)}")
-            elif not _finite(converted):
-                problems.append(f"{prefix}{name}: {_short(converted)} is not a finite number")
-            elif _too_large(converted):
-                problems.append(f"{prefix}{name}: {_short(value)} is larger than {MAX_INT}")
-            elif isinstance(converted, str) and "\0" in converted:
-                problems.append(f"{prefix}{name}: {_short(value)} contains a NUL character")
-            else:
-                kwargs[name] = converted
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            ok, out = _coerce(value, arg)
-            if ok:
-                return True, out
-        return False, None
-    if hint is type(None):
-        return value is None, None
-    if origin is Literal:
-        return (value in args), value
-    if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(_coerce(v, args[0])[0] for v in value):
-            return True, tuple(_coerce(v, args[0])[1] for v in value)
-        return False, None
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        return (isinstance(value, int) and not isinstance(value, bool)), value
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string
-            try:
-                return True, float(value)
-            except ValueError:
-                return False, None
-        return False, None
-    if hint is str:
-        return isinstance(value, str), value
-    return False, None
-
-
-def _finite(value: Any) -> bool:
-    """False for NaN and infinities (which every range check lets through: nan <= 0 is False)."""
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, tuple):
-        return all(_finite(v) for v in value)
-    return True
-
-
-def _too_large(value: Any) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return abs(value) > MAX_INT
-    if isinstance(value, tuple):
-        return any(_too_large(v) for v in value)
-    return False
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in args)
-    if hint is type(None):
-        return "null"
-    if origin is Literal:
-        return "one of " + " | ".join(str(a) for a in args)
-    if origin is tuple:
-        return f"a list of {_describe(args[0])}"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
-        hint, str(hint)
-    )
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+"""What `name` may be: it names the run folder."""
 
 
 def _check(r: Recipe) -> list[str]:
     """Cross-field and range checks, beyond types."""
     p = []
     if r.name and not _NAME.fullmatch(r.name):
-        p.append(f"name {_short(r.name)} must be 1-100 letters, digits, '.', '_' or '-', "
+        p.append(f"name {short(r.name)} must be 1-100 letters, digits, '.', '_' or '-', "
                  "starting with a letter or digit (it names the run folder)")
     if not r.data.dir:
         p.append("data.dir is required: the folder written by `xmtc preprocess` (or builtin:demo)")
@@ -507,30 +248,30 @@ def _check(r: Recipe) -> list[str]:
         "train.valid_docs": r.train.valid_docs,
         "train.shortlist": r.train.shortlist,
     }
-    p += [f"{k} must be a positive integer, not {_short(v)}" for k, v in positive.items()
+    p += [f"{k} must be a positive integer, not {short(v)}" for k, v in positive.items()
           if v is not None and v < 1]
     if r.data.max_labels is not None and r.data.max_labels > MAX_STEPS:
         p.append(f"data.max_labels must be at most {MAX_STEPS:,} (the decoding steps N), "
-                 f"not {_short(r.data.max_labels)}")
+                 f"not {short(r.data.max_labels)}")
     if r.train.threads is not None and r.train.threads > MAX_THREADS:
-        p.append(f"train.threads must be at most {MAX_THREADS}, not {_short(r.train.threads)}")
+        p.append(f"train.threads must be at most {MAX_THREADS}, not {short(r.train.threads)}")
     if r.train.seed < 0:
-        p.append(f"train.seed must be >= 0, not {_short(r.train.seed)}")
+        p.append(f"train.seed must be >= 0, not {short(r.train.seed)}")
     if not 0 <= r.model.dropout < 1:
-        p.append(f"model.dropout must be in [0, 1), not {_short(r.model.dropout)}")
+        p.append(f"model.dropout must be in [0, 1), not {short(r.model.dropout)}")
     if not r.model.conv_kernels or any(k < 1 for k in r.model.conv_kernels):
         p.append("model.conv_kernels must be a non-empty list of positive integers")
     for key, value in (("loss.empty_weight", r.loss.empty_weight),
                        ("loss.ot_weight", r.loss.ot_weight), ("train.min_lr", r.train.min_lr),
                        ("train.weight_decay", r.train.weight_decay)):
         if value < 0:
-            p.append(f"{key} must be >= 0, not {_short(value)}")
+            p.append(f"{key} must be >= 0, not {short(value)}")
     for key, value in (("loss.ot_beta", r.loss.ot_beta), ("train.lr", r.train.lr),
                        ("train.grad_clip", r.train.grad_clip),
                        ("model.global_embedding_tau", r.model.global_embedding_tau),
                        ("train.log_every", r.train.log_every)):
         if value <= 0:
-            p.append(f"{key} must be > 0, not {_short(value)}")
+            p.append(f"{key} must be > 0, not {short(value)}")
     if r.train.shortlist is not None and r.model.global_embedding:
         p.append("train.shortlist does not apply to model.global_embedding (SGM's gate reads "
                  "every label's logit): set one of them off")
@@ -538,36 +279,3 @@ def _check(r: Recipe) -> list[str]:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")
     return p
-
-
-class _ShortRepr(reprlib.Repr):
-    """reprlib's bounded repr, also for integers too long to print (Python refuses to turn one
-    of more than 4300 digits into text)."""
-
-    def repr_int(self, x: int, level: int) -> str:
-        if x.bit_length() > 128:
-            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
-        return super().repr_int(x, level)
-
-
-_REPR = _ShortRepr()
-_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 4, 4, 3
-_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
-
-
-def _short(value: Any, limit: int = 40) -> str:
-    """repr of `value`, cut to `limit` characters: error messages never echo a huge value.
-
-    Bounded in time and memory too: reprlib looks at a few items of a container and a few
-    levels of nesting, never at the whole of an expanded YAML alias bomb.
-    """
-    try:
-        text = _REPR.repr(value)
-    except Exception:  # a value whose repr fails is named by its type
-        text = f"<{type(value).__name__}>"
-    return _cut(text, limit)
-
-
-def _cut(text: str, limit: int = 40) -> str:
-    """`text` cut to `limit` characters."""
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -240,6 +240,8 @@ def wrap(model: torch.nn.Module, group: Group, device: torch.device,
         gradient_as_bucket_view=True,
     )
     if bf16_grads:
+        # Imported on the one path that uses it: importing this module never depends on
+        # torch's DDP communication-hook package.
         from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import (
             bf16_compress_hook,
         )

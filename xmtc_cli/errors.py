@@ -6,7 +6,10 @@ Core code raises these; only the CLI boundary (`xmtc_cli.cli.main`) turns them i
 
 from __future__ import annotations
 
+import math
+import reprlib
 from pathlib import Path
+from typing import Any
 
 
 class XmtcError(Exception):
@@ -40,3 +43,36 @@ class CheckpointError(XmtcError):
 def at(path: str | Path, line: int | None = None) -> str:
     """Format a location as `path:line` (1-based line) for error messages."""
     return f"{path}:{line}" if line is not None else str(path)
+
+
+class _ShortRepr(reprlib.Repr):
+    """reprlib's bounded repr, also for integers too long to print (Python refuses to turn one
+    of more than 4300 digits into text)."""
+
+    def repr_int(self, x: int, level: int) -> str:
+        if x.bit_length() > 128:
+            return f"<an integer of about {int(x.bit_length() * math.log10(2)) + 1} digits>"
+        return super().repr_int(x, level)
+
+
+_REPR = _ShortRepr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 4, 4, 3
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
+def short(value: Any, limit: int = 40) -> str:
+    """repr of `value`, cut to `limit` characters: error messages never echo a huge value.
+
+    Bounded in time and memory too: reprlib looks at a few items of a container and a few
+    levels of nesting, never at the whole of an expanded YAML alias bomb.
+    """
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # a value whose repr fails is named by its type
+        text = f"<{type(value).__name__}>"
+    return cut(text, limit)
+
+
+def cut(text: str, limit: int = 40) -> str:
+    """`text` cut to `limit` characters."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -12,10 +12,11 @@ import numpy as np
 import torch
 
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import UNK_ID, ProcessedData, load_processed
+from xmtc_cli.data.processed import ProcessedData, load_processed
+from xmtc_cli.data.readers import read_label_file
+from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
-from xmtc_cli.labelfiles import read_label_file
 from xmtc_cli.metrics import (
     InversePropensities,
     inverse_propensities,

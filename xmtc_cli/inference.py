@@ -13,8 +13,9 @@ from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
 from xmtc_cli.config import recipe_from_dict
 from xmtc_cli.data.batching import feature_rows, pad_sources
 from xmtc_cli.data.features import checked_rows, open_features
-from xmtc_cli.data.processed import UNK_ID, Split
+from xmtc_cli.data.processed import Split
 from xmtc_cli.data.tokenize import tokenizer_from_settings
+from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS

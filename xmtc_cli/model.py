@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.overrides import TorchFunctionMode
 
 from xmtc_cli.config import LossConfig, ModelConfig
-from xmtc_cli.data.processed import PAD_ID
+from xmtc_cli.data.vocab import PAD_ID
 from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
 
 

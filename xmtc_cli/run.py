@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from xmtc_cli.atomic import atomic_file, atomic_write_text
-from xmtc_cli.config import Recipe
+from xmtc_cli.config import Recipe, load_recipe, recipe_from_dict
 from xmtc_cli.errors import ConfigError, XmtcError
 from xmtc_cli.fileerrors import file_error
 from xmtc_cli.tensorfile import write_safetensors
@@ -179,8 +180,6 @@ class RunFolder:
         return mark == launch and (path / RECIPE_FILE).is_file()
 
     def _check_recipe(self, recipe: Recipe) -> None:
-        from xmtc_cli.config import load_recipe, recipe_from_dict
-
         saved = _recipe_of(self.path / STATE_FILE) if self.has_state else None
         if saved is None:  # killed before the first save: recipe.yaml says what it was
             saved = load_recipe(self.path / RECIPE_FILE).to_dict()
@@ -378,3 +377,11 @@ def _diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
         elif x != y:
             out.append(f"{prefix}{key}")
     return out
+
+
+def run_name(recipe: Recipe, path: str | Path) -> str:
+    """The run's name: the recipe's, else the recipe file's stem made safe as a folder name."""
+    if recipe.name:
+        return recipe.name
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", Path(path).stem).lstrip(".-_")[:100]
+    return stem or "run"

@@ -17,6 +17,7 @@ and reports (xmtc_cli.distributed). One process takes exactly the code path it a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -31,7 +32,8 @@ from xmtc_cli import distributed
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import Recipe, TrainConfig
 from xmtc_cli.data.batching import Batch, Batcher, frequency_rank
-from xmtc_cli.data.processed import ProcessedData, data_fingerprint, load_data
+from xmtc_cli.data.builtin import load_data
+from xmtc_cli.data.processed import ProcessedData, data_fingerprint
 from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
@@ -300,7 +302,7 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     _check_agreement(recipe, data, group)
     epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
                            threads)
-    try:
+    with epochs.folder or contextlib.nullcontext():
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
             if epochs.out_of_steps:
@@ -311,9 +313,6 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
                          last_checkpoint=run_dir / LAST_FILE, best_epoch=state.best_epoch,
                          best_valid=state.best_valid, epochs=reports)
-    finally:
-        if epochs.folder is not None:
-            epochs.folder.close()
 
 
 def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
@@ -352,6 +351,7 @@ class _Epochs:
     folder: RunFolder | None  # open on rank 0 alone
     state: TrainState
     callback: Callback
+    steps_per_epoch: int  # batches (optimiser steps) in one epoch
     reference_loss: float | None = None  # this process's first step's loss: what growth means
 
     @property
@@ -369,13 +369,15 @@ class _Epochs:
                 if recipe.data.label_order == "frequency" else None)
         batcher = Batcher(data.splits["train"], recipe.data.max_src_tokens,
                           recipe.data.max_labels, data.num_labels, rank)
-        total = batcher.num_batches(recipe.train.batch_size) * recipe.train.epochs
-        trainer = Trainer.build(recipe, sizes, device, total, data.token_embeddings,
-                                data.label_embeddings, group)
+        steps_per_epoch = batcher.num_batches(recipe.train.batch_size)
+        trainer = Trainer.build(recipe, sizes, device, steps_per_epoch * recipe.train.epochs,
+                                data.token_embeddings, data.label_embeddings, group)
+        # The folder (and its lock) is closed here if starting fails, and otherwise stays open
+        # for the run: `fit` closes it.
+        with contextlib.ExitStack() as on_failure:
 
-        def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
-            folder = _open_folder(run_dir, recipe, resume, command)
-            try:
+            def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
+                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command))
                 fingerprint = data_fingerprint(data)
                 state, rng = TrainState(data=fingerprint), None
                 if folder.has_state:
@@ -388,13 +390,9 @@ class _Epochs:
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
                                            device)
                 folder.truncate_metrics(state.epoch)
-            except BaseException:
-                folder.close()
-                raise
-            return folder, state, rng
+                return folder, state, rng
 
-        folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
-        try:
+            folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
             if group.active:
                 state, rng = distributed.sync_start(trainer.model, trainer.optimizer, state, rng,
                                                     group)
@@ -407,19 +405,16 @@ class _Epochs:
             callback.on_start(RunInfo(
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
                 start_epoch=state.epoch + 1, start_batch=state.batches_done,
-                steps_per_epoch=batcher.num_batches(recipe.train.batch_size),
-                train_docs=len(batcher.split),
+                steps_per_epoch=steps_per_epoch, train_docs=len(batcher.split),
                 valid_docs=(min(len(valid), recipe.train.valid_docs or len(valid))
                             if valid is not None else 0),
                 parameters=sum(p.numel() for p in trainer.model.parameters()),
                 log_every=recipe.train.log_every,
                 threads=threads.describe() if threads is not None else "",
             ))
-        except BaseException:
-            if folder is not None:
-                folder.close()
-            raise
-        return cls(recipe, data, sizes, trainer, batcher, folder, state, callback)
+            on_failure.pop_all()
+        return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
+                   steps_per_epoch)
 
     @property
     def out_of_steps(self) -> bool:
@@ -433,7 +428,7 @@ class _Epochs:
         first = self.state.batches_done
         loss_sum, parts_sum = self._train(epoch)
         done = self.state.batches_done
-        complete = done == self.batcher.num_batches(self.recipe.train.batch_size)
+        complete = done == self.steps_per_epoch
         train_seconds = time.perf_counter() - start
         loss = loss_sum.item() / done
         _check_finite(loss, epoch, self.trainer.model, self.group, self.reference_loss)
@@ -458,7 +453,7 @@ class _Epochs:
         loss_sum = torch.tensor(state.loss_sum, dtype=torch.float32, device=device)
         parts_sum = {k: torch.tensor(v, dtype=torch.float32, device=device)
                      for k, v in state.parts_sum.items()}
-        steps = self.batcher.num_batches(train.batch_size)
+        steps = self.steps_per_epoch
         batches = self.batcher.epoch(train.batch_size, seed=_epoch_seed(train, epoch),
                                      start=state.batches_done)
         for i, batch in enumerate(batches, start=state.batches_done):

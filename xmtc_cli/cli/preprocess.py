@@ -24,7 +24,7 @@ _DEFAULTS = PreprocessOptions()
 
 
 class LabelEmbeddings(str, Enum):
-    """The `--label-embeddings` choices (`xmtc_cli.data.preprocess._label_table`)."""
+    """The `--label-embeddings` choices (`xmtc_cli.data.embeddings.label_table`)."""
 
     names = "names"
     centroid = "centroid"
@@ -32,7 +32,7 @@ class LabelEmbeddings(str, Enum):
 
 
 class CentroidWeighting(str, Enum):
-    """The `--centroid-weighting` choices (`xmtc_cli.data.glove.label_centroids`)."""
+    """The `--centroid-weighting` choices (`xmtc_cli.data.embeddings.label_centroids`)."""
 
     uniform = "uniform"
     tfidf = "tfidf"

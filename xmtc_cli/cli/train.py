@@ -13,7 +13,7 @@ import typer
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.options import Device, ThreadsOption
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
-from xmtc_cli.config import METHODS, load_recipe, method_overrides, run_name, scheme_override
+from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override
 from xmtc_cli.errors import UsageError, XmtcError
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
@@ -70,8 +70,9 @@ def train(
     if nproc > 1 or max_restarts > 0:
         _launch(nproc, max_restarts, argv or ["train", str(recipe)])
         return
+    # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
-    from xmtc_cli.run import default_run_dir
+    from xmtc_cli.run import default_run_dir, run_name
     from xmtc_cli.training import fit
 
     launch = distributed.launch_id() if distributed.restart_count() > 0 else None
@@ -106,6 +107,7 @@ def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
         raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
                          "already started",
                          "drop them: torchrun's own --nproc-per-node and --max-restarts apply")
+    # torch only now, as in `train`: the launcher is needed on this path alone.
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 

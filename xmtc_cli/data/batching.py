@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from xmtc_cli.data.processed import PAD_ID, Split
+from xmtc_cli.data.processed import Split
+from xmtc_cli.data.vocab import PAD_ID
 from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
 
 

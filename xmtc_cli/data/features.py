@@ -14,9 +14,11 @@ so that `xmtc predict` holds one batch's rows at a time.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import load_file
 
 from xmtc_cli.errors import DataError
 from xmtc_cli.fileerrors import file_error
@@ -34,6 +36,35 @@ def features_file(folder: Path, split: str) -> Path | None:
         raise DataError(f"{folder} has both {found[0].name} and {found[1].name}",
                         "keep one features file per split")
     return found[0] if found else None
+
+
+def corpus_feature_files(folder: Path, texts: Collection[str]) -> dict[str, Path]:
+    """split -> its side-features file in the corpus `folder`, for every split with texts
+    (`texts`: the splits preprocess reads), or {} without any; refused before anything is read
+    unless every such split has one."""
+    splits = [split for split in ("train", "valid", "test") if split in texts]
+    found = {split: features_file(folder, split) for split in splits}
+    found = {split: path for split, path in found.items() if path is not None}
+    stray = features_file(folder, "valid") if "valid" not in texts else None
+    if stray is not None:
+        raise DataError(
+            f"{stray} gives features of a validation split, but {folder} has no "
+            "validation texts: validation is held out of the training file",
+            f"remove {stray.name}; the held-out documents take their rows of the training "
+            "split's features",
+        )
+    if not found:
+        return {}
+    missing = [split for split in splits if split not in found]
+    if missing:
+        have, lack = next(iter(found)), missing[0]
+        wanted = folder / f"{lack}_features.npy"
+        raise DataError(
+            f"{found[have]} gives side features, but {wanted} (or .safetensors) is missing",
+            f"give every split ({', '.join(splits)}) a {{split}}_features file of one row per "
+            "document, or remove them all",
+        )
+    return found
 
 
 def read_features(path: str | Path, documents: int | None = None,
@@ -97,8 +128,6 @@ def checked_rows(array: np.ndarray, path: str | Path, start: int = 0,
 def _load(path: Path) -> np.ndarray:
     try:
         if path.suffix == ".safetensors":
-            from safetensors.numpy import load_file
-
             tensors = load_file(str(path))
             if set(tensors) != {"features"}:
                 raise DataError(f"{path} holds {sorted(tensors)[:3]}, not one tensor named "

@@ -17,9 +17,10 @@ Choices (see also docs/design.md §5, §9):
 - Label ids: training labels by descending number of training documents, ties in order of first
   appearance; then labels seen only in the gold sets of the validation or test split (in order
   of appearance), which the model can never predict and which count as misses.
-- Label embeddings (`--label-embeddings`, `_label_table`): `names`, the mean vector of a name's
-  words (the paper); `centroid`, from the training documents that carry the label; or both.
-  Where names mean nothing (Amazon-670K) and no centroids are asked for, no table is stored.
+- Label embeddings (`--label-embeddings`, `embeddings.label_table`): `names`, the mean vector
+  of a name's words (the paper); `centroid`, from the training documents that carry the label;
+  or both. Where names mean nothing (Amazon-670K) and no centroids are asked for, no table is
+  stored.
 - The output folder is replaced whole, so only a folder provably written by xmtc is replaced,
   and never the raw corpus (`_check_out`); input files are never touched.
 - Side features (`{split}_features.npy`/`.safetensors`, beyond the paper, docs/design.md §2):
@@ -52,10 +53,14 @@ from xmtc_cli.data.catalog import (
     find_dataset,
     unknown_dataset,
 )
-from xmtc_cli.data.features import features_file, read_features
+from xmtc_cli.data.embeddings import (
+    LabelEmbeddingStats,
+    label_table,
+    name_words,
+    token_table,
+)
+from xmtc_cli.data.features import corpus_feature_files, read_features
 from xmtc_cli.data.processed import (
-    PAD_ID,
-    UNK_ID,
     ProcessedData,
     Split,
     flatten,
@@ -70,7 +75,6 @@ from xmtc_cli.data.readers import (
     file_sha256,
     iter_lines,
     locate,
-    quote,
     read_label_ids,
     read_label_names,
     read_labels,
@@ -78,14 +82,14 @@ from xmtc_cli.data.readers import (
 from xmtc_cli.data.tokenize import TokenizerKind, tokenizer_from_settings
 from xmtc_cli.data.vocab import (
     NUM_SPECIAL_TOKENS,
+    UNK_ID,
     FirstSeen,
     Vocabulary,
     label_vocabulary,
     word_vocabulary,
 )
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, short
 
-RANDOM_LABEL_DIM = 100  # label embeddings without word vectors
 LabelEmbeddingKind = Literal["names", "centroid", "names+centroid"]
 LABEL_EMBEDDING_KINDS: tuple[str, ...] = ("names", "centroid", "names+centroid")
 
@@ -116,7 +120,7 @@ class PreprocessOptions:
     label_embeddings: LabelEmbeddingKind = "names"
     """`names`: the mean vector of the words of a label's name (the paper); `centroid`: the
     normalised mean of its training documents' representations; `names+centroid`: the
-    normalised sum of both, each normalised (see `_label_table`)."""
+    normalised sum of both, each normalised (see `embeddings.label_table`)."""
     centroid_weighting: glove.CentroidWeighting = "uniform"
     """A document's representation for centroids: the `uniform` mean of its words' vectors, or
     their `tfidf`-weighted mean."""
@@ -182,27 +186,6 @@ class Coverage:
     vector_lines: int
     malformed_lines: int
     """GloVe lines skipped as malformed."""
-
-
-@dataclass(frozen=True)
-class LabelEmbeddingStats:
-    """Where the training labels' embeddings came from (counts of labels)."""
-
-    kind: str
-    """The --label-embeddings choice: names, centroid or names+centroid."""
-    dim: int | None
-    """Width of the stored table; None: no table (training draws random embeddings)."""
-    from_names: int
-    """Labels embedded by their name's words."""
-    from_centroids: int
-    """Labels embedded by the centroid of their training documents."""
-    from_both: int
-    """Labels embedded by both (names+centroid)."""
-    random: int
-    """Labels with U(-0.1, 0.1) embeddings: nothing known about them."""
-    centroid_docs: int = 0
-    """Training documents the centroids are means of (a document with several labels counts
-    once per label)."""
 
 
 @dataclass(frozen=True)
@@ -274,7 +257,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
     read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
-    side = _side_feature_files(files)
+    side = corpus_feature_files(files.folder, files.texts)
 
     progress(f"reading {files.texts['train']}")
     training = _read_training(read, files, options.max_vocab)
@@ -292,10 +275,14 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
     num_labels = len(training.labels)
     names = _label_names(files, encoding, checksums, all_labels, warnings)
     vectors = _word_vectors(vectors_path, spec, training.words, names[:num_labels], progress)
-    token_table, words_known = _token_table(training.words, vectors, options.seed)
-    label_table, label_stats = _label_table(
-        options, spec, names[:num_labels], vectors, splits["train"], token_table, words_known,
-        progress,
+    tokens, words_known = token_table(training.words.items, vectors,
+                                      _rng(options.seed, _Stream.TOKEN_ROWS))
+    if vectors is not None and options.label_embeddings != "names":
+        _centroid_progress(options, spec, len(splits["train"]), progress)
+    labels, label_stats = label_table(
+        options.label_embeddings, names[:num_labels], _names_mean_something(spec), vectors,
+        splits["train"], tokens, words_known, options.centroid_weighting,
+        _rng(options.seed, _Stream.LABEL_ROWS),
     )
     coverage = _coverage(training.words, words_known, vectors, label_stats, warnings)
     if vectors is not None:
@@ -324,8 +311,8 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         ),
         num_labels=num_labels,
         splits=splits,
-        label_embeddings=label_table,
-        token_embeddings=token_table,
+        label_embeddings=labels,
+        token_embeddings=tokens,
         manifest={
             "dataset": name,
             "title": spec.title if spec else name,
@@ -450,34 +437,6 @@ class _SplitReader:
             )
         token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
         return _Encoded(token_ids, offsets(lengths), labels)
-
-
-def _side_feature_files(files: CorpusFiles) -> dict[str, Path]:
-    """split -> its side-features file, for every split preprocess reads, or {} without any;
-    refused before anything is read unless every split that is read has one."""
-    splits = [split for split in ("train", "valid", "test") if split in files.texts]
-    found = {split: features_file(files.folder, split) for split in splits}
-    found = {split: path for split, path in found.items() if path is not None}
-    stray = features_file(files.folder, "valid") if "valid" not in files.texts else None
-    if stray is not None:
-        raise DataError(
-            f"{stray} gives features of a validation split, but {files.folder} has no "
-            "validation texts: validation is held out of the training file",
-            f"remove {stray.name}; the held-out documents take their rows of the training "
-            "split's features",
-        )
-    if not found:
-        return {}
-    missing = [split for split in splits if split not in found]
-    if missing:
-        have, lack = next(iter(found)), missing[0]
-        wanted = files.folder / f"{lack}_features.npy"
-        raise DataError(
-            f"{found[have]} gives side features, but {wanted} (or .safetensors) is missing",
-            f"give every split ({', '.join(splits)}) a {{split}}_features file of one row per "
-            "document, or remove them all",
-        )
-    return found
 
 
 def _read_side_features(path: Path, documents: int, width: int | None,
@@ -617,7 +576,7 @@ def _label_names(files: CorpusFiles, encoding: str, checksums: dict[str, str],
             label, line = unused[0]
             warnings.append(
                 f"{path}: {len(unused):,} of its {len(names):,} labels occur in no label file; "
-                f"their names are unused (the first: {quote(label)} on line {line})"
+                f"their names are unused (the first: {short(label)} on line {line})"
             )
     return [names[label][0] if label in names else label for label in labels]
 
@@ -658,83 +617,20 @@ def _word_vectors(path: Path | None, spec: DatasetSpec | None, vocab: Vocabulary
         return None
     wanted = vocab.items[NUM_SPECIAL_TOKENS:]
     if _names_mean_something(spec):
-        wanted += [word for name in label_names for word in glove.name_words(name)]
+        wanted += [word for name in label_names for word in name_words(name)]
     progress(f"reading word vectors from {path}")
     return glove.read_word_vectors(path, wanted)
 
 
-def _token_table(vocab: Vocabulary, vectors: glove.WordVectors | None,
-                 seed: int) -> tuple[np.ndarray | None, np.ndarray]:
-    """(token embeddings, or None without vectors; bool [tokens], the words with a vector)."""
-    if vectors is None:
-        return None, np.zeros(len(vocab), dtype=bool)
-    return glove.token_embeddings(vocab.items, vectors, PAD_ID, _rng(seed, _Stream.TOKEN_ROWS))
-
-
-def _label_table(options: PreprocessOptions, spec: DatasetSpec | None, names: list[str],
-                 vectors: glove.WordVectors | None, train: Split, token_table: np.ndarray | None,
-                 words_known: np.ndarray,
-                 progress: Progress) -> tuple[np.ndarray | None, LabelEmbeddingStats]:
-    """The training labels' embeddings float32 [labels, E_l] (or None), and where they came from.
-
-    `names` (the paper): the mean vector of the name's known words; U(-0.1, 0.1) without one.
-    Without vectors every row is random and 100-d. Where names mean nothing (Amazon-670K) no
-    table is stored: training draws its own random one (`model.label_embedding_size`), and
-    storing ours would only cost disk (268 MB at 670K labels).
-
-    `centroid`: the centred, L2-normalised mean of the representations of the label's
-    documents in the training split (`glove.label_centroids`; the held-out validation part
-    excluded, so validation labels never leak into the model); a label with no such document
-    with a known word falls back to its normalised name vector, else U(-0.1, 0.1) (drawn for
-    those labels only, in label order). `names+centroid`: the normalised sum of the
-    normalised name vector and the centroid, one weight each, as ViXML enriches label
-    embeddings with their documents; a label with only one of the two gets that one. Every
-    row that comes from the vectors has length 1.
-    """
-    kind, labels = options.label_embeddings, len(names)
-    meaningful = _names_mean_something(spec)
-    label_rng = _rng(options.seed, _Stream.LABEL_ROWS)
-    if kind == "names" and not meaningful:
-        return None, LabelEmbeddingStats(kind, None, 0, 0, 0, labels)
-    if vectors is None:  # names only: centroids without vectors were refused up front
-        table = glove.random_embeddings(labels, RANDOM_LABEL_DIM, label_rng)
-        return table, LabelEmbeddingStats(kind, RANDOM_LABEL_DIM, 0, 0, 0, labels)
-    if kind == "names":
-        table, known = glove.label_embeddings(names, vectors, label_rng)
-        return table, LabelEmbeddingStats(kind, vectors.dim, int(known.sum()), 0, 0,
-                                          int(labels - known.sum()))
+def _centroid_progress(options: PreprocessOptions, spec: DatasetSpec | None, documents: int,
+                       progress: Progress) -> None:
+    """Say that label centroids are being built, and where the recipe will not use them."""
     progress(f"label embeddings: {options.centroid_weighting} centroids of "
-             f"{len(train):,} training documents")
-    if not meaningful:
+             f"{documents:,} training documents")
+    if not _names_mean_something(spec):
         progress(f"note: recipes/{spec.name}.yaml sets model.label_embedding_size, which draws "
                  "random label embeddings; train with model.label_embedding_size=null to use "
                  "these centroids (and loss.ot_weight=8 for the OT term)")
-    table, docs = glove.label_centroids(
-        train.token_ids, train.token_offsets, train.label_ids, train.label_offsets,
-        token_table, words_known, labels, options.centroid_weighting,
-    )
-    # The centroid table becomes the result in place: at 670K labels x 300 it is 800 MB, and
-    # every full-size copy would cost as much again.
-    has_centroid = docs > 0
-    both = np.zeros(labels, dtype=bool)
-    only_name = np.zeros(labels, dtype=bool)
-    if meaningful:
-        # Name vectors of the labels that use them: all (names+centroid), or the fallbacks.
-        asked = np.arange(labels) if kind == "names+centroid" else np.flatnonzero(~has_centroid)
-        rows, known = glove.name_means([names[i] for i in asked.tolist()], vectors)
-        rows = glove.unit_rows(rows)
-        with_name = np.zeros(labels, dtype=bool)
-        with_name[asked[known]] = True
-        both = with_name & has_centroid
-        only_name = with_name & ~has_centroid
-        table[both] = glove.unit_rows(rows[both[asked]] + table[both])
-        table[only_name] = rows[only_name[asked]]
-    neither = ~has_centroid & ~only_name
-    table[neither] = glove.random_embeddings(int(neither.sum()), vectors.dim, label_rng)
-    only_centroid = has_centroid & ~both
-    return table, LabelEmbeddingStats(kind, vectors.dim, int(only_name.sum()),
-                                      int(only_centroid.sum()), int(both.sum()),
-                                      int(neither.sum()), int(docs.sum()))
 
 
 def _coverage(vocab: Vocabulary, words_known: np.ndarray, vectors: glove.WordVectors | None,

@@ -46,7 +46,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from xmtc_cli.atomic import atomic_dir
-from xmtc_cli.errors import DataError
+from xmtc_cli.errors import DataError, cut
 
 FORMAT_VERSION = 1
 FORMAT = "xmtc-processed"  # manifest["format"]: marks a folder xmtc wrote (and may replace)
@@ -54,8 +54,6 @@ MANIFEST = "manifest.json"
 SPLIT_NAMES = ("train", "valid", "test")
 # Keys every manifest has carried since format version 1, before the "format" marker existed.
 _MANIFEST_KEYS = frozenset({"format_version", "num_labels", "splits", "tokenizer"})
-PAD_ID, UNK_ID = 0, 1  # source token ids of <pad> and <unk>
-PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 
 
 @dataclass(frozen=True)
@@ -77,18 +75,6 @@ class Split:
 
     def labels(self, i: int) -> np.ndarray:
         return self.label_ids[self.label_offsets[i] : self.label_offsets[i + 1]]
-
-    @classmethod
-    def from_lists(cls, docs: list[list[int]], labels: list[list[int]]) -> Split:
-        """Pack per-document id lists (used by preprocess and by tests)."""
-        if len(docs) != len(labels):
-            raise ValueError(f"{len(docs)} documents but {len(labels)} label lists")
-        return cls(
-            token_ids=flatten(docs),
-            token_offsets=offsets([len(d) for d in docs]),
-            label_ids=flatten(labels),
-            label_offsets=offsets([len(x) for x in labels]),
-        )
 
     def select(self, keep: np.ndarray) -> Split:
         """The documents where the bool mask `keep` [docs] is true, in order, without a loop
@@ -242,16 +228,12 @@ def why_not_replaceable(folder: str | Path) -> str | None:
     ours = {MANIFEST, "tokens.tsv", "labels.tsv", "embeddings.safetensors"} | {
         f"{name}.safetensors" for name in set(SPLIT_NAMES) | split_names
     }
-    foreign = [_short(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
+    foreign = [cut(e.name) + ("/" if e.is_dir(follow_symlinks=False) else "")
                for e in entries if e.name not in ours or not e.is_file(follow_symlinks=False)]
     if foreign:
         more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
         return f"it holds files xmtc does not write: {', '.join(foreign[:3])}{more}"
     return None
-
-
-def _short(name: str, limit: int = 40) -> str:
-    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def _manifest_or_none(path: Path) -> dict[str, Any] | None:
@@ -366,12 +348,3 @@ def _read_tsv(path: Path, columns: int) -> list[list]:
     cols[-1] = [int(x) for x in cols[-1]]
     return cols
 
-
-def load_data(location: str) -> ProcessedData:
-    """The processed data a recipe's `data.dir` names: a folder, or `builtin:NAME`, which is
-    generated and preprocessed on first use (xmtc_cli.data.builtin)."""
-    from xmtc_cli.data.builtin import PREFIX, load_builtin  # builtin imports this module
-
-    if location.startswith(PREFIX):
-        return load_builtin(location)
-    return load_processed(location)

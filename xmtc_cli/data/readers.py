@@ -6,23 +6,33 @@ file (`Y.txt`, `Yf.txt`). An optional `label_names.txt` gives readable names as
 `label<TAB>name`. Lines are read by `xmtc_cli.textio` (a line ends at `\\n` only, a byte-order
 mark is dropped, any text encoding works, a bad byte names its line), and every file is
 checksummed (sha256) while it is read, for the manifest.
+
+Label files (`read_label_file`, what `xmtc eval --predictions FILE --gold FILE` reads on both
+sides) are the labels files alone: one document per line, its labels separated by spaces; an
+empty line is a document with no labels, so line k is always document k. The JSON lines that
+`xmtc predict --format jsonl` writes (`{"labels": [...], "scores": [...]}`) read as well.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from xmtc_cli.errors import DataError, at
-from xmtc_cli.labelfiles import CommaLabels
+from xmtc_cli.errors import DataError, at, short
 from xmtc_cli.textio import (
+    ENCODING_HINT,
     check_encoding,  # noqa: F401 (preprocess checks --encoding here)
     decode_lines,
+    open_lines,
     open_source,
 )
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "valid", "test")
 REQUIRED_SPLITS = ("train", "test")
@@ -194,7 +204,7 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
                    else "spaces in the label")
             raise DataError(
                 f"{at(path, lineno)}: expected `label<TAB>readable name`, found "
-                f"{quote(text.strip(), 60)} ({why})",
+                f"{short(text.strip(), 60)} ({why})",
                 f"each line of {path.name} is one label as the label files write it, a tab, and "
                 "its readable name, e.g. `money-fx<TAB>Money/Foreign Exchange`; "
                 "labels without a line keep the label as their name",
@@ -207,7 +217,7 @@ def read_label_names(path: Path, encoding: str, checksums: dict[str, str],
         label, line = repeats[0]
         warnings.append(
             f"{path}: {_lines(len(repeats))} a label again; the first name counts "
-            f"({quote(label)} on line {line}, first on line {names[label][1]})"
+            f"({short(label)} on line {line}, first on line {names[label][1]})"
         )
     return names
 
@@ -216,6 +226,90 @@ def _lines(count: int) -> str:
     return "1 line names" if count == 1 else f"{count:,} lines name"
 
 
-def quote(value: str, limit: int = 40) -> str:
-    """`value` quoted for a message, cut to `limit` characters."""
-    return repr(value if len(value) <= limit else value[:limit] + "…")
+# --- label files (`xmtc eval`) ------------------------------------------------------------------
+
+UTF8_HINT = ("convert the file to UTF-8, e.g. `iconv -f latin1 -t utf-8 FILE`, or name its "
+             "encoding with --encoding")
+
+
+def read_label_file(path: str | Path, encoding: str = "utf-8") -> list[list[str]]:
+    """Read a label file (or `-`, standard input) in `encoding` into one list of labels per line.
+
+    Any run of whitespace separates labels, so stray spaces and Windows line ends are harmless.
+    A file whose first line is a JSON object is read as JSON lines: one object a line, each
+    with "labels". Raises DataError naming the file (and line) when it is missing, not text in
+    `encoding` or a malformed JSON line; warns (logging) when labels hold commas, a likely
+    wrong separator.
+    """
+    name = "<stdin>" if str(path) == "-" else str(path)
+    hint = UTF8_HINT if encoding.replace("-", "").lower() == "utf8" else ENCODING_HINT
+    with open_lines(path, encoding, what="label file", hint=hint) as lines:
+        documents: list[list[str]] = []
+        commas = CommaLabels(name)
+        for number, line in enumerate(lines, start=1):
+            if number == 1 and _is_json_object(line):
+                return [_json_labels(line, name, 1), *_json_lines(lines, name)]
+            labels = line.split()
+            commas.check(number, labels)
+            documents.append(labels)
+    commas.report()
+    return documents
+
+
+def _is_json_object(line: str) -> bool:
+    """Whether a first line makes the file JSON lines (then every line needs "labels")."""
+    if not line.lstrip().startswith("{"):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _json_lines(lines, name: str) -> list[list[str]]:
+    return [_json_labels(line, name, number) for number, line in enumerate(lines, start=2)]
+
+
+def _json_labels(line: str, name: str, number: int) -> list[str]:
+    """The "labels" of one JSON line, or a DataError at its line."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        row = None
+    labels = row.get("labels") if isinstance(row, dict) else None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise DataError(
+            f"{at(name, number)}: expected a JSON object with \"labels\": [...] (the file's "
+            f"first line is JSON), found {line.strip()[:40]!r}",
+            "give one JSON object a line, as `xmtc predict --format jsonl` writes, or plain "
+            "lines of space-separated labels",
+        )
+    return labels
+
+
+class CommaLabels:
+    """Notes labels that hold a comma, to warn once per file: labels are separated by spaces,
+    so `a,b c` is the two labels `a,b` and `c`, which is rarely what was meant."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.first: tuple[int, str] | None = None
+        self.lines = 0
+
+    def check(self, lineno: int, labels: list[str]) -> None:
+        comma = next((label for label in labels if "," in label), None)
+        if comma is not None:
+            self.lines += 1
+            if self.first is None:
+                self.first = (lineno, comma)
+
+    def report(self) -> None:
+        if self.first is None:
+            return
+        lineno, label = self.first
+        others = self.lines - 1
+        more = f" (and {others:,} more line{'s' if others > 1 else ''})" if others else ""
+        log.warning(
+            "%s: label %r holds a comma%s; labels are separated by spaces, so it counts as one "
+            "label", at(self.name, lineno), label[:40], more,
+        )

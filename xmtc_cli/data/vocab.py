@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xmtc_cli.data.processed import PAD_TOKEN, UNK_ID, UNK_TOKEN
-
+PAD_ID, UNK_ID = 0, 1  # token ids of <pad> and <unk> in every word vocabulary
+PAD_TOKEN, UNK_TOKEN = "<pad>", "<unk>"
 NUM_SPECIAL_TOKENS = 2  # <pad>, <unk>
 
 
