@@ -116,7 +116,10 @@ def _tibkat(spec: dict, recipe, torch) -> dict:
     import dataclasses
 
     from xmtc_cli.data.batching import Batcher
-    from xmtc_cli.data.processed import load_data
+    try:  # where the tree keeps it
+        from xmtc_cli.data.builtin import load_data
+    except ImportError:
+        from xmtc_cli.data.processed import load_data
     from xmtc_cli.evaluation import evaluate_split
     from xmtc_cli.training import Trainer, model_sizes, resolve_recipe
 

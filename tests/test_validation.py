@@ -11,7 +11,7 @@ import torch
 from conftest import write_recipe
 
 from xmtc_cli.config import load_recipe
-from xmtc_cli.data.processed import load_data
+from xmtc_cli.data.builtin import load_data
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.inference import Predictor
 from xmtc_cli.training import fit, validation_subset
