@@ -44,6 +44,7 @@ import torch.multiprocessing as mp
 from bench_train import SHAPES, describe, describe_machine, make_batches, recipe_for
 
 from xmtc_cli import distributed
+from xmtc_cli.launch import Launch
 from xmtc_cli.model import ModelSizes
 from xmtc_cli.training import Trainer
 
@@ -84,10 +85,10 @@ def _worker(rank: int, world: int, port: int, device_type: str, shape, steps: in
         torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    group, device, joined = distributed.setup(device_type)
+    group, device, joined = distributed.setup(device_type, Launch.from_environ())
     recipe = recipe_for(shape, "otseq2set")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, amp=True))
-    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
+    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, decode_steps=shape.steps,
                        embed_size=shape.embed, label_embed_size=shape.embed)
     batches = make_batches(shape, 4)
     result: dict = {"world": world, "device": str(device)}

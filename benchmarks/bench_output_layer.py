@@ -60,7 +60,7 @@ def recipe_and_sizes(labels: int, args: argparse.Namespace) -> tuple[Recipe, Mod
     raw["model"]["hidden_size"] = args.hidden
     recipe = recipe_from_dict(raw)
     sizes = ModelSizes(vocab_size=args.vocab, num_labels=labels,
-                       max_steps=recipe.data.max_labels, embed_size=args.embed,
+                       decode_steps=recipe.data.max_labels, embed_size=args.embed,
                        label_embed_size=recipe.model.label_embedding_size)
     return recipe, sizes
 
@@ -74,9 +74,9 @@ def setup(labels: int, args: argparse.Namespace, seed: int = 0):
     lengths = torch.randint(args.src_len // 2, args.src_len + 1, (args.batch,), generator=gen)
     src = torch.randint(2, args.vocab, (args.batch, args.src_len), generator=gen)
     src[torch.arange(args.src_len) >= lengths.unsqueeze(1)] = 0
-    gold = torch.full((args.batch, sizes.max_steps), -1)
+    gold = torch.full((args.batch, sizes.decode_steps), -1)
     for b in range(args.batch):  # 1-7 distinct labels per document
-        n = int(torch.randint(1, sizes.max_steps + 1, (1,), generator=gen))
+        n = int(torch.randint(1, sizes.decode_steps + 1, (1,), generator=gen))
         gold[b, :n] = torch.randperm(labels, generator=gen)[:n] + NUM_SPECIALS
     return model, build_criterion(recipe.loss), (src, lengths, gold)
 
@@ -171,8 +171,7 @@ def load_child(contender: str, path: str) -> None:
         model = Predictor.from_checkpoint(path, device="cpu").model
     else:  # before: a randomly initialised model, then the weights copied into it
         state, meta = load_checkpoint(path)
-        recipe = recipe_from_dict(meta.recipe)
-        model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
+        model = build_model(meta.recipe.model, meta.recipe.loss, meta.sizes)
         model.load_state_dict(state)
         del state
         model = Predictor(model, meta, torch.device("cpu")).model  # what NEW builds around it
@@ -185,14 +184,13 @@ def load_child(contender: str, path: str) -> None:
 
 def measure_load(labels: int, args: argparse.Namespace) -> None:
     """Save the model of `labels` labels, then load it OLD and NEW in fresh processes."""
-    import dataclasses
     import tempfile
 
     from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 
     model, _, _ = setup(labels, args)
     recipe, sizes = recipe_and_sizes(labels, args)
-    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(sizes),
+    meta = CheckpointMeta(recipe=recipe, sizes=sizes,
                           tokens=[f"w{i}" for i in range(args.vocab)],
                           tokenizer={"kind": "whitespace"},
                           labels=[f"l{i}" for i in range(labels)])

@@ -392,7 +392,7 @@ def worker(spec_path: str) -> None:
         torch.set_num_threads(spec["threads"])
     recipe = recipe_from_dict(spec["recipe"])
     sizes = ModelSizes(vocab_size=spec["vocab"], num_labels=spec["labels"],
-                       max_steps=recipe.data.max_labels, embed_size=DEFAULT_EMBED,
+                       decode_steps=recipe.data.max_labels, embed_size=DEFAULT_EMBED,
                        label_embed_size=recipe.model.label_embedding_size)
     out: dict = {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
@@ -405,7 +405,7 @@ def worker(spec_path: str) -> None:
         docs = [rng.integers(SPECIAL_TOKENS, sizes.vocab_size, n)
                 for n in rng.integers(low, high + 1, b)]
         src, lengths = pad_sources(docs, recipe.data.max_src_tokens)
-        counts = np.minimum(1 + rng.poisson(spec["labels_per_doc"] - 1, b), sizes.max_steps)
+        counts = np.minimum(1 + rng.poisson(spec["labels_per_doc"] - 1, b), sizes.decode_steps)
         gold = np.full((b, int(counts.max())), -1, dtype=np.int64)  # -1: GOLD_PAD
         for row, n in enumerate(counts):
             gold[row, :n] = rng.choice(sizes.num_labels, n, replace=False) + SPECIAL_LABELS

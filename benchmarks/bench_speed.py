@@ -71,7 +71,10 @@ def child(spec: dict) -> dict:
     recipe = recipe_from_dict(spec["recipe"], spec.get("overrides", []))
     if spec["kind"] == "tibkat":
         return {"origin": origin, **_tibkat(spec, recipe, torch)}
-    sizes = ModelSizes(**spec["sizes"])
+    given = dict(spec["sizes"])
+    if "decode_steps" in ModelSizes.__dataclass_fields__:  # N's name in the newer trees
+        given["decode_steps"] = given.pop("max_steps")
+    sizes = ModelSizes(**given)
     torch.manual_seed(0)
     trainer = Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=1_000_000)
     batches = _random_batches(spec, sizes, torch)
@@ -104,7 +107,8 @@ def _random_batches(spec: dict, sizes, torch) -> list:
         lengths = rng.integers(int(0.5 * words), int(1.5 * words) + 1, batch)
         docs = [rng.integers(2, sizes.vocab_size, n) for n in lengths]
         src, lens = pad_sources(docs, spec["recipe"]["data"]["max_src_tokens"])
-        count = np.minimum(1 + rng.poisson(labels_per_doc - 1, batch), sizes.max_steps)
+        steps = getattr(sizes, "decode_steps", None) or sizes.max_steps
+        count = np.minimum(1 + rng.poisson(labels_per_doc - 1, batch), steps)
         gold = np.full((batch, int(count.max())), GOLD_PAD, dtype=np.int64)
         for row, n in enumerate(count):
             gold[row, :n] = rng.choice(sizes.num_labels, n, replace=False) + NUM_SPECIALS

@@ -154,7 +154,7 @@ def make_trainer(shape: Shape, contender: str, device: torch.device, amp: bool) 
     it), with C's cross-entropy swapped in for the matching loss."""
     recipe = recipe_for(shape, contender)
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, amp=amp))
-    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, max_steps=shape.steps,
+    sizes = ModelSizes(vocab_size=shape.vocab, num_labels=shape.labels, decode_steps=shape.steps,
                        embed_size=shape.embed, label_embed_size=shape.embed)
     # A long schedule: the benchmark's few steps run at (nearly) the recipe's learning rate.
     trainer = Trainer.build(recipe, sizes, device, total_steps=1_000_000)

@@ -1185,16 +1185,16 @@ _header_case("metadata values not strings",
              lambda h: h["__metadata__"].update(format_version=1))
 _header_case("tensor removed", lambda h: h.pop("output.bias"))
 
-_meta_case("max_steps 10^7", "decoding steps", also_eval=True,
-           sizes=lambda s: {**s, "max_steps": 10**7})
-_meta_case("max_steps 0", "decoding steps", sizes=lambda s: {**s, "max_steps": 0})
+_meta_case("decode_steps 10^7", "decoding steps", also_eval=True,
+           sizes=lambda s: {**s, "decode_steps": 10**7})
+_meta_case("decode_steps 0", "decoding steps", sizes=lambda s: {**s, "decode_steps": 0})
 _meta_case("vocab_size 10^9", "vocab_size", also_eval=True,
            sizes=lambda s: {**s, "vocab_size": 10**9})
 _meta_case("num_labels 10^9", "num_labels", sizes=lambda s: {**s, "num_labels": 10**9})
 _meta_case("embed_size 10^6", None, sizes=lambda s: {**s, "embed_size": 10**6})
 _meta_case("sizes unknown key", "unknown sizes", sizes=lambda s: {**s, "layers": 3})
-_meta_case("sizes missing max_steps", "lacks", sizes=lambda s: {
-    k: v for k, v in s.items() if k != "max_steps"})
+_meta_case("sizes missing decode_steps", "lacks", sizes=lambda s: {
+    k: v for k, v in s.items() if k != "decode_steps"})
 _meta_case("sizes a string", None, sizes=lambda s: {**s, "vocab_size": "many"})
 _meta_case("sizes a list", None, sizes=[1, 2, 3])
 _meta_case("tokens one short", "tokens", tokens=lambda t: t[:-1])

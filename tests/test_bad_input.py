@@ -99,9 +99,9 @@ def _lying(tiny_run, folder: Path, **changes) -> Path:
     """A copy of the tiny checkpoint whose metadata has `changes` (sizes merged) applied."""
     state, meta = load_checkpoint(tiny_run.best)
     if "sizes" in changes:
-        changes["sizes"] = {**meta.sizes, **changes["sizes"]}
+        changes["sizes"] = {**dataclasses.asdict(meta.sizes), **changes["sizes"]}
     if "model" in changes:
-        recipe = dict(meta.recipe)
+        recipe = meta.recipe.to_dict()
         recipe["model"] = {**recipe["model"], **changes.pop("model")}
         changes["recipe"] = recipe
     path = folder / "lying.safetensors"
@@ -111,7 +111,7 @@ def _lying(tiny_run, folder: Path, **changes) -> Path:
 
 @pytest.mark.parametrize("command", ["predict", "eval"])
 @pytest.mark.parametrize("changes, fragment", [
-    ({"sizes": {"max_steps": 10**7}}, "claims 10,000,000 decoding steps"),
+    ({"sizes": {"decode_steps": 10**7}}, "claims 10,000,000 decoding steps"),
     ({"sizes": {"vocab_size": 10**9}}, "its sizes say vocab_size = 1,000,000,000"),
     ({"sizes": {"num_labels": 10**9}}, "its sizes say num_labels = 1,000,000,000"),
     ({"model": {"hidden_size": 10**6}}, "does not hold the model its metadata describes"),

@@ -27,7 +27,7 @@ _RECIPE = recipe_from_dict({
     "name": "tiny", "data": {"dir": "d", "max_src_tokens": 10, "max_labels": 2},
     "model": {"hidden_size": 4, "encoder_layers": 1, "conv_kernels": [3, 7]},
 }).to_dict()
-_SIZES = {"vocab_size": 4, "num_labels": 3, "max_steps": 2, "embed_size": 5,
+_SIZES = {"vocab_size": 4, "num_labels": 3, "decode_steps": 2, "embed_size": 5,
           "label_embed_size": 6}
 
 
@@ -48,9 +48,11 @@ def _state() -> dict[str, torch.Tensor]:
 
 
 def _meta(**changes) -> CheckpointMeta:
+    """The tiny model's metadata; a change may be plain JSON (recipe and sizes as dicts), which
+    `save_checkpoint` writes as it is, to make a file with damaged metadata."""
     fields = {
-        "recipe": _RECIPE,
-        "sizes": _SIZES,
+        "recipe": recipe_from_dict(_RECIPE),
+        "sizes": ModelSizes(**_SIZES),
         "tokens": ["<pad>", "<unk>", "naïve", "日本"],
         "tokenizer": {"kind": "whitespace", "lowercase": True},
         "labels": ["l0", "l1", "l2"],
@@ -97,6 +99,17 @@ def test_optional_fields_round_trip(tmp_path):
     path = tmp_path / "model.safetensors"
     save_checkpoint(path, _state(), _meta(label_names=None, label_counts=None, extra={}))
     assert read_meta(path) == _meta(label_names=None, label_counts=None, extra={})
+
+
+def test_a_checkpoint_that_names_the_decoding_steps_max_steps_still_loads(tmp_path):
+    # Files written before the rename call sizes.decode_steps max_steps.
+    old = {k: v for k, v in _SIZES.items() if k != "decode_steps"} | {"max_steps": 2}
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, _state(), _meta(sizes=old))
+    tensors, meta = load_checkpoint(path)
+    assert meta == _meta() and tensors.keys() == _state().keys()
+    save_checkpoint(path, _state(), _meta(sizes={**old, "max_steps": 10_000_000}))
+    _refused(path, "claims 10,000,000 decoding steps")
 
 
 def test_read_meta_reads_no_weights(saved, monkeypatch):
@@ -233,9 +246,9 @@ def _refused_on_save(tmp_path, state=None, **changes) -> CheckpointError:
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"sizes": {**_SIZES, "max_steps": 10_000_000}},
-     "claims 10,000,000 decoding steps (sizes.max_steps); xmtc decodes at most 10,000"),
-    ({"sizes": {**_SIZES, "max_steps": 0}}, "claims 0 decoding steps"),
+    ({"sizes": {**_SIZES, "decode_steps": 10_000_000}},
+     "claims 10,000,000 decoding steps (sizes.decode_steps); xmtc decodes at most 10,000"),
+    ({"sizes": {**_SIZES, "decode_steps": 0}}, "claims 0 decoding steps"),
     ({"sizes": {**_SIZES, "vocab_size": 10**9}},
      "lists 4 tokens but its sizes say vocab_size = 1,000,000,000"),
     ({"sizes": {**_SIZES, "num_labels": 10**9}},
@@ -245,7 +258,7 @@ def _refused_on_save(tmp_path, state=None, **changes) -> CheckpointError:
     ({"sizes": {**_SIZES, "vocab_size": "4"}}, 'sizes.vocab_size is "4", not a count'),
     ({"sizes": {**_SIZES, "embed_size": 2**40}}, "sizes.embed_size is 1099511627776"),
     ({"sizes": {**_SIZES, "layers": 2}}, "has unknown sizes: layers"),
-    ({"sizes": {"vocab_size": 4, "num_labels": 3}}, "sizes lacks max_steps"),
+    ({"sizes": {"vocab_size": 4, "num_labels": 3}}, "sizes lacks decode_steps"),
     ({"sizes": [4, 3, 2]}, "sizes is not a JSON object"),
     ({"tokens": "<pad> <unk>"}, "tokens is not a JSON array"),
     ({"tokens": ["<pad>", "<unk>", 3, "x"]}, "tokens holds a value that is not a string"),
@@ -347,3 +360,24 @@ def test_check_meta_is_what_read_meta_runs(saved):
 
 def test_a_name_too_long_for_the_file_system_is_refused(tmp_path):
     _refused(tmp_path / ("x" * 300), "cannot be read: File name too long")
+
+
+def test_a_predictor_reads_the_file_once_and_builds_one_model(saved, monkeypatch):
+    # The recipe and sizes are typed when the file is read, and the model checked against the
+    # file's tensors is the model that gets its weights: nothing is parsed or built twice.
+    from xmtc_cli.inference import Predictor
+    from xmtc_cli.model import Seq2SetModel
+
+    built = []
+    real_init = Seq2SetModel.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(self)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Seq2SetModel, "__init__", counting_init)
+    predictor = Predictor.from_checkpoint(str(saved), device="cpu")
+    assert built == [predictor.model]
+    assert predictor.recipe is predictor.meta.recipe and predictor.meta == _meta()
+    assert isinstance(predictor.meta.sizes, ModelSizes)
+    assert next(predictor.model.parameters()).device.type == "cpu"

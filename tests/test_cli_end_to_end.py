@@ -56,7 +56,7 @@ def test_preprocess_train_predict_eval(tmp_path, cli):
                for m in metrics)
     assert metrics[1]["train_loss"] < metrics[0]["train_loss"]
     assert read_meta(run / "last.safetensors").extra["epoch"] == 2
-    assert read_meta(run / "model.safetensors").recipe["name"] == "demo"
+    assert read_meta(run / "model.safetensors").recipe.name == "demo"
 
     predictions = tmp_path / "predictions.txt"
     result = cli("predict", run / "model.safetensors", raw / "test_texts.txt", "--out",

@@ -10,6 +10,7 @@ real launchers and are marked slow.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -40,8 +41,9 @@ from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
 from xmtc_cli.inference import Predictor
+from xmtc_cli.launch import Launch
 from xmtc_cli.losses import build_criterion
-from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, default_run_dir
+from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, _rng_tensors, _rngs_of, default_run_dir
 from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -115,14 +117,19 @@ def test_the_loss_terms_make_the_loss(tiny, loss):
 
 def test_one_process_keeps_its_rng_keys_and_many_are_told_apart():
     own = {"torch": torch.get_rng_state()}
-    assert distributed.gather_rng(own, SINGLE) is own
-    assert distributed.saved_world_size(own) == 1
-    assert distributed.rank_rng(own, 0) is own
-    gathered = {"torch.0": torch.zeros(3, dtype=torch.uint8),
-                "torch.1": torch.ones(3, dtype=torch.uint8), "cuda.1": torch.ones(2)}
-    assert distributed.saved_world_size(gathered) == 2
-    assert set(distributed.rank_rng(gathered, 1)) == {"torch", "cuda"}
-    assert torch.equal(distributed.rank_rng(gathered, 1)["torch"], gathered["torch.1"])
+    [gathered_one] = distributed.gather_rng(own, SINGLE)
+    assert gathered_one is own
+    assert list(_rng_tensors([own])) == ["rng.torch"]
+    [back] = _rngs_of(_rng_tensors([own]))
+    assert back["torch"] is own["torch"]
+    gathered = [{"torch": torch.zeros(3, dtype=torch.uint8)},
+                {"torch": torch.ones(3, dtype=torch.uint8), "cuda": torch.ones(2)}]
+    tensors = _rng_tensors(gathered)
+    assert sorted(tensors) == ["rng.cuda.1", "rng.torch.0", "rng.torch.1"]
+    back = _rngs_of(tensors)
+    assert len(back) == 2 and set(back[1]) == {"torch", "cuda"}
+    assert torch.equal(back[1]["torch"], tensors["rng.torch.1"])
+    assert torch.equal(back[0]["torch"], gathered[0]["torch"])
 
 
 def test_a_restart_resumes_only_the_run_its_own_launch_created(tiny, tmp_path):
@@ -197,8 +204,31 @@ def test_launcher_options_inside_torchrun_are_a_usage_error(tiny, cli, monkeypat
     assert result.code == 2 and "torchrun already started" in result.err
 
 
+def test_the_launch_is_read_from_torchruns_variables_and_defaults_to_one_process():
+    env = {"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0", "TORCHELASTIC_RESTART_COUNT": "1",
+           "TORCHELASTIC_RUN_ID": "abc"}
+    assert Launch.from_environ(env) == Launch(by_torchrun=True, world_size=4, rank=2,
+                                              local_rank=0, restarts=1, launch_id="abc")
+    assert not Launch.from_environ(env).is_main and Launch().is_main
+    assert Launch.from_environ({}) == Launch()
+    # torchrun's default run id "none" says nothing: the host and the agent's pid stand in.
+    assert Launch.from_environ({"TORCHELASTIC_RUN_ID": "none"}).launch_id == (
+        f"{socket.gethostname()}:{os.getppid()}")
+
+
+def test_only_the_launch_reads_torchruns_place_from_the_environment():
+    # The place is decided once (xmtc_cli.launch) and handed on: no other module reads it.
+    root = Path(__file__).parents[1] / "xmtc_cli"
+    names = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
+             "TORCHELASTIC_RUN_ID"}
+    readers = sorted({str(path.relative_to(root)) for path in root.rglob("*.py")
+                      for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                      if isinstance(node, ast.Constant) and node.value in names})
+    assert readers == ["launch.py"]
+
+
 def test_one_process_has_no_group_and_no_collectives():
-    group, device, joined = distributed.setup("cpu")
+    group, device, joined = distributed.setup("cpu", Launch.from_environ())
     assert (group, device.type, joined) == (SINGLE, "cpu", False)
     assert group.broadcast_object(5) == 5 and group.all_gather_object(5) == [5]
     assert group.on_main(lambda: 7) == 7
@@ -227,7 +257,7 @@ def _pair_worker(rank: int, port: int, recipe_file: Path, out: Path, locked: Pat
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_RANK=str(rank))
-    group, _, _ = distributed.setup("cpu")
+    group, _, _ = distributed.setup("cpu", Launch.from_environ())
     report: dict = {"pid": os.getpid(), "fits": {}}
     try:
         for name, overrides in ORACLES.items():

@@ -93,3 +93,27 @@ def test_the_import_graph_sees_imports_inside_functions():
 
 def test_no_import_circle_among_the_package_modules():
     assert _circles(_package_imports()) == []
+
+
+def _private_uses(private: set[str], skip: str) -> list[str]:
+    """`module:line .name` for every attribute access to one of `private` outside `skip`."""
+    root = Path(__file__).parents[1] / "xmtc_cli"
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == skip and path.parent == root:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr in private:
+                found.append(f"{path.relative_to(root)}:{node.lineno} .{node.attr}")
+    return found
+
+
+def test_no_module_reaches_into_the_models_private_methods():
+    # Other modules use the model through its public methods (encode, decode, last_layer, ...):
+    # a private one may change with the model without its callers knowing.
+    tree = ast.parse((Path(__file__).parents[1] / "xmtc_cli" / "model.py").read_text("utf-8"))
+    model = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Seq2SetModel")
+    private = {n.name for n in model.body if isinstance(n, ast.FunctionDef)
+               and n.name.startswith("_") and not n.name.endswith("__")}
+    assert {"_check_features", "_output_head"} <= private  # the rule has something to check
+    assert _private_uses(private, skip="model.py") == []

@@ -20,7 +20,7 @@ from xmtc_cli.model import ModelSizes, build_model, conv_min_length
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
-SIZES = ModelSizes(vocab_size=30, num_labels=7, max_steps=4, embed_size=6, label_embed_size=5)
+SIZES = ModelSizes(vocab_size=30, num_labels=7, decode_steps=4, embed_size=6, label_embed_size=5)
 V = SIZES.num_outputs
 
 
@@ -53,7 +53,7 @@ def test_every_variant_trains(kind, light_conv, bottleneck, sgm):
                  masked_softmax=sgm)
     src, lengths, gold = ragged_batch()
     logits = model(src, lengths, gold)
-    steps = SIZES.max_steps if kind == "matching" else gold.size(1) + 1
+    steps = SIZES.decode_steps if kind == "matching" else gold.size(1) + 1
     assert logits.shape == (4, steps, V)
     assert torch.isfinite(logits).all()
     loss, _ = build_criterion(LossConfig(kind=kind, ot_weight=8.0 * (kind == "matching")))(
@@ -67,7 +67,7 @@ def test_every_variant_trains(kind, light_conv, bottleneck, sgm):
     model.eval()
     labels, scores = model.generate(src, lengths)
     assert labels.shape == scores.shape and labels.size(0) == 4
-    assert labels.size(1) == SIZES.max_steps or kind == "cross-entropy"
+    assert labels.size(1) == SIZES.decode_steps or kind == "cross-entropy"
     assert ((scores >= 0) & (scores <= 1)).all()
 
 
@@ -166,7 +166,7 @@ def test_generate_follows_the_training_path(sgm):
 def test_masked_softmax_never_repeats_a_label(kind):
     torch.manual_seed(0)
     model = tiny(kind, masked_softmax=True).eval()
-    model.max_steps = 6
+    model.decode_steps = 6
     with torch.no_grad():  # a decoder that would otherwise repeat label 3, then 4, ...
         model.output.bias[NUM_SPECIALS:] += 20 - torch.arange(SIZES.num_labels).float()
     src, lengths, _ = ragged_batch()
@@ -179,7 +179,7 @@ def test_masked_softmax_never_repeats_a_label(kind):
 def test_cross_entropy_generation_stops_at_eos():
     torch.manual_seed(0)
     model = tiny("cross-entropy").eval()
-    model.max_steps = 8
+    model.decode_steps = 8
     src, lengths, _ = ragged_batch()
     labels, scores = model.generate(src, lengths)
     for row, score in zip(labels.tolist(), scores.tolist()):  # untrained: whatever it ends on
@@ -229,7 +229,7 @@ def overfit(kind: str, scheme: str = "all", light_conv: bool = False, seed: int 
     """Train on 8 random documents with 1-3 labels each until the decoded sets are the gold."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    sizes = ModelSizes(vocab_size=40, num_labels=10, max_steps=3, embed_size=16,
+    sizes = ModelSizes(vocab_size=40, num_labels=10, decode_steps=3, embed_size=16,
                        label_embed_size=16)
     lengths = torch.from_numpy(rng.integers(4, 13, size=8))
     src = torch.from_numpy(rng.integers(2, 40, size=(8, 12)))

@@ -11,7 +11,6 @@ two against each other.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from xmtc_cli import inference
+from xmtc_cli import checkpoint
 from xmtc_cli.checkpoint import CheckpointMeta, save_checkpoint
 from xmtc_cli.config import LossConfig, ModelConfig, recipe_from_dict
 from xmtc_cli.inference import Predictor, predict_ids
@@ -33,9 +32,9 @@ from xmtc_cli.model import Memory, ModelSizes, Seq2SetModel, build_model
 def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
                    gold: Tensor | None = None) -> Tensor:
     """`Seq2SetModel.forward` before batching: logits [B, S, V], stacked step by step."""
-    memories, state = model._encode(src, lengths)
+    memories, state = model.encode(src, lengths)
     if not model.teacher_forcing:
-        return torch.stack(list(_oracle_decode(model, memories, state, model.max_steps)), dim=1)
+        return torch.stack(list(_oracle_decode(model, memories, state, model.decode_steps)), dim=1)
     if gold is None:
         raise ValueError("a cross-entropy model trains with teacher forcing: pass `gold`")
     gold = gold.to(src.device)
@@ -48,8 +47,8 @@ def oracle_forward(model: Seq2SetModel, src: Tensor, lengths: Tensor,
 @torch.no_grad()
 def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """`Seq2SetModel.generate` before: two arg-maxes per step, the score from a full softmax."""
-    memories, state = model._encode(src, lengths)
-    num_steps = model.max_steps + 1 if model.teacher_forcing else model.max_steps
+    memories, state = model.encode(src, lengths)
+    num_steps = model.decode_steps + 1 if model.teacher_forcing else model.decode_steps
     ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
     labels, scores = [], []
     for t, logits in enumerate(_oracle_decode(model, memories, state, num_steps)):
@@ -68,7 +67,7 @@ def oracle_generate(model: Seq2SetModel, src: Tensor, lengths: Tensor) -> tuple[
 
 def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, num_steps: int,
                    inputs: Tensor | None = None) -> Iterator[Tensor]:
-    """`Seq2SetModel._decode` before: the output layer applied to each step, with its gradient."""
+    """`Seq2SetModel.decode` before: the output layer applied to each step, with its gradient."""
     batch = state.size(0)
     table = model.label_embedding.weight  # (V, E_l)
     label = torch.full((batch,), BOS, dtype=torch.long, device=state.device)  # (B,)
@@ -100,7 +99,7 @@ def _oracle_decode(model: Seq2SetModel, memories: list[Memory], state: Tensor, n
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors (conftest.py)
 
 
-SIZES = ModelSizes(vocab_size=30, num_labels=9, max_steps=5, embed_size=6, label_embed_size=5)
+SIZES = ModelSizes(vocab_size=30, num_labels=9, decode_steps=5, embed_size=6, label_embed_size=5)
 SGM = {"none": {}, "masked": {"masked_softmax": True}, "global": {"global_embedding": True},
        "both": {"masked_softmax": True, "global_embedding": True}}
 
@@ -180,7 +179,7 @@ def test_dropout_draws_the_same_masks_as_before(kind, sgm):
 def test_generation_matches_the_oracle(kind, light_conv, bottleneck, sgm):
     model, _ = make(kind, light_conv, bottleneck, sgm)
     model.eval()
-    model.max_steps = 7
+    model.decode_steps = 7
     src, lengths, _ = batch()
     labels, scores = model.generate(src, lengths)
     want_labels, want_scores = oracle_generate(model, src, lengths)
@@ -218,7 +217,7 @@ def test_the_output_weight_and_label_table_get_one_gradient_for_all_steps(kind, 
     logits = model(src, lengths, gold)
     width = bottleneck or 8 + 16 + 5  # b, or H + C + E_l
     if kind == "matching":  # one arg-max per step, without autograd, and nothing else
-        assert calls == [(False, (5, width))] * SIZES.max_steps
+        assert calls == [(False, (5, width))] * SIZES.decode_steps
     else:  # teacher forcing: one call on all steps' features
         assert calls == [(True, (5, gold.size(1) + 1, width))]
     assert gradient_uses(logits, last.weight) == gradient_uses(logits, last.bias) == 1
@@ -250,7 +249,7 @@ def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_pat
                                          "bottleneck": 16, **SGM[sgm]}})
     torch.manual_seed(0)
     model = build_model(recipe.model, recipe.loss, SIZES).eval()
-    meta = CheckpointMeta(recipe=recipe.to_dict(), sizes=dataclasses.asdict(SIZES),
+    meta = CheckpointMeta(recipe=recipe, sizes=SIZES,
                           tokens=[f"w{i}" for i in range(SIZES.vocab_size)],
                           tokenizer={"kind": "whitespace"},
                           labels=[f"l{i}" for i in range(SIZES.num_labels)])
@@ -258,14 +257,14 @@ def test_a_loaded_predictor_predicts_as_the_saved_model(light_conv, sgm, tmp_pat
     save_checkpoint(path, model.state_dict(), meta)
 
     loaded_state = {}
-    real_load = inference.load_checkpoint
+    real_load = checkpoint.load_file
 
     def spy(*args, **kwargs):
-        state, meta = real_load(*args, **kwargs)
+        state = real_load(*args, **kwargs)
         loaded_state.update(state)
-        return state, meta
+        return state
 
-    monkeypatch.setattr("xmtc_cli.inference.load_checkpoint", spy)
+    monkeypatch.setattr(checkpoint, "load_file", spy)
     predictor = Predictor.from_checkpoint(str(path), device="cpu")
     # The parameters are the tensors read from the file, not copies into a second model.
     for name, tensor in predictor.model.state_dict().items():

@@ -152,8 +152,8 @@ def test_the_checkpoint_carries_its_provenance(tiny_run, tiny_data):
     assert meta.tokenizer == dict(data.tokenizer)
     assert meta.labels == list(data.labels[: data.num_labels])
     assert meta.label_names[meta.labels.index("star_gazing")] == "Star gazing"
-    assert meta.recipe == load_recipe(tiny_run.run / "recipe.yaml").to_dict()
-    assert meta.sizes["num_labels"] == data.num_labels == 24 and meta.sizes["max_steps"] == 5
+    assert meta.recipe == load_recipe(tiny_run.run / "recipe.yaml")
+    assert meta.sizes.num_labels == data.num_labels == 24 and meta.sizes.decode_steps == 5
     lines = [json.loads(line) for line in lines_of(tiny_run.run / "metrics.jsonl")]
     epoch = meta.extra["epoch"]
     assert lines[epoch - 1]["best"] and meta.extra["valid"] == lines[epoch - 1]["valid"]

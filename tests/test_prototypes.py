@@ -46,8 +46,8 @@ def oracle_rows(model, batcher):
     with torch.no_grad():
         for i in range(len(batcher.split)):
             batch = batcher.batch(np.array([i]))
-            memories, state = model._encode(batch.src, batch.lengths)
-            features.append(next(model._decode(memories, state, 1)).features[0].double())
+            memories, state = model.encode(batch.src, batch.lengths)
+            features.append(next(model.decode(memories, state, 1)).features[0].double())
             labels.append([int(g) for g in batch.gold[0] if g >= NUM_SPECIALS])
     model.train()
     u = torch.stack(features)  # (D, F)

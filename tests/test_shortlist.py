@@ -59,7 +59,7 @@ def _trainer(teacher: bool, shortlist: int | None = None) -> Trainer:
         "train": {"shortlist": shortlist, "lr": 1e-2},
         **method,
     })
-    sizes = ModelSizes(vocab_size=30, num_labels=V - NUM_SPECIALS, max_steps=4, embed_size=6,
+    sizes = ModelSizes(vocab_size=30, num_labels=V - NUM_SPECIALS, decode_steps=4, embed_size=6,
                        label_embed_size=5)
     return Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=100)
 
@@ -77,13 +77,13 @@ def test_logits_over_candidates_are_the_full_layers_columns_and_the_choice_is_am
     batch = _batch()
     cand = UniformNegatives(k=4, seed=0).candidates(GOLD, V, 0)
     with torch.no_grad():
-        memories, state = model._encode(batch.src, batch.lengths)
+        memories, state = model.encode(batch.src, batch.lengths)
         inputs = None
         if teacher:
             inputs = torch.cat([torch.ones(3, 1, dtype=torch.long),
                                 GOLD.masked_fill(GOLD < 0, 2)], 1)
-        steps = list(model._decode(memories, state, 4 if inputs is None else 4, inputs, cand))
-        last = model._last_layer()
+        steps = list(model.decode(memories, state, 4 if inputs is None else 4, inputs, cand))
+        last = model.last_layer()
         for step in steps:
             full = last(step.features)  # (B, V)
             if step.logits is not None:
@@ -113,7 +113,7 @@ def test_a_short_shortlist_gives_gradient_to_the_candidates_rows_only():
     logits = trainer.model(batch.src, batch.lengths, None, None, cand)
     loss, _ = trainer.criterion(logits, gold, trainer.model.label_embedding.weight[cand])
     loss.backward()
-    grad = trainer.model._last_layer().weight.grad  # (V, F)
+    grad = trainer.model.last_layer().weight.grad  # (V, F)
     touched = set(torch.nonzero(grad.abs().sum(1)).flatten().tolist())
     assert touched <= set(cand.tolist()) and len(touched) > NUM_SPECIALS
 

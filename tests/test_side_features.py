@@ -211,7 +211,7 @@ def test_a_ddp_share_takes_the_rows_of_its_documents(featured_split, size, world
 
 # --- the model ---------------------------------------------------------------------------------
 
-SIZES = ModelSizes(vocab_size=30, num_labels=7, max_steps=4, embed_size=6, label_embed_size=5,
+SIZES = ModelSizes(vocab_size=30, num_labels=7, decode_steps=4, embed_size=6, label_embed_size=5,
                    feature_size=4)
 
 
@@ -370,8 +370,8 @@ def test_features_that_carry_the_labels_are_learnt(feature_runs):
 def test_the_checkpoint_keeps_feature_size_and_predict_matches_generate(feature_runs, tmp_path,
                                                                         cli):
     best = feature_runs.best("with")
-    assert read_meta(best).sizes["feature_size"] == WIDTH
-    assert read_meta(feature_runs.best("without")).sizes["feature_size"] == 0
+    assert read_meta(best).sizes.feature_size == WIDTH
+    assert read_meta(feature_runs.best("without")).sizes.feature_size == 0
     texts, rows = feature_runs.raw / "test_texts.txt", feature_runs.raw / "test_features.npy"
     # In process: the whole test split in one batch, straight through generate.
     predictor = Predictor.from_checkpoint(str(best), "cpu")
@@ -490,7 +490,7 @@ def test_a_pipe_is_refused_and_a_float32_overflow_names_its_row(tmp_path, recwar
 def test_old_checkpoints_read_as_without_features_and_sizes_are_bounded(feature_runs,
                                                                          tmp_path):
     state, meta = load_checkpoint(feature_runs.best("without"))
-    sizes = {k: v for k, v in meta.sizes.items() if k != "feature_size"}
+    sizes = {k: v for k, v in dataclasses.asdict(meta.sizes).items() if k != "feature_size"}
     old = tmp_path / "old.safetensors"
     save_checkpoint(old, state, dataclasses.replace(meta, sizes=sizes))
     assert Predictor.from_checkpoint(str(old), "cpu").feature_size == 0

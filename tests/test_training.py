@@ -253,7 +253,7 @@ def test_the_run_folder_records_the_command_and_the_resolved_recipe(tiny_run):
     # The data-dependent blanks are filled in: N is the largest training label set (1 to 5).
     assert resolved["data"]["max_labels"] == 5
     assert load_recipe(tiny_run.run / "recipe.yaml").to_dict() == resolved
-    assert read_meta(tiny_run.best).recipe == resolved
+    assert read_meta(tiny_run.best).recipe.to_dict() == resolved
 
 
 # --- recipe options --------------------------------------------------------------------------

@@ -14,12 +14,13 @@ model and apply it to raw text, so `xmtc predict model.safetensors docs.txt` nee
 Large vocabularies stay cheap: 500k tokens are one JSON string of a few MB, far below
 safetensors' 100 MB header limit, and `read_meta` reads the header without touching the weights.
 
-A checkpoint is untrusted data. `read_meta` (and so `load_checkpoint`, and every loader built on
-them) checks the metadata before anything is allocated from it (`check_meta`): field types,
-sizes against the vocabularies, the decoding steps against MAX_STEPS, the recipe through the
-recipe validator, and the name, shape and dtype of every tensor in the header against the model
-that recipe and sizes describe (built on the meta device, which allocates nothing). So no size a
-file claims can make xmtc allocate more than the file holds, or decode for ever.
+A checkpoint is untrusted data. `read_meta` (and so `load_checkpoint` and `load_model`) reads
+the metadata into typed objects once, checking it before anything is allocated from it: field
+types, sizes against the vocabularies, the decoding steps against MAX_DECODE_STEPS, the recipe
+through the recipe validator (`_typed_meta`), and the name, shape and dtype of every tensor in
+the header against the model that recipe and sizes describe (`check_meta`, on the meta device,
+which allocates nothing). So no size a file claims can make xmtc allocate more than the file
+holds, or decode for ever; and `load_model` fills that same checked model with the weights.
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
-from xmtc_cli.config import MAX_STEPS, recipe_from_dict
+from xmtc_cli.config import MAX_DECODE_STEPS, Recipe, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
-from xmtc_cli.model import ModelSizes, build_model, on_meta_device
+from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
 
@@ -52,6 +53,9 @@ MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
 _JSON_FIELDS = ("recipe", "sizes", "tokens", "tokenizer", "labels", "label_names", "label_counts",
                 "extra")
 _OPTIONAL_FIELDS = ("label_counts",)  # absent in checkpoints written before they existed
+_RENAMED_SIZES = {"max_steps": "decode_steps"}
+"""Size names older files use -> today's: the decoding steps were `max_steps` until the recipe's
+train.max_steps (optimiser steps) took that name."""
 _RETRAIN = "copy the file again if it was copied, or re-train it with `xmtc train`"
 _NOT_SAFETENSORS = (
     "xmtc reads the model.safetensors files that `xmtc train` writes; PyTorch pickles "
@@ -63,16 +67,17 @@ _NOT_SAFETENSORS = (
 class CheckpointMeta:
     """What a checkpoint says about its weights: how to rebuild the model and read its output.
 
-    Every field is stored as JSON, so it must hold plain JSON values and comes back as such
-    (a tuple returns as a list, an int dict key as a string).
+    Every field is stored as JSON: the recipe and sizes as their dicts, read back typed and
+    checked (`read_meta`); the others must hold plain JSON values and come back as such (a tuple
+    returns as a list, an int dict key as a string).
     """
 
-    recipe: dict[str, Any]
-    """The resolved recipe (`Recipe.to_dict()`) the model was trained with."""
-    sizes: dict[str, Any]
-    """Sizes derived from the data that the model builder needs (vocab_size, num_labels,
-    max_steps, embed_size, label_embed_size, feature_size, ...); a size a file lacks takes
-    `ModelSizes`' default (feature_size 0: no side features)."""
+    recipe: Recipe
+    """The resolved recipe the model was trained with."""
+    sizes: ModelSizes
+    """Sizes derived from the data that the model builder needs. In the file, a size it lacks
+    takes `ModelSizes`' default (feature_size 0: no side features), and one under an older name
+    (`_RENAMED_SIZES`) reads as today's."""
     tokens: list[str]
     """The source vocabulary: token id k is `tokens[k]`."""
     tokenizer: dict[str, Any]
@@ -105,9 +110,19 @@ def save_checkpoint(
         "format": FORMAT_MARKER,
         "format_version": str(meta.format_version),
         "package_version": meta.package_version,
-        **{name: json.dumps(getattr(meta, name), ensure_ascii=False) for name in _JSON_FIELDS},
+        **{name: json.dumps(_as_json(getattr(meta, name)), ensure_ascii=False)
+           for name in _JSON_FIELDS},
     }
     write_safetensors(path, state_dict, metadata)
+
+
+def _as_json(value: Any) -> Any:
+    """A field as the JSON it is stored as: the recipe and the sizes as their dicts."""
+    if isinstance(value, Recipe):
+        return value.to_dict()
+    if isinstance(value, ModelSizes):
+        return dataclasses.asdict(value)
+    return value
 
 
 def load_checkpoint(
@@ -122,16 +137,38 @@ def load_checkpoint(
     return tensors, meta
 
 
+def load_model(path: str | Path,
+               device: str | torch.device = "cpu") -> tuple[Seq2SetModel, CheckpointMeta]:
+    """The model a checkpoint holds, with its weights on `device`, and its metadata: the file
+    is read and checked once, and the model checked against its tensors is the one returned."""
+    meta, model = _read_checked(path)
+    try:
+        tensors = load_file(path, device=str(device))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: {exc}", _RETRAIN) from exc
+    # Built on the meta device the model holds no weights, and the file's tensors become its
+    # parameters (assign=True): loading holds one copy of the weights, not a random model's as
+    # well. Safe because the model ties no weights and has no buffers outside its state dict
+    # (tests/test_output_layer.py checks both).
+    model.load_state_dict(tensors, assign=True)
+    return model.to(device), meta
+
+
 def read_meta(path: str | Path) -> CheckpointMeta:
     """Read a checkpoint's metadata from its header alone, without loading the weights, and
     check it against the tensors the header lists (`check_meta`)."""
+    return _read_checked(path)[0]
+
+
+def _read_checked(path: str | Path) -> tuple[CheckpointMeta, Seq2SetModel]:
+    """The typed, checked metadata and the model it describes, on the meta device."""
     header = _read_header(Path(path))
-    meta = _parse_meta(path, header.get("__metadata__"))
-    check_meta(meta, _tensor_specs(path, header), path)
-    return meta
+    meta = _typed_meta(_parse_meta(path, header.get("__metadata__")), path)
+    return meta, check_meta(meta, _tensor_specs(path, header), path)
 
 
-def _parse_meta(path: str | Path, metadata: Any) -> CheckpointMeta:
+def _parse_meta(path: str | Path, metadata: Any) -> dict[str, Any]:
+    """The metadata's fields as JSON values, read from a file of our format and version."""
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_MARKER:
         raise CheckpointError(
             f"{path} is a safetensors file but not an xmtc checkpoint (it has no xmtc metadata)",
@@ -151,8 +188,7 @@ def _parse_meta(path: str | Path, metadata: Any) -> CheckpointMeta:
     except (KeyError, TypeError, ValueError, RecursionError) as exc:
         what = "is nested too deeply" if isinstance(exc, RecursionError) else cut(repr(exc))
         raise CheckpointError(f"checkpoint {path} has damaged metadata: {what}", _RETRAIN) from exc
-    return CheckpointMeta(**fields, format_version=CHECKPOINT_FORMAT,
-                          package_version=cut(str(written_by)))
+    return {**fields, "package_version": cut(str(written_by))}
 
 
 # --- what the metadata may claim --------------------------------------------------------------
@@ -162,20 +198,24 @@ TensorSpec = tuple[str, tuple[int, ...]]
 
 
 def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
-               path: str | Path = "checkpoint") -> None:
+               path: str | Path = "checkpoint") -> Seq2SetModel:
     """Refuse metadata that cannot describe `tensors` (name -> dtype and shape, as listed in the
-    header), before anything is built or allocated from it.
+    header): they must be exactly the model its recipe and sizes describe, the same names and
+    shapes (so the token embedding has vocab_size rows and the output layer num_labels + 3), all
+    float32. Returns that model, built on the meta device (nothing allocated)."""
+    return _check_tensors(meta.recipe, meta.sizes, tensors, _refuser(path))
+
+
+def _typed_meta(raw: dict[str, Any], path: str | Path) -> CheckpointMeta:
+    """The metadata's JSON fields checked and typed, before anything is built from them.
 
     Checks, in order: the type of every field; the sizes (vocab_size == len(tokens),
-    num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= max_steps <=
-    MAX_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older than
-    side features); the tokenizer settings; the recipe (it must validate); and that the tensors are
-    exactly the model that recipe and sizes describe: the same names and shapes (so the token
-    embedding has vocab_size rows and the output layer num_labels + 3), all float32.
+    num_labels == len(labels) == len(label_names) == len(label_counts), 1 <= decode_steps <=
+    MAX_DECODE_STEPS, feature_size <= the features reader's MAX_WIDTH, 0 in checkpoints older
+    than side features); the tokenizer settings; the recipe (it must validate).
     """
-    def refuse(problem: str) -> CheckpointError:
-        return CheckpointError(f"checkpoint {path} {problem}", _RETRAIN)
-
+    refuse = _refuser(path)
+    meta = CheckpointMeta(**raw)  # JSON values for now; typed on return
     for name, kind in (("recipe", dict), ("sizes", dict), ("tokens", list),
                        ("tokenizer", dict), ("labels", list), ("extra", dict)):
         if not isinstance(getattr(meta, name), kind):
@@ -208,10 +248,17 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
         recipe = recipe_from_dict(meta.recipe, source="its recipe")
     except ConfigError as exc:
         raise refuse(f"holds a recipe that does not validate: {exc.message}") from None
-    _check_tensors(recipe, sizes, tensors, refuse)
+    return dataclasses.replace(meta, recipe=recipe, sizes=sizes)
 
 
-def _check_sizes(raw: dict[str, Any], refuse) -> Any:
+def _refuser(path: str | Path):
+    """The CheckpointError for a problem with the file at `path`."""
+    return lambda problem: CheckpointError(f"checkpoint {path} {problem}", _RETRAIN)
+
+
+def _check_sizes(raw: dict[str, Any], refuse) -> ModelSizes:
+    raw = {_RENAMED_SIZES[k] if k in _RENAMED_SIZES and _RENAMED_SIZES[k] not in raw else k: v
+           for k, v in raw.items()}
     fields = {f.name: f for f in dataclasses.fields(ModelSizes)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -225,9 +272,9 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
             raise refuse(f"has damaged metadata: sizes.{name} is {_short_json(value)}, not a "
                          "count")
     sizes = ModelSizes(**raw)
-    if not 1 <= sizes.max_steps <= MAX_STEPS:
-        raise refuse(f"claims {sizes.max_steps:,} decoding steps (sizes.max_steps); xmtc decodes "
-                     f"at most {MAX_STEPS:,}")
+    if not 1 <= sizes.decode_steps <= MAX_DECODE_STEPS:
+        raise refuse(f"claims {sizes.decode_steps:,} decoding steps (sizes.decode_steps); xmtc "
+                     f"decodes at most {MAX_DECODE_STEPS:,}")
     if sizes.feature_size > MAX_FEATURE_WIDTH:
         raise refuse(f"claims side features of width {sizes.feature_size:,} "
                      f"(sizes.feature_size); xmtc reads at most {MAX_FEATURE_WIDTH:,}")
@@ -237,8 +284,10 @@ def _check_sizes(raw: dict[str, Any], refuse) -> Any:
     return sizes
 
 
-def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], refuse) -> None:
-    """The header's tensors are those of the model `recipe` and `sizes` build, all float32."""
+def _check_tensors(recipe: Recipe, sizes: ModelSizes, tensors: Mapping[str, TensorSpec],
+                   refuse) -> Seq2SetModel:
+    """The header's tensors are those of the model `recipe` and `sizes` build, all float32;
+    returns that model, on the meta device."""
     try:
         with on_meta_device():  # shapes only: nothing is allocated
             model = build_model(recipe.model, recipe.loss, sizes)
@@ -260,6 +309,7 @@ def _check_tensors(recipe: Any, sizes: Any, tensors: Mapping[str, TensorSpec], r
         if got_dtype != dtype:
             raise refuse(f"stores tensor {name} as {cut(got_dtype)}; xmtc checkpoints store "
                          f"{dtype}")
+    return model
 
 
 def _tensor_specs(path: str | Path, header: dict[str, Any]) -> dict[str, TensorSpec]:

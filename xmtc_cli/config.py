@@ -2,8 +2,12 @@
 
 A recipe has four sections. Every field has a default, so a recipe names only what it changes;
 unknown keys are refused with a "did you mean", and every problem is reported at once. Sizes
-that come from the data (vocabularies, embedding widths, N when left unset) are arguments to the
-builders, never written back into the recipe.
+that come from the data (vocabularies, label count, embedding widths) are arguments to the
+builders (`model.ModelSizes`), never written into the recipe. Two keys may be left blank for the
+data to decide, data.max_src_tokens and data.max_labels (N, the decoding steps); a run fills them
+once, when it starts (`training.resolve_recipe`), and records the filled recipe in its run
+folder and checkpoints, so that a resumed run and `xmtc predict` use the same values. The
+recipe's train.max_steps counts optimiser steps, never decoding steps.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ class DataConfig:
     max_src_tokens: int | None = None
     """Source tokens kept per document (the rest is cut); None: 500."""
     max_labels: int | None = None
-    """N, the decoding steps; None: the largest training label set. Longer gold sets are cut."""
+    """N, the decoding steps (`ModelSizes.decode_steps`); None: the largest training label set,
+    filled in when a run starts. Longer gold sets are cut."""
     label_order: Literal["file", "frequency"] = "file"
     """Order of gold labels for the cross-entropy baselines: as in the file (Seq2Seq) or by
     descending training frequency (MLC2Seq, SGM). Ignored by the matching loss."""
@@ -202,7 +207,7 @@ def scheme_override(scheme: str, overrides: list[str]) -> list[str]:
 
 # --- loading and checks ------------------------------------------------------------------
 
-MAX_STEPS = 10_000
+MAX_DECODE_STEPS = 10_000
 """The most decoding steps N (data.max_labels) a recipe or checkpoint may ask for."""
 
 
@@ -250,9 +255,9 @@ def _check(r: Recipe) -> list[str]:
     }
     p += [f"{k} must be a positive integer, not {short(v)}" for k, v in positive.items()
           if v is not None and v < 1]
-    if r.data.max_labels is not None and r.data.max_labels > MAX_STEPS:
-        p.append(f"data.max_labels must be at most {MAX_STEPS:,} (the decoding steps N), "
-                 f"not {short(r.data.max_labels)}")
+    if r.data.max_labels is not None and r.data.max_labels > MAX_DECODE_STEPS:
+        p.append(f"data.max_labels must be at most {MAX_DECODE_STEPS:,} (the decoding steps "
+                 f"N), not {short(r.data.max_labels)}")
     if r.train.threads is not None and r.train.threads > MAX_THREADS:
         p.append(f"train.threads must be at most {MAX_THREADS}, not {short(r.train.threads)}")
     if r.train.seed < 0:

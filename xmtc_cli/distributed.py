@@ -2,9 +2,9 @@
 guarantees of one process.
 
 `torchrun` starts the processes and tells each its place (RANK, WORLD_SIZE, LOCAL_RANK,
-MASTER_ADDR/PORT); `setup` reads them and joins the process group: NCCL with rank r on
-cuda:LOCAL_RANK, or gloo on the CPU. Without torchrun, or with WORLD_SIZE 1, nothing here is
-used and training is the one-process code, unchanged.
+MASTER_ADDR/PORT); `setup` joins the process group of the place `xmtc_cli.launch` read: NCCL
+with rank r on cuda:LOCAL_RANK, or gloo on the CPU. Without torchrun, or with WORLD_SIZE 1,
+nothing here is used and training is the one-process code, unchanged.
 
 * Batches. `train.batch_size` is the global batch. Every rank forms the same batches from the
   seed (`Batcher.epoch`) and keeps rows rank, rank + K, ... of each (`shard`, K the world size),
@@ -22,19 +22,20 @@ used and training is the one-process code, unchanged.
   state is read by rank 0 and broadcast (`sync_start`), so no rank reads a file another wrote
   and multi-node runs need no shared filesystem (except to restart on other machines).
 * Randomness. Rank r draws its dropout masks from (train.seed, r); saves gather every rank's
-  RNG state into the train state (`rng.torch.R`, `rng.cuda.R`), so a resumed run ends with the
-  weights of one that never stopped, on the same number of processes. A state saved by another
-  number of processes is refused: its dropout streams and float sums cannot be continued.
+  RNG state into the train state (`gather_rng`; xmtc_cli.run lays the file out), so a resumed
+  run ends with the weights of one that never stopped, on the same number of processes. A
+  state saved by another number of processes is refused: its dropout streams and float sums
+  cannot be continued.
 * Restarts. torchrun --max-restarts N starts the group again after a failure, with
   TORCHELASTIC_RESTART_COUNT > 0; a restarted run resumes by itself from the folder that this
-  same launch created (`launch_id`, recorded in the run folder), never from another run's.
+  same launch created (`Launch.launch_id`, recorded in the run folder), never from another
+  run's.
 """
 
 from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,6 +48,7 @@ from xmtc_cli.data.batching import Batch
 from xmtc_cli.device import resolve_device
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.labelspace import GOLD_PAD
+from xmtc_cli.launch import Launch
 from xmtc_cli.losses import LossTerms
 
 # Rank 0 validates and writes checkpoints while the others wait in a collective: allow for a
@@ -72,6 +74,8 @@ class Group:
     backend: str = ""
     comm_device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     """Where collectives' tensors must live: the rank's GPU for NCCL, the CPU for gloo."""
+    launch: Launch = field(default_factory=Launch)
+    """The place torchrun gave this process (restarts, launch id), as `setup` was handed it."""
 
     @property
     def active(self) -> bool:
@@ -138,39 +142,15 @@ class Group:
 SINGLE = Group()
 
 
-# --- the environment torchrun sets ------------------------------------------------------------
+# --- joining the group torchrun started -------------------------------------------------------
 
-def under_torchrun() -> bool:
-    """Started by torchrun (or another launcher that sets WORLD_SIZE)."""
-    return "WORLD_SIZE" in os.environ
-
-
-def restart_count() -> int:
-    """How often torchrun has restarted this group after a failure (0 on the first start)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
-def launch_id() -> str | None:
-    """What tells this torchrun launch from others, the same across its restarts: torchrun's run
-    id (a fresh uuid per single-node launch, --rdzv-id on many nodes); where that is the
-    default "none", the host and the agent's pid. None outside torchrun."""
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    if run_id is None:
-        return None
-    if run_id and run_id != "none":
-        return run_id
-    return f"{socket.gethostname()}:{os.getppid()}"
-
-
-def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
-    """The group this process belongs to and its device; joins the process group (NCCL on CUDA,
-    gloo on the CPU) when there are several processes. The flag says whether this call joined
-    it, and so must leave it (`teardown`)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+def setup(device_name: str, launch: Launch) -> tuple[Group, torch.device, bool]:
+    """The group this process belongs to at its place `launch`, and its device; joins the
+    process group (NCCL on CUDA, gloo on the CPU) when there are several processes. The flag
+    says whether this call joined it, and so must leave it (`teardown`)."""
+    world, rank, local_rank = launch.world_size, launch.rank, launch.local_rank
     device = resolve_device(device_name)
-    if device.type == "cuda" and device.index is None and under_torchrun():
+    if device.type == "cuda" and device.index is None and launch.by_torchrun:
         count = torch.cuda.device_count()
         if local_rank >= count:
             raise XmtcError(
@@ -181,11 +161,11 @@ def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if world == 1:
-        return SINGLE, device, False
+        return Group(launch=launch), device, False
     backend = "nccl" if device.type == "cuda" else "gloo"
     joined = False
     if not dist.is_initialized():
-        store = _restart_store(world)
+        store = _restart_store(launch)
         if store is None:
             dist.init_process_group(backend, timeout=TIMEOUT)
         else:
@@ -193,11 +173,12 @@ def setup(device_name: str = "auto") -> tuple[Group, torch.device, bool]:
                                     timeout=TIMEOUT)
         joined = True
     group = Group(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                  backend=backend, comm_device=device if backend == "nccl" else torch.device("cpu"))
+                  backend=backend, comm_device=device if backend == "nccl" else torch.device("cpu"),
+                  launch=launch)
     return group, device, joined
 
 
-def _restart_store(world: int) -> dist.Store | None:
+def _restart_store(launch: Launch) -> dist.Store | None:
     """The store a restarted group of one machine joins through, or None for torch's own.
 
     torchrun's agent keeps one store for all attempts of a launch, and the keys that the
@@ -209,11 +190,11 @@ def _restart_store(world: int) -> dist.Store | None:
     """
     one_agent = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"  # one machine, one agent
     shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
-    if restart_count() == 0 or not shared or not one_agent:
+    if launch.restarts == 0 or not shared or not one_agent:
         return None
-    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=False, timeout=TIMEOUT)
-    return dist.PrefixStore(f"xmtc/attempt_{restart_count()}", store)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          launch.world_size, is_master=False, timeout=TIMEOUT)
+    return dist.PrefixStore(f"xmtc/attempt_{launch.restarts}", store)
 
 
 def lost_contact(exc: BaseException) -> bool:
@@ -311,16 +292,16 @@ def global_loss(terms: LossTerms, group: Group, standin: bool = False
 # --- starting and saving ----------------------------------------------------------------------
 
 def sync_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: Any,
-               rng: dict[str, torch.Tensor] | None, group: Group
-               ) -> tuple[Any, dict[str, torch.Tensor] | None]:
+               rngs: list[dict[str, torch.Tensor]] | None, group: Group
+               ) -> tuple[Any, list[dict[str, torch.Tensor]] | None]:
     """Rank 0's weights, Adam moments, `state` and RNG states on every rank (rank 0 has read
-    them from the run folder); returns the state and this rank's own RNG state (None when the
-    run starts afresh)."""
+    them from the run folder); returns the state and every rank's RNG state, in rank order
+    (None when the run starts afresh)."""
     layout = None
     if group.is_main:
         layout = {pid: {key: (tuple(v.shape), v.dtype, v.device.type) for key, v in slots.items()}
                   for pid, slots in optimizer.state_dict()["state"].items()}
-    state, layout, rng = group.broadcast_object((state, layout, rng))
+    state, layout, rngs = group.broadcast_object((state, layout, rngs))
     for tensor in model.state_dict().values():
         _broadcast_tensor(tensor, group)
     if layout:
@@ -339,7 +320,7 @@ def sync_start(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: 
         if not group.is_main:
             current = optimizer.state_dict()
             optimizer.load_state_dict({"state": filled, "param_groups": current["param_groups"]})
-    return state, (rank_rng(rng, group.rank) if rng else None)
+    return state, rngs
 
 
 def _broadcast_tensor(tensor: torch.Tensor, group: Group) -> None:
@@ -352,23 +333,8 @@ def _broadcast_tensor(tensor: torch.Tensor, group: Group) -> None:
     tensor.copy_(carrier)
 
 
-def gather_rng(own: dict[str, torch.Tensor], group: Group) -> dict[str, torch.Tensor]:
-    """Every rank's RNG state, keyed `torch.R` / `cuda.R` (rank R), for the train state; one
-    process keeps its plain keys (`torch`, `cuda`)."""
+def gather_rng(own: dict[str, torch.Tensor], group: Group) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state, in rank order, for the train state (xmtc_cli.run lays it out)."""
     if not group.active:
-        return own
-    states = group.all_gather_object({k: v.cpu() for k, v in own.items()})
-    return {f"{k}.{r}": v for r, s in enumerate(states) for k, v in s.items()}
-
-
-def rank_rng(rng: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
-    """This rank's RNG state out of a gathered one (a one-process state is everyone's)."""
-    if "torch" in rng:
-        return rng
-    suffix = f".{rank}"
-    return {k[: -len(suffix)]: v for k, v in rng.items() if k.endswith(suffix)}
-
-
-def saved_world_size(rng: dict[str, torch.Tensor]) -> int:
-    """How many processes wrote a train state, from its RNG keys."""
-    return 1 if "torch" in rng else sum(1 for k in rng if k.startswith("torch."))
+        return [own]
+    return group.all_gather_object({k: v.cpu() for k, v in own.items()})

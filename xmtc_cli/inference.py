@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xmtc_cli.checkpoint import CheckpointMeta, load_checkpoint
-from xmtc_cli.config import recipe_from_dict
+from xmtc_cli.checkpoint import CheckpointMeta, load_model
 from xmtc_cli.data.batching import feature_rows, pad_sources
 from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import Split
@@ -19,7 +18,7 @@ from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
-from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
+from xmtc_cli.model import Seq2SetModel
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ class Predictor:
         self.model = model.eval()
         self.meta = meta
         self.device = device
-        self.recipe = recipe_from_dict(meta.recipe, source="checkpoint recipe")
+        self.recipe = meta.recipe
         self.tokenize = tokenizer_from_settings(meta.tokenizer)
         self.token_ids = {token: i for i, token in enumerate(meta.tokens)}
         self.labels = meta.labels
@@ -128,16 +127,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str, device: str = "auto") -> Predictor:
         dev = resolve_device(device)
-        state, meta = load_checkpoint(path, device=str(dev))
-        recipe = recipe_from_dict(meta.recipe, source=f"{path} (its recipe)")
-        # Built on the meta device the model allocates no weights, and the file's tensors
-        # become its parameters (assign=True): loading holds one copy of the weights, not a
-        # random model's as well. Safe because the model ties no weights and has no buffers
-        # outside its state dict (tests/test_output_layer.py checks both).
-        with on_meta_device():
-            model = build_model(recipe.model, recipe.loss, ModelSizes(**meta.sizes))
-        model.load_state_dict(state, assign=True)
-        return cls(model.to(dev), meta, dev)
+        model, meta = load_model(path, dev)
+        return cls(model, meta, dev)
 
     @property
     def feature_size(self) -> int:

@@ -8,7 +8,7 @@ exactly N steps (matching loss, "student forcing") or the gold labels (cross-ent
 
 Shape legend:
     B   batch                      T   source tokens (padded)      T'  conv-branch positions
-    N   decoding steps (max_steps) M   gold labels (padded)        S   steps of one decode
+    N   decoding steps             M   gold labels (padded)        S   steps of one decode
     V   output labels (corpus labels + 3 specials, see labelspace.py)
     H   hidden size                C   context width, 2H           A   attention width (= H)
     E   token embedding width      E_l label embedding width
@@ -45,8 +45,9 @@ class ModelSizes:
     """Source tokens, <pad>=0 and <unk>=1 included."""
     num_labels: int
     """Corpus labels L; the decoder predicts over V = L + 3 outputs."""
-    max_steps: int
-    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1."""
+    decode_steps: int
+    """N: decoding steps of the set models; the cross-entropy baselines stop at EOS within N+1.
+    The recipe's data.max_labels (not train.max_steps, which counts optimiser steps)."""
     embed_size: int = 300
     """E: token embedding width (the pretrained vectors' width when there are some)."""
     label_embed_size: int = 300
@@ -91,7 +92,7 @@ def build_model(
         ),
         masked_softmax=model_cfg.masked_softmax,
         teacher_forcing=loss_cfg.kind == "cross-entropy",
-        max_steps=sizes.max_steps,
+        decode_steps=sizes.decode_steps,
         feature_size=sizes.feature_size,
     )
     with torch.no_grad():
@@ -297,7 +298,7 @@ def _columns(mask: Tensor, candidates: Tensor | None) -> Tensor:
 
 
 class DecoderStep(NamedTuple):
-    """What one decoding step yields (`Seq2SetModel._decode`)."""
+    """What one decoding step yields (`Seq2SetModel.decode`)."""
 
     features: Tensor  # u_t [B, F], the input of the output layer's last (V-wide) linear map
     logits: Tensor | None  # o_t [B, V] (masked), where computed step by step; else None
@@ -376,13 +377,13 @@ class Seq2SetModel(nn.Module):
         global_embedding_tau: float | None,
         masked_softmax: bool,
         teacher_forcing: bool,
-        max_steps: int,
+        decode_steps: int,
         feature_size: int = 0,
     ):
         super().__init__()
         self.teacher_forcing = teacher_forcing
         self.masked_softmax = masked_softmax
-        self.max_steps = max_steps
+        self.decode_steps = decode_steps
         self.feature_size = feature_size
         context = 2 * hidden_size * (2 if conv_kernels else 1)  # [c_t ; ĉ_t]
         self.encoder = Encoder(vocab_size, embed_size, hidden_size, encoder_layers, dropout)
@@ -423,7 +424,7 @@ class Seq2SetModel(nn.Module):
     def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None,
                 features: Tensor | None = None, candidates: Tensor | None = None) -> Tensor:
         """Training logits [B, S, V] for src [B, T], lengths [B] and, for a model with side
-        features, features [B, D] (`_encode`).
+        features, features [B, D] (`encode`).
 
         `candidates` [K'] (output indices, xmtc_cli.shortlist): logits [B, S, K'] over those
         labels only, and student forcing feeds the arg-max among them (train.shortlist).
@@ -436,7 +437,7 @@ class Seq2SetModel(nn.Module):
         linear map is taken once, for all S steps together: one [V, F] weight gradient instead
         of S of them, and no stack of per-step logits in the graph (docs/design.md §2). Teacher
         forcing applies that map once to all steps' features. Student forcing needs each step's
-        logits to choose its arg-max: `_decode` computes them without autograd and they are
+        logits to choose its arg-max: `decode` computes them without autograd and they are
         used as they are, with the map's gradient attached (`_ComputedLinear`). SGM's global
         embedding reads the previous step's logits with their gradient, so with it the output
         layer stays step by step.
@@ -444,7 +445,7 @@ class Seq2SetModel(nn.Module):
         if candidates is not None and self.global_embedding is not None:
             raise ValueError("a shortlist of candidates does not apply to SGM's global "
                              "embedding, which reads every label's logit")
-        memories, state = self._encode(src, lengths, features)
+        memories, state = self.encode(src, lengths, features)
         inputs = None
         if self.teacher_forcing:
             if gold is None:
@@ -453,15 +454,15 @@ class Seq2SetModel(nn.Module):
             bos = gold.new_full((gold.size(0), 1), BOS)  # (B, 1)
             # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
             inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
-        num_steps = self.max_steps if inputs is None else inputs.size(1)
-        steps = self._decode(memories, state, num_steps, inputs, candidates)
+        num_steps = self.decode_steps if inputs is None else inputs.size(1)
+        steps = self.decode(memories, state, num_steps, inputs, candidates)
         if self.global_embedding is not None:
             return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
         weight, bias = self._output_rows(candidates)  # (V or K', F), (V or K',)
         if inputs is not None:  # teacher forcing: no step needed its logits
             features, used = zip(*((step.features, step.used) for step in steps))
             features = torch.stack(features, dim=1)  # (B, S, F)
-            logits = (self._last_layer()(features) if candidates is None
+            logits = (self.last_layer()(features) if candidates is None
                       else F.linear(features, weight, bias))  # (B, S, V or K')
             if self.masked_softmax:
                 logits = logits.masked_fill(torch.stack(used, dim=1),  # (B, S, V)
@@ -486,18 +487,18 @@ class Seq2SetModel(nn.Module):
                  features: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
-        the side features of a model that has them (`_encode`).
+        the side features of a model that has them (`encode`).
 
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
         score 0, and decoding stops once every document has ended.
         """
-        memories, state = self._encode(src, lengths, features)
-        num_steps = self.max_steps + 1 if self.teacher_forcing else self.max_steps
+        memories, state = self.encode(src, lengths, features)
+        num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
-        for t, step in enumerate(self._decode(memories, state, num_steps)):
-            label = step.choice  # (B,): the arg-max _decode feeds back
+        for t, step in enumerate(self.decode(memories, state, num_steps)):
+            label = step.choice  # (B,): the arg-max decode feeds back
             # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
             logits = step.logits.float()  # (B, V)
             chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
@@ -513,8 +514,8 @@ class Seq2SetModel(nn.Module):
                 break
         return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
 
-    def _encode(self, src: Tensor, lengths: Tensor,
-                features: Tensor | None = None) -> tuple[list[Memory], Tensor]:
+    def encode(self, src: Tensor, lengths: Tensor,
+               features: Tensor | None = None) -> tuple[list[Memory], Tensor]:
         """The memories every decoding step attends to, and the start state s_0 [B, H].
 
         A model with side features (feature_size D > 0) needs `features` [B, D], and one
@@ -565,7 +566,7 @@ class Seq2SetModel(nn.Module):
             raise ValueError(f"side features of shape {tuple(features.shape)}, the model "
                              f"expects ({batch}, {self.feature_size})")
 
-    def _decode(self, memories: list[Memory], state: Tensor, num_steps: int,
+    def decode(self, memories: list[Memory], state: Tensor, num_steps: int,
                 inputs: Tensor | None = None,
                 candidates: Tensor | None = None) -> Iterator[DecoderStep]:
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
@@ -590,7 +591,7 @@ class Seq2SetModel(nn.Module):
         # Without the global embedding the step's logits only choose the next label: they are
         # computed without autograd, and forward gives all steps' logits the gradient at once.
         track = nullcontext if self.global_embedding is not None else torch.no_grad
-        last = self._last_layer()
+        last = self.last_layer()
         if candidates is not None:
             candidates = candidates.to(state.device)
             with torch.no_grad():
@@ -644,13 +645,13 @@ class Seq2SetModel(nn.Module):
     def _output_rows(self, candidates: Tensor | None) -> tuple[Tensor, Tensor]:
         """The last linear map's weight [V, F] and bias [V], or their rows of `candidates`
         [K'] (with the gradient to the full tables)."""
-        last = self._last_layer()
+        last = self.last_layer()
         if candidates is None:
             return last.weight, last.bias
         candidates = candidates.to(last.weight.device)
         return last.weight.index_select(0, candidates), last.bias.index_select(0, candidates)
 
-    def _last_layer(self) -> nn.Linear:
+    def last_layer(self) -> nn.Linear:
         """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""
         return self.output[-1] if isinstance(self.output, nn.Sequential) else self.output
 

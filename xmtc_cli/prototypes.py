@@ -48,10 +48,10 @@ def first_step_features(model, batcher: Batcher, batch_size: int,
         squares, docs = 0.0, 0
         for batch in batcher.epoch(batch_size, seed=None):
             batch = batch.to(device)
-            memories, state = model._encode(batch.src, batch.lengths, batch.features)
-            u = next(model._decode(memories, state, 1)).features.float()  # (B, F)
+            memories, state = model.encode(batch.src, batch.lengths, batch.features)
+            u = next(model.decode(memories, state, 1)).features.float()  # (B, F)
             if sums is None:
-                outputs = model._last_layer().weight.size(0)
+                outputs = model.last_layer().weight.size(0)
                 sums = u.new_zeros(outputs, u.size(1))  # (V, F)
                 counts = u.new_zeros(outputs)  # (V,)
                 total = u.new_zeros(u.size(1))  # (F,)
@@ -85,7 +85,7 @@ def init_output_prototypes(model, batcher: Batcher, batch_size: int, device: tor
     if index.numel() == 0 or spread <= 0:
         return 0
     weight = (scale / spread) * directions[usable] / norms[usable].unsqueeze(1)  # (L'', F)
-    last = model._last_layer()
+    last = model.last_layer()
     last.weight[index] = weight.to(last.weight.dtype)
     last.bias[index] = (-(weight @ mean)).to(last.bias.dtype)
     return int(index.numel())

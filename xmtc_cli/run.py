@@ -51,6 +51,10 @@ METRICS_FILE = "metrics.jsonl"
 BEST_FILE = "model.safetensors"
 LAST_FILE = "last.safetensors"
 STATE_FILE = "train_state.safetensors"
+"""The train state, written and read here only (`RunFolder.save_state`, `load_state`): tensors
+`model.NAME` (weights), `optim.PID.SLOT` (Adam moments), `rng.KIND` (one process's RNG state,
+KIND torch or cuda) or `rng.KIND.R` (rank R's, in a run of many processes); metadata `format`
+(STATE_FORMAT, or MANY_PROCESS_STATE_FORMAT), `state` (TrainState as JSON), `recipe`."""
 LOCK_FILE = ".lock"
 LAUNCH_FILE = ".launch"
 RUN_FILES = (RECIPE_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE)
@@ -120,7 +124,7 @@ class RunFolder:
                launch: str | None = None) -> RunFolder:
         """A new run in `path` (created if needed), refused where any run file exists.
 
-        `launch` (xmtc_cli.distributed.launch_id) names the torchrun launch that starts it.
+        `launch` (xmtc_cli.launch.Launch.launch_id) names the torchrun launch that starts it.
         """
         run = cls(path)
         try:
@@ -264,22 +268,22 @@ class RunFolder:
 
     def save_state(self, state: TrainState, model: torch.nn.Module,
                    optimizer: torch.optim.Optimizer, recipe: Recipe,
-                   rng: dict[str, torch.Tensor] | None = None) -> None:
-        """Weights, optimiser moments, RNG state and `state` in one file, so they never disagree.
+                   rngs: list[dict[str, torch.Tensor]] | None = None) -> None:
+        """Weights, optimiser moments, RNG state and `state` in one file, so they never disagree
+        (the file's layout: `STATE_FILE`).
 
         Tensors stream to disk one at a time (xmtc_cli.tensorfile): the save needs no second
-        copy of the weights and moments. `rng` replaces the process's own RNG state (torch, and
-        CUDA where present) when the caller tracks more than one stream: the RNG states of all
-        ranks of a run of many processes, keyed `torch.R` and `cuda.R` for rank R.
+        copy of the weights and moments. `rngs`: the RNG states (`rng_state`) of every rank of
+        a run of many processes, in rank order; None: this process's own.
         """
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
         for pid, slots in optimizer.state_dict()["state"].items():
             for key, value in slots.items():
                 tensors[f"optim.{pid}.{key}"] = torch.as_tensor(value)
-        rng = rng or rng_state()
-        tensors.update({f"rng.{k}": v for k, v in rng.items()})
+        rngs = rngs or [rng_state()]
+        tensors.update(_rng_tensors(rngs))
         meta = {
-            "format": str(STATE_FORMAT if "torch" in rng else MANY_PROCESS_STATE_FORMAT),
+            "format": str(STATE_FORMAT if len(rngs) == 1 else MANY_PROCESS_STATE_FORMAT),
             "state": json.dumps(dataclasses.asdict(state)),
             "recipe": json.dumps(recipe.to_dict()),
         }
@@ -287,8 +291,9 @@ class RunFolder:
 
     def load_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                    device: torch.device, data: tuple[str, str] | None = None,
-                   ) -> tuple[TrainState, dict[str, torch.Tensor]]:
-        """Fill `model` and `optimizer` from the saved state; the state and the RNG tensors.
+                   ) -> tuple[TrainState, list[dict[str, torch.Tensor]]]:
+        """Fill `model` and `optimizer` from the saved state; the state and the RNG states of
+        every rank that saved it, in rank order (one for a run of one process).
 
         `data`: (folder, fingerprint) of the processed data the run resumes on; a state saved
         on other data is refused before any tensor is read.
@@ -319,8 +324,7 @@ class RunFolder:
                 optim_state.setdefault(int(pid), {})[slot] = value
         current = optimizer.state_dict()
         optimizer.load_state_dict({"state": optim_state, "param_groups": current["param_groups"]})
-        rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
-        return TrainState(**json.loads(meta["state"])), rng
+        return TrainState(**json.loads(meta["state"])), _rngs_of(tensors)
 
 
 def rng_state() -> dict[str, torch.Tensor]:
@@ -335,6 +339,26 @@ def set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"])
+
+
+def _rng_tensors(rngs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The train state's RNG tensors for every rank's RNG state, in rank order: `rng.torch`
+    (and `rng.cuda`) for one process, `rng.torch.R` (and `rng.cuda.R`) for rank R of many."""
+    if len(rngs) == 1:
+        return {f"rng.{kind}": v for kind, v in rngs[0].items()}
+    return {f"rng.{kind}.{r}": v for r, own in enumerate(rngs) for kind, v in own.items()}
+
+
+def _rngs_of(tensors: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Every rank's RNG state, in rank order, from a train state's tensors (`_rng_tensors`)."""
+    rng = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    if "torch" in rng:
+        return [rng]
+    ranks: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in rng.items():
+        kind, rank = key.rsplit(".", 1)
+        ranks.setdefault(int(rank), {})[kind] = value
+    return [ranks[r] for r in sorted(ranks)]
 
 
 def holds_run(path: Path) -> bool:

@@ -90,16 +90,16 @@ def busy_cores() -> float:
         return 0.0
 
 
-def local_processes() -> int:
-    """torchrun's processes on this machine (LOCAL_WORLD_SIZE), 1 without torchrun."""
-    return _positive(os.environ.get("LOCAL_WORLD_SIZE")) or 1
-
-
-def choose_threads(option: int | None = None, recipe: int | None = None) -> ThreadChoice:
+def choose_threads(option: int | None = None, recipe: int | None = None,
+                   local_processes: int | None = None) -> ThreadChoice:
     """The thread count: the first given of --threads, train.threads, XMTC_THREADS,
-    OMP_NUM_THREADS; else the usable cores less the busy ones, shared among torchrun's local
-    processes, at least one."""
-    cores, procs, busy = usable_cores(), local_processes(), busy_cores()
+    OMP_NUM_THREADS; else the usable cores less the busy ones, shared among torchrun's
+    `local_processes` on this machine (None: the launch's, xmtc_cli.launch), at least one."""
+    if local_processes is None:
+        from xmtc_cli.launch import Launch
+
+        local_processes = Launch.from_environ().local_world_size
+    cores, procs, busy = usable_cores(), max(1, local_processes), busy_cores()
     for value, source in ((option, "--threads"), (recipe, "train.threads"),
                           (_env_count(THREADS_ENV), THREADS_ENV),
                           (_positive(os.environ.get("OMP_NUM_THREADS")), "OMP_NUM_THREADS")):

@@ -38,6 +38,7 @@ from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.launch import Launch
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.optim import build_adam
@@ -114,7 +115,8 @@ class Silent:
 # --- from data and recipe to a model ---------------------------------------------------------
 
 def resolve_recipe(recipe: Recipe, data: ProcessedData) -> Recipe:
-    """Fill the data-dependent blanks of a recipe (max source tokens, N) from the data."""
+    """Fill the two blanks a recipe may leave to the data (data.max_src_tokens, data.max_labels:
+    N) once, when a run starts; the run records the filled recipe (config.py's docstring)."""
     max_src = recipe.data.max_src_tokens or DEFAULT_MAX_SRC_TOKENS
     max_labels = recipe.data.max_labels or _largest_label_set(data)
     return dataclasses.replace(
@@ -144,7 +146,7 @@ def model_sizes(recipe: Recipe, data: ProcessedData) -> ModelSizes:
     return ModelSizes(
         vocab_size=len(data.tokens),
         num_labels=data.num_labels,
-        max_steps=recipe.data.max_labels,
+        decode_steps=recipe.data.max_labels,
         embed_size=emb.shape[1] if emb is not None else DEFAULT_EMBED_SIZE,
         label_embed_size=int(label_width),
         feature_size=data.feature_size,
@@ -155,8 +157,8 @@ def checkpoint_meta(recipe: Recipe, sizes: ModelSizes, data: ProcessedData,
                     **extra: Any) -> CheckpointMeta:
     """Everything `xmtc predict` needs beside the weights."""
     return CheckpointMeta(
-        recipe=recipe.to_dict(),
-        sizes=dataclasses.asdict(sizes),
+        recipe=recipe,
+        sizes=sizes,
         tokens=list(data.tokens),
         tokenizer=dict(data.tokenizer),
         labels=list(data.labels[: data.num_labels]),
@@ -261,7 +263,7 @@ class Trainer:
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
         command: str = "", callback: Callback | None = None,
-        threads: int | None = None) -> FitResult:
+        launch: Launch | None = None, threads: int | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
     `threads`: CPU threads for torch (--threads); None: train.threads, else the environment's
@@ -269,10 +271,12 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
+    `launch`: this process's place (None: read from the environment).
     """
-    choice = choose_threads(threads, recipe.train.threads)
+    launch = launch or Launch.from_environ()
+    choice = choose_threads(threads, recipe.train.threads, launch.local_world_size)
     apply_threads(choice)
-    group, dev, joined = distributed.setup(device)
+    group, dev, joined = distributed.setup(device, launch)
     try:
         return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
                     choice)
@@ -330,13 +334,13 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
         )
 
 
-def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str) -> RunFolder:
-    launch = distributed.launch_id()
-    if not resume and distributed.restart_count() > 0 and RunFolder.started_by(run_dir, launch):
+def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str,
+                 launch: Launch) -> RunFolder:
+    if not resume and launch.restarts > 0 and RunFolder.started_by(run_dir, launch.launch_id):
         resume = True  # torchrun restarted this launch after a failure: continue its run
     if resume:
         return RunFolder.reopen(run_dir, recipe)
-    return RunFolder.create(run_dir, recipe, command, launch=launch)
+    return RunFolder.create(run_dir, recipe, command, launch=launch.launch_id)
 
 
 @dataclass
@@ -376,28 +380,30 @@ class _Epochs:
         # for the run: `fit` closes it.
         with contextlib.ExitStack() as on_failure:
 
-            def open_and_load() -> tuple[RunFolder, TrainState, dict[str, torch.Tensor] | None]:
-                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command))
+            def open_and_load(
+            ) -> tuple[RunFolder, TrainState, list[dict[str, torch.Tensor]] | None]:
+                folder = on_failure.enter_context(_open_folder(run_dir, recipe, resume, command,
+                                                                group.launch))
                 fingerprint = data_fingerprint(data)
-                state, rng = TrainState(data=fingerprint), None
+                state, rngs = TrainState(data=fingerprint), None
                 if folder.has_state:
-                    state, rng = folder.load_state(trainer.model, trainer.optimizer, device,
-                                                   (recipe.data.dir, fingerprint))
+                    state, rngs = folder.load_state(trainer.model, trainer.optimizer, device,
+                                                    (recipe.data.dir, fingerprint))
                     state.data = fingerprint  # states saved before fingerprints had none
-                    _check_world_size(folder, distributed.saved_world_size(rng), group)
+                    _check_world_size(folder, len(rngs), group)
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
                                            device)
                 folder.truncate_metrics(state.epoch)
-                return folder, state, rng
+                return folder, state, rngs
 
-            folder, state, rng = group.on_main(open_and_load) or (None, TrainState(), None)
+            folder, state, rngs = group.on_main(open_and_load) or (None, TrainState(), None)
             if group.active:
-                state, rng = distributed.sync_start(trainer.model, trainer.optimizer, state, rng,
-                                                    group)
-            if rng is not None:
-                set_rng_state(rng, device)
+                state, rngs = distributed.sync_start(trainer.model, trainer.optimizer, state,
+                                                     rngs, group)
+            if rngs is not None:  # as many as there are ranks (_check_world_size)
+                set_rng_state(rngs[group.rank], device)
             if threads is not None:
                 threads = _resumed_threads(threads, state)
                 state.threads = threads.count
@@ -476,10 +482,10 @@ class _Epochs:
             if self.out_of_steps or (every and state.step % every == 0):
                 state.loss_sum = loss_sum.item()
                 state.parts_sum = {k: v.item() for k, v in parts_sum.items()}
-                rng = distributed.gather_rng(rng_state(), self.group)  # every rank's
+                rngs = distributed.gather_rng(rng_state(), self.group)  # every rank's
                 if self.folder is not None:
                     self.folder.save_state(state, self.trainer.model, self.trainer.optimizer,
-                                           self.recipe, rng)
+                                           self.recipe, rngs)
             if self.out_of_steps:
                 break
         return loss_sum, parts_sum
@@ -523,15 +529,15 @@ class _Epochs:
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
         report = dataclasses.replace(report, best=best, seconds=seconds)
-        rng = distributed.gather_rng(rng_state(), self.group) if complete else None
+        rngs = distributed.gather_rng(rng_state(), self.group) if complete else None
         if self.folder is not None:
-            self._write(epoch, report, complete, rng)
+            self._write(epoch, report, complete, rngs)
         if complete:
             state.epoch, state.batches_done, state.loss_sum, state.parts_sum = epoch, 0, 0.0, {}
         return report
 
     def _write(self, epoch: int, report: EpochReport, complete: bool,
-               rng: dict[str, torch.Tensor] | None) -> None:
+               rngs: list[dict[str, torch.Tensor]] | None) -> None:
         state, model, folder = self.state, self.trainer.model, self.folder
         meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
                                valid=report.valid, steps=state.step, partial=not complete)
@@ -542,7 +548,7 @@ class _Epochs:
         if complete:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
-            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rng)
+            folder.save_state(done, model, self.trainer.optimizer, self.recipe, rngs)
 
 
 def _resumed_threads(choice: ThreadChoice, state: TrainState) -> ThreadChoice:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from enum import Enum
 from pathlib import Path
@@ -15,6 +14,7 @@ from xmtc_cli.cli.options import Device, ThreadsOption
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override
 from xmtc_cli.errors import UsageError, XmtcError
+from xmtc_cli.launch import Launch
 
 # The core (torch) is imported inside the command, so that `xmtc --help` and `xmtc preprocess`
 # start fast.
@@ -67,31 +67,30 @@ def train(
         return
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
+    launch = Launch.from_environ()  # this process's place, decided once and handed on
     if nproc > 1 or max_restarts > 0:
-        _launch(nproc, max_restarts, argv or ["train", str(recipe)])
+        _launch(nproc, max_restarts, argv or ["train", str(recipe)], launch)
         return
     # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir, run_name
     from xmtc_cli.training import fit
 
-    launch = distributed.launch_id() if distributed.restart_count() > 0 else None
-    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, launch)
+    ours = launch.launch_id if launch.restarts > 0 else None  # a restart continues its folder
+    run_dir = out or default_run_dir(Path("runs") / run_name(resolved, recipe), resume, ours)
     command = "xmtc " + shlex.join(argv) if argv else f"xmtc train {shlex.quote(str(recipe))}"
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world > 1:
-        command += f"  # on {world} processes (torchrun)"
-    main_rank = os.environ.get("RANK", "0") == "0"
-    display = TrainingDisplay() if main_rank else None
+    if launch.world_size > 1:
+        command += f"  # on {launch.world_size} processes (torchrun)"
+    display = TrainingDisplay() if launch.is_main else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display, threads=threads)
+                     callback=display, launch=launch, threads=threads)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:
         if display is not None:
             display.close()
-    if not main_rank:
+    if not launch.is_main:
         return
     if result.best_valid:
         stdout.print(metrics_table(result.best_valid,
@@ -100,10 +99,10 @@ def train(
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
 
 
-def _launch(nproc: int, max_restarts: int, argv: list[str]) -> None:
+def _launch(nproc: int, max_restarts: int, argv: list[str], launch: Launch) -> None:
     """`xmtc train ... --nproc K [--max-restarts N]`: the same command on K processes, started
     (and restarted) by torchrun's own launcher (torch.distributed.run) on this machine."""
-    if "WORLD_SIZE" in os.environ:
+    if launch.by_torchrun:
         raise UsageError("--nproc or --max-restarts was given to a process that torchrun "
                          "already started",
                          "drop them: torchrun's own --nproc-per-node and --max-restarts apply")

@@ -267,10 +267,7 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         training = replace(training, split=replace(training.split, features=rows))
     progress(f"vocabulary: {training.distinct_words:,} words, {len(training.labels):,} labels")
     splits, all_labels, valid_from = _read_splits(read, files, training, options, progress)
-    for split in side.keys() - {"train"}:  # test, and a shipped validation split
-        width = training.split.features.shape[1]
-        rows = _read_side_features(side[split], len(splits[split]), width, checksums)
-        splits[split] = replace(splits[split], features=rows)
+    splits = _with_side_features(splits, side, training, checksums)
 
     num_labels = len(training.labels)
     names = _label_names(files, encoding, checksums, all_labels, warnings)
@@ -301,30 +298,52 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         warnings=tuple(warnings),
     )
     progress(f"writing {out}")
-    data = ProcessedData(
+    manifest = {
+        "dataset": name,
+        "title": spec.title if spec else name,
+        "tokenizer": settings,
+        "options": _recorded_options(options, encoding, folder, vectors, valid_from),
+        "sources": checksums,
+        "stats": _without_run_details(summary),
+        "xmtc_version": __version__,
+    }
+    save_processed(_processed_data(training, splits, all_labels, names, (tokens, labels),
+                                   manifest), out)
+    return out, replace(summary, seconds=round(time.perf_counter() - start, 2))
+
+
+def _with_side_features(splits: dict[str, Split], side: dict[str, Path], training: _Training,
+                        checksums: dict[str, str]) -> dict[str, Split]:
+    """The held-out splits with the side features of `side` (test, and a shipped validation
+    split), of the training split's width; train already has its own."""
+    splits = dict(splits)
+    for split in side.keys() - {"train"}:
+        width = training.split.features.shape[1]
+        rows = _read_side_features(side[split], len(splits[split]), width, checksums)
+        splits[split] = replace(splits[split], features=rows)
+    return splits
+
+
+def _processed_data(training: _Training, splits: dict[str, Split], all_labels: list[str],
+                    names: list[str], embeddings: tuple[np.ndarray | None, np.ndarray | None],
+                    manifest: dict) -> ProcessedData:
+    """What `save_processed` writes; gold-only labels (after the training ones) count 0."""
+    tokens, labels = embeddings
+    num_labels = len(training.labels)
+    return ProcessedData(
         tokens=training.words.items,
         token_counts=training.words.counts,
         labels=all_labels,
         label_names=names,
         label_counts=np.concatenate(
-            [training.labels.counts, np.zeros(summary.gold_only_labels, dtype=np.int64)]
+            [training.labels.counts, np.zeros(len(all_labels) - num_labels, dtype=np.int64)]
         ),
         num_labels=num_labels,
         splits=splits,
         label_embeddings=labels,
         token_embeddings=tokens,
-        manifest={
-            "dataset": name,
-            "title": spec.title if spec else name,
-            "tokenizer": settings,
-            "options": _recorded_options(options, encoding, folder, vectors, valid_from),
-            "sources": checksums,
-            "stats": _without_run_details(summary),
-            "xmtc_version": __version__,
-        },
+        manifest=manifest,
     )
-    save_processed(data, out)
-    return out, replace(summary, seconds=round(time.perf_counter() - start, 2))
 
 
 # --- finding the corpus ----------------------------------------------------------------------
