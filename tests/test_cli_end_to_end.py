@@ -25,7 +25,7 @@ DEMO = Path(__file__).parents[1] / "recipes" / "demo.yaml"
 SMALL = ["model.hidden_size=16", "model.conv_kernels=[3,3]", "data.max_src_tokens=40",
          "train.batch_size=16"]
 RUN_FILES = {".lock", "recipe.yaml", "metrics.jsonl", "model.safetensors", "last.safetensors",
-             "train_state.safetensors"}
+             "train_state.safetensors", "curves.csv"}
 
 
 def test_preprocess_train_predict_eval(tmp_path, cli):
@@ -60,7 +60,7 @@ def test_preprocess_train_predict_eval(tmp_path, cli):
 
     predictions = tmp_path / "predictions.txt"
     result = cli("predict", run / "model.safetensors", raw / "test_texts.txt", "--out",
-                 predictions)
+                 predictions, "--label-ids")
     assert result.code == 0, result.err
     lines = predictions.read_text(encoding="utf-8").splitlines()
     labels = set(read_meta(run / "model.safetensors").labels)
@@ -110,6 +110,7 @@ def test_the_demo_as_a_user_runs_it(tmp_path):
                    stdin=docs)
     assert predict.returncode == 0, predict.stderr.decode()
     rows = [json.loads(line) for line in predict.stdout.decode().splitlines()]
-    assert len(rows) == 3 and rows[1] == {"labels": [], "scores": []}
-    assert all(0 < s <= 1 for row in rows for s in row["scores"])
+    assert len(rows) == 3 and rows[1] == {"id": 2, "labels": []}
+    assert [row["id"] for row in rows] == [1, 2, 3]
+    assert all(0 < s["score"] <= 1 and s["in_set"] for row in rows for s in row["labels"])
     assert predict.stderr.decode().startswith("predicted 3 documents in ")

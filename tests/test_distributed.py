@@ -342,8 +342,8 @@ def test_rank_0_alone_holds_the_lock_and_writes_the_run(pair):
     run = pair / "whole"
     assert (run / ".lock").read_text().strip() == str(first["pid"])
     assert sorted(p.name for p in run.iterdir()) == [
-        ".lock", "last.safetensors", "metrics.jsonl", "model.safetensors", "recipe.yaml",
-        STATE_FILE]
+        ".lock", "curves.csv", "last.safetensors", "metrics.jsonl", "model.safetensors",
+        "recipe.yaml", STATE_FILE]
     assert first["fits"] == second["fits"]  # every rank knows how the run went
     state = load_file(run / STATE_FILE)
     assert sorted(k for k in state if k.startswith("rng.")) == ["rng.torch.0", "rng.torch.1"]

@@ -31,7 +31,18 @@ def lines_of(path: Path) -> list[str]:
 
 
 def jsonl(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines()]
+    """`predict --format jsonl` lines as {"labels": the set's labels, "scores": their scores},
+    after checking each line's shape: an id, and label objects ranked by score."""
+    rows = []
+    for line in text.splitlines():
+        row = json.loads(line)
+        assert row.keys() == {"id", "labels"}
+        for item in row["labels"]:
+            assert item.keys() == {"label", "name", "score", "in_set"}
+        in_set = [item for item in row["labels"] if item["in_set"]]
+        rows.append({"labels": [x["label"] for x in in_set],
+                     "scores": [x["score"] for x in in_set]})
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +71,7 @@ def predicted(tiny_run, docs, tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("predicted") / "p.jsonl"
     with threads(1):
         result = run_cli("predict", tiny_run.best, docs, "--format", "jsonl", "--batch-size", "1",
-                         "--out", out)
+                         "--order", "generation", "--out", out)
     assert result.code == 0, result.err
     return jsonl(out.read_text(encoding="utf-8"))
 
@@ -82,7 +93,7 @@ def test_one_output_line_per_input_line(tiny_run, docs, predicted, cli):
     assert sum(bool(row["labels"]) for row in predicted) > len(predicted) // 2
     assert len({tuple(row["labels"]) for row in predicted}) >= 4
 
-    text = cli("predict", tiny_run.best, docs)
+    text = cli("predict", tiny_run.best, docs, "--label-ids", "--order", "generation")
     assert text.code == 0, text.err
     assert text.out.split("\n") == [" ".join(row["labels"]) for row in predicted] + [""]
     assert "predicted 40 documents" in text.err and text.err.count("\n") == 1
@@ -92,7 +103,7 @@ def test_predictions_do_not_depend_on_batch_size(tiny_run, docs, predicted, cli)
     """Padding, batching and chunking change nothing: each line gets what it gets alone."""
     for batch_size in ("64", "7"):
         result = cli("predict", tiny_run.best, docs, "--format", "jsonl",
-                     "--batch-size", batch_size)
+                     "--batch-size", batch_size, "--order", "generation")
         assert result.code == 0, result.err
         rows = jsonl(result.out)
         assert [r["labels"] for r in rows] == [r["labels"] for r in predicted]
@@ -106,20 +117,21 @@ def test_output_keeps_input_order(tiny_run, docs, predicted, tmp_path, cli):
     reversed_docs.write_text("".join(line + "\n" for line in reversed(lines_of(docs))),
                              encoding="utf-8")
     result = cli("predict", tiny_run.best, reversed_docs, "--format", "jsonl",
-                 "--batch-size", "5")
+                 "--batch-size", "5", "--order", "generation")
     assert [r["labels"] for r in jsonl(result.out)] == [r["labels"] for r in reversed(predicted)]
 
 
 def test_stdin_in_and_atomic_file_out(tiny_run, docs, predicted, tmp_path, cli):
-    from_stdin = cli("predict", tiny_run.best, "-", "--format", "jsonl",
-                     stdin=docs.read_bytes())
+    from_stdin = cli("predict", tiny_run.best, "-", "--format", "jsonl", "--order",
+                     "generation", stdin=docs.read_bytes())
     assert from_stdin.code == 0, from_stdin.err
     assert [r["labels"] for r in jsonl(from_stdin.out)] == [r["labels"] for r in predicted]
 
     out = tmp_path / "out" / "labels.txt"
     out.parent.mkdir()
     out.write_text("old content\n")
-    result = cli("predict", tiny_run.best, docs, "--out", out)
+    result = cli("predict", tiny_run.best, docs, "--out", out, "--label-ids", "--order",
+                 "generation")
     assert result.code == 0 and result.out == ""
     assert result.err.startswith("predicted 40 documents in ")
     assert result.err.endswith(f"-> {out}\n")
@@ -129,7 +141,8 @@ def test_stdin_in_and_atomic_file_out(tiny_run, docs, predicted, tmp_path, cli):
 
 def test_stdin_without_a_final_newline_and_windows_line_ends(tiny_run, predicted, docs, cli):
     crlf = "\r\n".join(lines_of(docs)).encode("utf-8")  # and no line end after the last
-    result = cli("predict", tiny_run.best, "-", "--format", "jsonl", stdin=crlf)
+    result = cli("predict", tiny_run.best, "-", "--format", "jsonl", "--order", "generation",
+                 stdin=crlf)
     assert [r["labels"] for r in jsonl(result.out)] == [r["labels"] for r in predicted]
 
 
@@ -140,7 +153,8 @@ def test_a_checkpoint_needs_no_other_file(tiny_run, docs, predicted, tmp_path, c
     copy = tmp_path / "elsewhere" / "copy.safetensors"
     save_checkpoint(copy, state, meta)
     assert list(copy.parent.iterdir()) == [copy]
-    result = cli("predict", copy, docs, "--format", "jsonl", "--batch-size", "1")
+    result = cli("predict", copy, docs, "--format", "jsonl", "--batch-size", "1", "--order",
+                 "generation")
     assert result.code == 0, result.err
     assert jsonl(result.out) == predicted
 
@@ -357,7 +371,7 @@ def test_predict_then_eval_files_equals_eval_checkpoint(tiny_run, tiny_data, tmp
     predictions = tmp_path / "test_predictions.txt"
     gold = tiny_data.raw / "test_labels.txt"
     assert cli("predict", tiny_run.best, tiny_data.raw / "test_texts.txt", "--out",
-               predictions).code == 0
+               predictions, "--label-ids", "--order", "generation").code == 0
     from_files = json.loads(cli("eval", "--predictions", predictions, "--gold", gold,
                                 "--train-labels", tiny_data.raw / "train_labels.txt",
                                 "--json").out)

@@ -170,7 +170,7 @@ def test_eval_checkpoint_takes_a_and_b(tiny_run, tiny_data, tmp_path, cli):
     """CHECKPOINT --data weighs labels as the raw training labels do, with any A and B."""
     predictions = tmp_path / "predictions.txt"
     assert cli("predict", tiny_run.best, tiny_data.raw / "test_texts.txt", "--out",
-               predictions).code == 0
+               predictions, "--label-ids", "--order", "generation").code == 0
     options = ("--propensity-a", "0.6", "--propensity-b", "2.6", "--json")
     from_checkpoint = json.loads(cli("eval", tiny_run.best, "--data", tiny_data.processed,
                                      *options).out)

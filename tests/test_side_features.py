@@ -384,14 +384,15 @@ def test_the_checkpoint_keeps_feature_size_and_predict_matches_generate(feature_
     assert sum(bool(line) for line in want) > 50  # the model does label them
     # The command: batches of 7, each reading its own rows of the file.
     result = cli("predict", best, texts, "--features", rows, "--batch-size", "7",
-                 "--device", "cpu")
+                 "--device", "cpu", "--label-ids", "--order", "generation")
     assert result.code == 0, result.err
     assert result.out.splitlines() == want
     # A copy of the checkpoint saved again predicts the same.
     state, meta = load_checkpoint(best)
     copy = tmp_path / "copy.safetensors"
     save_checkpoint(copy, state, meta)
-    again = cli("predict", copy, texts, "--features", rows, "--device", "cpu")
+    again = cli("predict", copy, texts, "--features", rows, "--device", "cpu", "--label-ids",
+                "--order", "generation")
     assert again.out.splitlines() == want
 
 

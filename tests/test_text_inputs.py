@@ -175,7 +175,7 @@ def test_eval_reads_label_files_in_the_encoding_given(tmp_path, cli):
 def test_eval_reads_the_jsonl_that_predict_writes(tiny_run, tiny_data, tmp_path, cli):
     texts, gold = tiny_data.raw / "test_texts.txt", tiny_data.raw / "test_labels.txt"
     as_text, as_jsonl = tmp_path / "p.txt", tmp_path / "p.jsonl"
-    assert cli("predict", tiny_run.best, texts, "--out", as_text).code == 0
+    assert cli("predict", tiny_run.best, texts, "--out", as_text, "--label-ids").code == 0
     assert cli("predict", tiny_run.best, texts, "--out", as_jsonl, "--format", "jsonl").code == 0
     want = metrics(cli("eval", "--predictions", as_text, "--gold", gold, "--json"))
     assert want["micro_f1"] > 0.2

@@ -118,6 +118,9 @@ class TrainConfig:
     checkpoint_every: int | None = None
     """Also save the train state every this many optimiser steps inside an epoch, so that a kill
     loses at most that much work; --resume continues from the step. None: at epoch ends only."""
+    early_stop: int | None = None
+    """Stop once this many epochs in a row have not improved validation micro-F1 (the best
+    checkpoint stays model.safetensors). None: train all epochs."""
     log_every: float = 60.0
     """Seconds between progress lines when stderr is not a terminal (a log file, a scheduler)."""
     threads: int | None = None
@@ -248,6 +251,7 @@ def _check(r: Recipe) -> list[str]:
         "loss.ot_iters": r.loss.ot_iters,
         "train.max_steps": r.train.max_steps,
         "train.checkpoint_every": r.train.checkpoint_every,
+        "train.early_stop": r.train.early_stop,
         "train.threads": r.train.threads,
         "train.valid_every": r.train.valid_every,
         "train.valid_docs": r.train.valid_docs,

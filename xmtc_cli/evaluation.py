@@ -11,13 +11,16 @@ from typing import Literal
 import numpy as np
 import torch
 
+from xmtc_cli import perlabel
 from xmtc_cli.config import Recipe
-from xmtc_cli.data.processed import ProcessedData, load_processed
+from xmtc_cli.data.builtin import load_data
+from xmtc_cli.data.processed import ProcessedData
 from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
 from xmtc_cli.metrics import (
+    RANKS,
     InversePropensities,
     inverse_propensities,
     propensity_constants,
@@ -97,13 +100,15 @@ def _propensities(counts, documents: int, a: float | None, b: float | None,
 def evaluate_files(predictions: str | Path, gold: str | Path,
                    train_labels: str | Path | None = None, propensity_a: float | None = None,
                    propensity_b: float | None = None,
-                   encoding: str = "utf-8") -> dict[str, float]:
+                   encoding: str = "utf-8", ranks: tuple[int, ...] = RANKS,
+                   per_label: list | None = None) -> dict[str, float]:
     """Metrics of a predictions file against a gold file, one document per line each, all
     files read in `encoding`.
 
     Macro-F1 averages over the labels that occur in either file. With `train_labels`, the
     training set's label file, the result adds PSP@k and PSnDCG@k (`metrics.PS_METRIC_KEYS`)
-    with propensities counted there.
+    with propensities counted there. `ranks`: the k of the ranking metrics. `per_label`, a
+    list, receives the rows of `perlabel.rows` (train counts from `train_labels`).
     """
     pred_sets = read_label_file(predictions, encoding)
     gold_sets = read_label_file(gold, encoding)
@@ -117,13 +122,23 @@ def evaluate_files(predictions: str | Path, gold: str | Path,
     if train_labels is not None:
         inv = label_file_inverse_propensities(train_labels, propensity_a, propensity_b,
                                               encoding)
-    return score_label_sets(pred_sets, gold_sets, inv_propensity=inv)
+    counts: dict = {}
+    metrics = score_label_sets(pred_sets, gold_sets, inv_propensity=inv, ranks=ranks,
+                               per_label=counts)
+    if per_label is not None:
+        train = None
+        if train_labels is not None:
+            train = Counter(x for labels in read_label_file(train_labels, encoding)
+                            for x in set(labels))
+        per_label.extend(perlabel.rows(counts, None, train))
+    return metrics
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
                         device: str = "auto", batch_size: int = 64,
                         propensity_a: float | None = None,
-                        propensity_b: float | None = None) -> dict[str, float]:
+                        propensity_b: float | None = None, ranks: tuple[int, ...] = RANKS,
+                        per_label: list | None = None) -> dict[str, float]:
     """Metrics of a checkpoint on a split of processed data, compared by label name.
 
     Besides `macro_f1` (over labels in gold or predictions) the result holds
@@ -134,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
     tokenizer must agree.
     """
     predictor = Predictor.from_checkpoint(str(checkpoint), device)
-    data = load_processed(data_dir)
+    data = load_data(str(data_dir))  # a folder, or builtin:demo as recipes name it
     if split not in data.splits:
         raise DataError(
             f"{data_dir} has no {split!r} split (it has {', '.join(data.splits)})",
@@ -156,8 +171,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                                     batch_size, predictor.device, recipe.train.amp)
     ]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
-    metrics = score_label_sets(predicted, gold, inv_propensity=inv)
-    metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels)["macro_f1"]
+    metrics = score_label_sets(predicted, gold, inv_propensity=inv, ranks=ranks)
+    counts: dict = {}
+    metrics["macro_f1_all_labels"] = score_label_sets(predicted, gold, predictor.labels,
+                                                      per_label=counts)["macro_f1"]
+    if per_label is not None:  # every label of the model, and gold-only ones of the data
+        names = dict(zip(data.labels, data.label_names))
+        names.update(zip(predictor.labels, predictor.names))
+        train = dict(zip(data.labels, data.label_counts.tolist()))
+        per_label.extend(perlabel.rows(counts, names, train))
     return metrics
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,11 @@ from xmtc_cli.model import Seq2SetModel
 class Prediction:
     labels: list[int]  # corpus label ids in generation order, distinct
     scores: list[float]  # probability at the step that produced each label
+    # With `predict_ids(..., rank=K)`: each label's highest probability over the decoder's
+    # steps, for the set's labels (aligned with `labels`) and for the K best labels overall
+    # (corpus ids and scores, best first). Empty otherwise.
+    best: list[float] = field(default_factory=list)
+    ranked: list[tuple[int, float]] = field(default_factory=list)
 
 
 def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
@@ -48,13 +53,17 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 max_src_tokens: int, device: torch.device, amp: bool = True,
-                features: np.ndarray | None = None) -> list[Prediction]:
+                features: np.ndarray | None = None, rank: int = 0) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
     float32 [len(docs), D] for a model that reads them.
 
     Without side features a document with no tokens gets the empty set: there is nothing to
     read labels from, and the model would otherwise answer with whatever its decoder favours
     a priori. With them it is decoded like any other: its features are something to read.
+
+    `rank` > 0 also scores every label by its highest probability over the decoder's steps
+    (`Seq2SetModel.generate`'s `best`) and keeps the `rank` best (`Prediction.ranked`) and
+    the set's own (`Prediction.best`). Only those leave the device.
     """
     model.eval()
     out = [Prediction([], []) for _ in docs]
@@ -62,12 +71,31 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
     if filled:
         src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
         rows = feature_rows(features, filled)
+        best: list[torch.Tensor] | None = [] if rank > 0 else None
         with autocast(device, amp):
             labels, scores = model.generate(  # lengths stay on the host
-                src.to(device), lengths, None if rows is None else rows.to(device))
-        for i, pred in zip(filled, decode(labels, scores)):
+                src.to(device), lengths, None if rows is None else rows.to(device), best=best)
+        preds = decode(labels, scores)
+        if best:
+            preds = _with_ranking(preds, best[0].float()[:, NUM_SPECIALS:], rank)
+        for i, pred in zip(filled, preds):
             out[i] = pred
     return out
+
+
+def _with_ranking(preds: list[Prediction], best: torch.Tensor, rank: int) -> list[Prediction]:
+    """`preds` with `best` and `ranked` filled from best [B, L], corpus labels' best-step
+    probabilities."""
+    top_scores, top_ids = best.topk(min(rank, best.size(1)), dim=1)  # (B, K)
+    top_scores, top_ids = top_scores.cpu().tolist(), top_ids.cpu().tolist()
+    width = max((len(p.labels) for p in preds), default=0)
+    own = [[] for _ in preds]
+    if width:
+        index = torch.tensor([p.labels + [0] * (width - len(p.labels)) for p in preds],
+                             device=best.device)  # (B, W)
+        own = best.gather(1, index).cpu().tolist()
+    return [replace(p, best=own[b][:len(p.labels)], ranked=list(zip(top_ids[b], top_scores[b])))
+            for b, p in enumerate(preds)]
 
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
@@ -131,17 +159,35 @@ class Predictor:
         return cls(model, meta, dev)
 
     @property
+    def steps(self) -> int:
+        """The most decoding steps a document gets (N; N + 1 for a cross-entropy model)."""
+        return self.model.decode_steps + (1 if self.model.teacher_forcing else 0)
+
+    @property
+    def names(self) -> list[str]:
+        """Each label's readable name (its identifier where the checkpoint has none)."""
+        names = self.meta.label_names
+        return list(names) if names and len(names) == len(self.labels) else list(self.labels)
+
+    @property
+    def threshold(self) -> dict | None:
+        """The score threshold tuned on validation (`threshold.py`), where the checkpoint
+        holds one: {"threshold", "valid_micro_f1", "set_micro_f1"}."""
+        tuned = self.meta.extra.get("threshold")
+        return tuned if isinstance(tuned, dict) and "threshold" in tuned else None
+
+    @property
     def feature_size(self) -> int:
         """D of the side features the model reads; 0: none."""
         return self.model.feature_size
 
-    def predict_texts(self, texts: Sequence[str],
-                      features: np.ndarray | None = None) -> list[Prediction]:
+    def predict_texts(self, texts: Sequence[str], features: np.ndarray | None = None,
+                      rank: int = 0) -> list[Prediction]:
         """Label sets for raw texts, tokenized as the training data was, with their side
-        features float32 [len(texts), D] for a model trained with them."""
+        features float32 [len(texts), D] for a model trained with them (`predict_ids`)."""
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
-                           self.recipe.train.amp, features)
+                           self.recipe.train.amp, features, rank)
 
     def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
         """The side-features file `path` (None: none given) opened for `label_lines`, refused
@@ -166,9 +212,10 @@ class Predictor:
 
 def label_lines(predictor: Predictor, texts: Iterable[str], batch_size: int,
                 features: np.ndarray | None = None,
-                features_path: str | Path = "--features"
-                ) -> Iterator[tuple[list[str], list[float]]]:
-    """(label names, scores) for each text, in input order, predicted `batch_size` at a time.
+                features_path: str | Path = "--features", rank: int = 0
+                ) -> Iterator[Prediction]:
+    """The `Prediction` of each text (`predict_ids`, with `rank`), in input order, predicted
+    `batch_size` at a time.
 
     Texts are read lazily, one batch ahead at most, so memory stays flat however many come in
     and a reader of the output sees a batch's labels before the next batch is read. `features`
@@ -187,8 +234,7 @@ def label_lines(predictor: Predictor, texts: Iterable[str], batch_size: int,
                                 "write one row per document, in the documents' order")
             rows = checked_rows(features, features_path, done, done + len(chunk))
         done += len(chunk)
-        for pred in predictor.predict_texts(chunk, rows):
-            yield [predictor.labels[k] for k in pred.labels], pred.scores
+        yield from predictor.predict_texts(chunk, rows, rank)
     if features is not None and done != len(features):
         raise DataError(f"{features_path} has {len(features):,} rows for {done:,} documents",
                         "write one row per document, in the documents' order")

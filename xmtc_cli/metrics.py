@@ -52,8 +52,6 @@ other values than the defaults: the Amazon ones."""
 
 # _DISCOUNTS[i] = 1 / log2(r + 1), the DCG weight of the 1-based rank r = i + 1.
 _DISCOUNTS = [1.0 / math.log2(rank + 1) for rank in range(1, max(RANKS) + 1)]
-# _BINARY_IDEAL[n] = the DCG of n relevant labels ranked first (n <= max(RANKS)).
-_BINARY_IDEAL = [sum(_DISCOUNTS[:n]) for n in range(max(RANKS) + 1)]
 
 
 def propensity_constants(dataset: str | None) -> tuple[float, float]:
@@ -127,9 +125,14 @@ def score_label_sets(
     gold: Sequence[Sequence[Hashable]],
     label_universe: Collection[Hashable] | None = None,
     inv_propensity: Mapping[Hashable, float] | None = None,
+    ranks: Sequence[int] = RANKS,
+    per_label: dict[Hashable, tuple[int, int, int]] | None = None,
 ) -> dict[str, float | int]:
     """Score predicted label sets against gold sets; keys as in `METRIC_KEYS`, and
-    `PS_METRIC_KEYS` too when `inv_propensity` is given.
+    `PS_METRIC_KEYS` too when `inv_propensity` is given. `ranks` are the k of the ranking
+    metrics (P@k, nDCG@k, ...; the keys follow them). `per_label`, a dict, receives each
+    label's (true positives, false positives, false negatives) over the labels macro-F1
+    averages over.
 
     `predictions[i]` holds document i's labels in generation order, repeats allowed (they
     collapse onto the first occurrence); `gold[i]` its gold labels. Every value is a fraction in
@@ -172,15 +175,20 @@ def score_label_sets(
             f"{len(predictions)} predicted label sets but {len(gold)} gold label sets; "
             "they must describe the same documents in the same order"
         )
+    ranks = tuple(ranks)
+    if not ranks or min(ranks) < 1:
+        raise ValueError(f"ranks must be positive integers, not {ranks}")
+    depth = max(ranks)
+    discounts = _discounts(depth)
     tp: Counter[Hashable] = Counter()  # per label: documents predicted and gold
     fp: Counter[Hashable] = Counter()  # predicted, not gold
     fn: Counter[Hashable] = Counter()  # gold, not predicted
     example_f1 = 0.0
-    precision_at = dict.fromkeys(RANKS, 0.0)
-    ndcg_at = dict.fromkeys(RANKS, 0.0)
+    precision_at = dict.fromkeys(ranks, 0.0)
+    ndcg_at = dict.fromkeys(ranks, 0.0)
     # Propensity-scored sums: [gain of the predictions, best gain of the gold set] for each k.
-    psp_at = {k: [0.0, 0.0] for k in RANKS}
-    psndcg_at = {k: [0.0, 0.0] for k in RANKS}
+    psp_at = {k: [0.0, 0.0] for k in ranks}
+    psndcg_at = {k: [0.0, 0.0] for k in ranks}
     for predicted, relevant in zip(predictions, gold):
         ranked = list(dict.fromkeys(predicted))  # distinct, in order of first generation
         predicted_set, gold_set = set(ranked), set(relevant)
@@ -189,34 +197,37 @@ def score_label_sets(
         fp.update(predicted_set - hits)
         fn.update(gold_set - hits)
         example_f1 += _f1(len(hits), len(predicted_set) - len(hits), len(gold_set) - len(hits))
-        gains = [label in gold_set for label in ranked[: max(RANKS)]]
-        for k in RANKS:
+        gains = [label in gold_set for label in ranked[:depth]]
+        for k in ranks:
             precision_at[k] += sum(gains[:k]) / k
-            ndcg_at[k] += _ndcg(gains[:k], len(gold_set), k)
+            ndcg_at[k] += _ndcg(gains[:k], len(gold_set), k, discounts)
         if inv_propensity is not None and gold_set:
-            _add_propensity_scored(ranked, gold_set, inv_propensity, psp_at, psndcg_at)
+            _add_propensity_scored(ranked, gold_set, inv_propensity, psp_at, psndcg_at,
+                                   discounts)
 
     documents = len(gold)
     labels = set(tp) | set(fp) | set(fn)
     if label_universe is not None:
         labels.update(label_universe)
-    per_label = {label: _f1(tp[label], fp[label], fn[label]) for label in labels}
+    if per_label is not None:
+        per_label.update((label, (tp[label], fp[label], fn[label])) for label in labels)
+    f1_of = {label: _f1(tp[label], fp[label], fn[label]) for label in labels}
     support = {label: tp[label] + fn[label] for label in labels}
     total_tp, total_fp, total_fn = sum(tp.values()), sum(fp.values()), sum(fn.values())
     return {
         "micro_precision": _ratio(total_tp, total_tp + total_fp),
         "micro_recall": _ratio(total_tp, total_tp + total_fn),
         "micro_f1": _f1(total_tp, total_fp, total_fn),
-        "macro_f1": _ratio(math.fsum(per_label.values()), len(labels)),
+        "macro_f1": _ratio(math.fsum(f1_of.values()), len(labels)),
         "weighted_f1": _ratio(
-            math.fsum(support[label] * per_label[label] for label in labels), sum(support.values())
+            math.fsum(support[label] * f1_of[label] for label in labels), sum(support.values())
         ),
         "example_f1": _ratio(example_f1, documents),
-        **{f"p@{k}": _ratio(precision_at[k], documents) for k in RANKS},
-        **{f"ndcg@{k}": _ratio(ndcg_at[k], documents) for k in RANKS},
+        **{f"p@{k}": _ratio(precision_at[k], documents) for k in ranks},
+        **{f"ndcg@{k}": _ratio(ndcg_at[k], documents) for k in ranks},
         **({} if inv_propensity is None else {
-            **{f"psp@{k}": _ratio(*psp_at[k]) for k in RANKS},
-            **{f"psndcg@{k}": _ratio(*psndcg_at[k]) for k in RANKS},
+            **{f"psp@{k}": _ratio(*psp_at[k]) for k in ranks},
+            **{f"psndcg@{k}": _ratio(*psndcg_at[k]) for k in ranks},
         }),
         "documents": documents,
     }
@@ -225,9 +236,10 @@ def score_label_sets(
 def _add_propensity_scored(ranked: list[Hashable], gold_set: set[Hashable],
                            inv_propensity: Mapping[Hashable, float],
                            psp_at: dict[int, list[float]],
-                           psndcg_at: dict[int, list[float]]) -> None:
-    """Add one document (with gold labels) to the PSP@k and PSnDCG@k sums."""
-    depth = max(RANKS)
+                           psndcg_at: dict[int, list[float]],
+                           discounts: list[float] = _DISCOUNTS) -> None:
+    """Add one document (with gold labels) to the PSP@k and PSnDCG@k sums (k: their keys)."""
+    depth = len(discounts)
     padding = [0.0] * depth
     # The gold weights in descending order: the best ranking. Sorted also makes the sums
     # independent of set order (string hashing).
@@ -236,10 +248,10 @@ def _add_propensity_scored(ranked: list[Hashable], gold_set: set[Hashable],
              + padding)[:depth]
     # Prefix sums: [k - 1] is the sum over the top k.
     gain, best_gain = list(accumulate(gains)), list(accumulate(best))
-    dcg = list(accumulate(map(mul, gains, _DISCOUNTS)))
-    ideal = list(accumulate(map(mul, best, _DISCOUNTS)))
-    for k in RANKS:
-        normaliser = _BINARY_IDEAL[min(k, len(gold_set))]
+    dcg = list(accumulate(map(mul, gains, discounts)))
+    ideal = list(accumulate(map(mul, best, discounts)))
+    for k in psp_at:
+        normaliser = sum(discounts[: min(k, len(gold_set))])
         psp_at[k][0] += gain[k - 1]
         psp_at[k][1] += best_gain[k - 1]
         psndcg_at[k][0] += dcg[k - 1] / normaliser
@@ -255,12 +267,20 @@ def _f1(tp: int, fp: int, fn: int) -> float:
     return _ratio(2 * tp, 2 * tp + fp + fn)
 
 
-def _ndcg(gains: list[bool], num_gold: int, k: int) -> float:
+def _discounts(depth: int) -> list[float]:
+    """1 / log2(r + 1) for the ranks r = 1 .. depth (the shared list for the default ranks)."""
+    if depth <= len(_DISCOUNTS):
+        return _DISCOUNTS[:depth] if depth < len(_DISCOUNTS) else _DISCOUNTS
+    return [1.0 / math.log2(rank + 1) for rank in range(1, depth + 1)]
+
+
+def _ndcg(gains: list[bool], num_gold: int, k: int,
+          discounts: list[float] = _DISCOUNTS) -> float:
     """nDCG@k of one ranking with binary gains, normalised by the best DCG@k of `num_gold` labels.
 
     This is the XMC definition (AttentionXML, pyxclib): the ideal ranking puts
     min(k, num_gold) relevant labels first, so a document with no gold labels scores 0.
     """
-    dcg = sum(_DISCOUNTS[rank] for rank, gain in enumerate(gains) if gain)
-    ideal = sum(_DISCOUNTS[: min(k, num_gold)])
+    dcg = sum(discounts[rank] for rank, gain in enumerate(gains) if gain)
+    ideal = sum(discounts[: min(k, num_gold)])
     return _ratio(dcg, ideal)

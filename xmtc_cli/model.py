@@ -483,8 +483,8 @@ class Seq2SetModel(nn.Module):
         return _ComputedLinear.apply(features, weight, bias, logits, mask)
 
     @torch.no_grad()
-    def generate(self, src: Tensor, lengths: Tensor,
-                 features: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
+                 best: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
         the side features of a model that has them (`encode`).
@@ -492,17 +492,27 @@ class Seq2SetModel(nn.Module):
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
         score 0, and decoding stops once every document has ended.
+
+        `best`, a list, receives one tensor [B, V]: every output's highest probability over the
+        steps decoded (for a cross-entropy model, the steps up to its EOS), which ranks labels
+        the set left out (`xmtc predict --top-k`). Decoding itself is unchanged.
         """
         memories, state = self.encode(src, lengths, features)
         num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
+        best_so_far = None
         for t, step in enumerate(self.decode(memories, state, num_steps)):
             label = step.choice  # (B,): the arg-max decode feeds back
             # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
             logits = step.logits.float()  # (B, V)
             chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
             score = (chosen - torch.logsumexp(logits, dim=-1)).exp()  # (B,)
+            if best is not None:
+                probs = torch.softmax(logits, dim=-1)  # (B, V)
+                if self.teacher_forcing:  # a document that has ended adds nothing
+                    probs = probs.masked_fill(ended.unsqueeze(1), 0.0)
+                best_so_far = probs if best_so_far is None else torch.maximum(best_so_far, probs)
             if self.teacher_forcing:
                 label = label.masked_fill(ended, EMPTY)
                 score = score.masked_fill(ended, 0.0)
@@ -512,6 +522,8 @@ class Seq2SetModel(nn.Module):
             # Checking for the end waits on the device: do it every few steps only.
             if self.teacher_forcing and t % 4 == 3 and bool(ended.all()):
                 break
+        if best is not None:
+            best.append(best_so_far)  # (B, V)
         return torch.stack(labels, dim=1), torch.stack(scores, dim=1)  # (B, S), (B, S)
 
     def encode(self, src: Tensor, lengths: Tensor,

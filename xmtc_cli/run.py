@@ -57,17 +57,19 @@ KIND torch or cuda) or `rng.KIND.R` (rank R's, in a run of many processes); meta
 (STATE_FORMAT, or MANY_PROCESS_STATE_FORMAT), `state` (TrainState as JSON), `recipe`."""
 LOCK_FILE = ".lock"
 LAUNCH_FILE = ".launch"
-RUN_FILES = (RECIPE_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE)
+CURVES_FILE = "curves.csv"  # metrics.jsonl as a table (xmtc_cli.curves)
+RUN_FILES = (RECIPE_FILE, METRICS_FILE, BEST_FILE, LAST_FILE, STATE_FILE, CURVES_FILE)
 # 2 added the position inside an epoch; 3, written by runs of many processes only, holds one RNG
 # state per rank (rng.torch.R). Files of formats 1 and 2 still resume.
 STATE_FORMAT = 2
 MANY_PROCESS_STATE_FORMAT = 3
 # Recipe keys that say how long to run and how often to report or save, not what to train:
-# --resume accepts new values for them.
+# --resume accepts new values for them. A larger train.epochs continues a finished run; the
+# cosine schedule then runs over the new total of steps from the step reached (README).
 # train.threads changes the rounding of some sums (how work is split among threads), as
 # resuming on another machine would, not the method.
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.checkpoint_every",
-                     "train.threads")
+                     "train.epochs", "train.early_stop", "train.threads")
 
 
 @dataclass
@@ -256,6 +258,9 @@ class RunFolder:
         previous = path.read_text(encoding="utf-8") if path.exists() else ""
         with atomic_file(path, "w", encoding="utf-8") as f:
             f.write(previous + json.dumps(dataclasses.asdict(report), sort_keys=True) + "\n")
+        from xmtc_cli.curves import write_csv
+
+        write_csv(self.path)  # curves.csv: the same epochs as a table
 
     def truncate_metrics(self, epoch: int) -> None:
         """Drop metric lines of epochs after `epoch` (finished but not saved before a kill)."""

@@ -263,7 +263,8 @@ class Trainer:
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
         command: str = "", callback: Callback | None = None,
-        launch: Launch | None = None, threads: int | None = None) -> FitResult:
+        launch: Launch | None = None, init: str | Path | None = None,
+        threads: int | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
     `threads`: CPU threads for torch (--threads); None: train.threads, else the environment's
@@ -279,7 +280,7 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
     group, dev, joined = distributed.setup(device, launch)
     try:
         return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
-                    choice)
+                    init, choice)
     except RuntimeError as exc:
         if not (group.active and distributed.lost_contact(exc)):
             raise
@@ -295,7 +296,8 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
 
 def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
-         command: str, callback: Callback, threads: ThreadChoice) -> FitResult:
+         command: str, callback: Callback, init: str | Path | None = None,
+         threads: ThreadChoice | None = None) -> FitResult:
     if not group.is_main:
         callback = Silent()
     run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
@@ -305,18 +307,29 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
     _check_agreement(recipe, data, group)
     epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
-                           threads)
+                           init, threads)
     with epochs.folder or contextlib.nullcontext():
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
-            if epochs.out_of_steps:
+            if epochs.out_of_steps or epochs.out_of_patience:
                 break
             reports.append(epochs.run(epoch))
+        group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
                          last_checkpoint=run_dir / LAST_FILE, best_epoch=state.best_epoch,
                          best_valid=state.best_valid, epochs=reports)
+
+
+def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
+                    device: torch.device) -> None:
+    """The best checkpoint gets the score threshold tuned on validation (`threshold.py`)."""
+    valid = data.splits.get("valid")
+    if valid is not None and len(valid) and best.exists():
+        from xmtc_cli.threshold import tune_checkpoint
+
+        tune_checkpoint(best, valid, recipe.train.eval_batch_size, device)
 
 
 def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
@@ -365,7 +378,8 @@ class _Epochs:
     @classmethod
     def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
               command: str, device: torch.device, group: Group,
-              callback: Callback, threads: ThreadChoice | None = None) -> _Epochs:
+              callback: Callback, init: str | Path | None = None,
+              threads: ThreadChoice | None = None) -> _Epochs:
         """Build everything from the recipe, open the run folder (rank 0) and load the saved
         state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
@@ -391,6 +405,11 @@ class _Epochs:
                                                     (recipe.data.dir, fingerprint))
                     state.data = fingerprint  # states saved before fingerprints had none
                     _check_world_size(folder, len(rngs), group)
+                elif init is not None:  # --init: a checkpoint's weights, matched by name
+                    from xmtc_cli.warmstart import init_from_checkpoint
+
+                    init_from_checkpoint(trainer.model, init, list(data.tokens),
+                                         list(data.labels[: data.num_labels]))
                 elif recipe.model.output_init == "prototype":
                     # Rank 0's rows reach the other ranks with its weights (sync_start).
                     init_output_prototypes(trainer.model, batcher, recipe.train.eval_batch_size,
@@ -421,6 +440,13 @@ class _Epochs:
             on_failure.pop_all()
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
                    steps_per_epoch)
+
+    @property
+    def out_of_patience(self) -> bool:
+        """train.early_stop epochs in a row have finished without a new best."""
+        patience = self.recipe.train.early_stop
+        return (patience is not None and self.state.best_epoch > 0
+                and self.state.epoch - self.state.best_epoch >= patience)
 
     @property
     def out_of_steps(self) -> bool:

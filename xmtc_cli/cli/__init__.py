@@ -15,13 +15,15 @@ import errno
 import io
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import typer
 
 # Importing a command module registers its command on `app`.
-from xmtc_cli.cli import eval, predict, preprocess, train  # noqa: F401
+from xmtc_cli.cli import eval, plot, predict, preprocess, serve, train  # noqa: F401
 from xmtc_cli.cli.app import app
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
@@ -36,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     _replace_closed_streams()
     _show_core_warnings()
+    previous = _catch_sigterm()
     try:
         command = typer.main.get_command(app)
         # Not `app(...)`: click's own main turns a broken pipe into exit code 1 before we see it.
@@ -46,12 +49,35 @@ def main(argv: list[str] | None = None) -> None:
     except SystemExit:
         raise
     except BaseException as exc:  # the boundary: every failure gets its message and exit code
-        code = _report(exc)
+        code = _report(exc, args)
         _flush_stdout(quiet=True)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code)
 
 
-def _report(exc: BaseException) -> int:
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler's time limit, `kill`): unwound like Ctrl-C, so files being
+    written are left as they were and the run folder's lock is released, then reported."""
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into `Terminated` (in the main thread; elsewhere signals cannot be set).
+    Returns the handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    try:
+        return signal.signal(signal.SIGTERM, terminated)
+    except (ValueError, OSError):
+        return None
+
+
+def _report(exc: BaseException, args: list[str] | None = None) -> int:
     """Print what failed (and the traceback under XMTC_DEBUG); return the exit code."""
     if isinstance(exc, typer.Exit):  # --help, --version
         return exc.exit_code
@@ -61,6 +87,13 @@ def _report(exc: BaseException) -> int:
     debug = _debug()
     if debug:
         traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, Terminated):
+        print("error: terminated (SIGTERM)", file=sys.stderr)
+        if args and args[0] == "train":
+            print("hint: every save is whole; `xmtc train RECIPE --out RUN --resume` continues "
+                  "from the last one (train.checkpoint_every saves inside epochs)",
+                  file=sys.stderr)
+        return 143
     if isinstance(exc, (typer.Abort, KeyboardInterrupt)):
         print("error: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain (click) help: it wraps long option names instead of cutting them as rich's
+    # tables do at 80 columns ("--centroid-weight…"), and reads the same piped or not.
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

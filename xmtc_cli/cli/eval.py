@@ -25,7 +25,7 @@ def eval_command(
     checkpoint: Annotated[Path | None, typer.Argument(
         help="A model.safetensors to evaluate on --data.")] = None,
     data: Annotated[Path | None, typer.Option(
-        help="Processed-data folder (with CHECKPOINT).")] = None,
+        help="Processed-data folder (with CHECKPOINT), or builtin:demo.")] = None,
     split: Annotated[str, typer.Option(
         help="Split of --data to evaluate: test or valid.")] = "test",
     predictions: Annotated[Path | None, typer.Option(
@@ -41,6 +41,11 @@ def eval_command(
     propensity_b: Annotated[float | None, typer.Option(min=0.0,
         help="B of the inverse propensities: 1.5, or 2.6 when --data is amazoncat13k or "
              "amazon670k, unless given.")] = None,
+    per_label: Annotated[Path | None, typer.Option(
+        "--per-label", help="Also write each label's support, precision, recall, F1 and "
+        "training count to this TSV file.")] = None,
+    k: Annotated[str, typer.Option(
+        "--k", help="The k of P@k, nDCG@k, PSP@k and PSnDCG@k, comma-separated.")] = "1,3,5",
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
@@ -53,6 +58,8 @@ def eval_command(
 
     apply_threads(choose_threads(threads))
 
+    ranks = _ranks(k)
+    rows: list | None = [] if per_label is not None else None
     if checkpoint is not None:
         if data is None or predictions or gold or train_labels or encoding != "utf-8":
             raise UsageError(
@@ -60,7 +67,7 @@ def eval_command(
                 "--encoding: processed data has no text encoding)"
             )
         metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size,
-                                      propensity_a, propensity_b)
+                                      propensity_a, propensity_b, ranks, rows)
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
         if str(predictions) == str(gold) == "-":
@@ -69,13 +76,32 @@ def eval_command(
         if train_labels is None and (propensity_a is not None or propensity_b is not None):
             raise UsageError("--propensity-a/--propensity-b need --train-labels FILE")
         metrics = evaluate_files(predictions, gold, train_labels, propensity_a, propensity_b,
-                                 encoding)
+                                 encoding, ranks, rows)
         title = f"{predictions} against {gold}"
     else:
         raise UsageError(
             "give either CHECKPOINT --data DIR, or --predictions FILE --gold FILE"
         )
+    if per_label is not None:
+        from xmtc_cli import perlabel
+
+        perlabel.write(per_label, rows)
     if json_output:
         print(json.dumps(metrics, sort_keys=True))
     else:
         stdout.print(metrics_table(metrics, title))
+
+
+MAX_K = 1000
+
+
+def _ranks(text: str) -> tuple[int, ...]:
+    """--k as sorted distinct positive integers, or a UsageError."""
+    try:
+        ranks = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        ranks = []
+    if not ranks or ranks[0] < 1 or ranks[-1] > MAX_K:
+        raise UsageError(f"--k {text[:30]!r} is not a list of integers from 1 to {MAX_K}",
+                         "give e.g. --k 1,3,5,10")
+    return tuple(ranks)

@@ -31,6 +31,21 @@ from xmtc_cli.textio import open_lines
 class Format(str, Enum):
     text = "text"
     jsonl = "jsonl"
+    tsv = "tsv"
+
+
+class Input(str, Enum):
+    auto = "auto"
+    text = "text"
+    jsonl = "jsonl"
+
+
+class Order(str, Enum):
+    score = "score"
+    generation = "generation"
+
+
+TSV_HEADER = "id\trank\tlabel\tname\tscore\tin_set\n"
 
 
 @app.command()
@@ -38,12 +53,32 @@ def predict(
     checkpoint: Annotated[Path, typer.Argument(
         help="A model.safetensors written by `xmtc train`.")],
     docs: Annotated[str, typer.Argument(
-        help="Text file, one document per line; - for stdin (pipes and <(...) work too).")],
+        help="Documents: a text file, one document a line, or a .jsonl file of "
+        '{"id": ..., "text": ...} lines; - for stdin (pipes and <(...) work too).')],
     out: Annotated[Path | None, typer.Option(
         help="Write here (atomically) instead of stdout.")] = None,
     format: Annotated[Format, typer.Option(
-        "--format", help='text: labels separated by spaces; jsonl: {"labels": [...], '
-        '"scores": [...]}.')] = Format.text,
+        "--format", help="text: one line of labels per document; jsonl: "
+        '{"id": ..., "labels": [{"label", "name", "score", "in_set"}, ...]}; tsv: one row per '
+        "label, under a header.")] = Format.text,
+    input_format: Annotated[Input, typer.Option(
+        "--input", help="How DOCS is written: auto (jsonl for a .jsonl file, else text), "
+        "text or jsonl.")] = Input.auto,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", min=0, help="Also suggest the K best-scoring labels outside the set, "
+        "ranked (a label's score: its highest probability over the decoder's steps).")] = 0,
+    min_score: Annotated[float, typer.Option(
+        "--min-score", min=0.0, max=1.0, help="Leave out labels scoring less, set or not.")] = 0.0,
+    threshold: Annotated[str | None, typer.Option(
+        "--threshold", help="The set: labels scoring at least this (a number in (0, 1]), or "
+        "`tuned`: the threshold the checkpoint tuned on validation. Default: the generated set.",
+    )] = None,
+    order: Annotated[Order, typer.Option(
+        "--order", help="score: best first; generation: the set in the order the decoder "
+        "produced it (the ranking the paper's P@k reads), then the other suggestions by score.",
+    )] = Order.score,
+    label_ids: Annotated[bool, typer.Option(
+        "--label-ids", help="text format: print label identifiers instead of names.")] = False,
     features: Annotated[Path | None, typer.Option(
         "--features", help="Side features of the documents (.npy, or .safetensors with one "
         "tensor 'features'), one row per line of DOCS: for a model trained with them.",
@@ -53,8 +88,11 @@ def predict(
     encoding: EncodingOption = "utf-8",
     threads: ThreadsOption = None,
 ) -> None:
-    """Predict a label set for every line of DOCS, in input order."""
+    """Predict a label set for every document of DOCS, in input order, with ranked
+    suggestions, names and scores."""
+    from xmtc_cli.data.formats import plain_documents, read_documents
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
+    from xmtc_cli.suggest import rank_needed, suggest
     from xmtc_cli.threads import apply_threads, choose_threads
 
     apply_threads(choose_threads(threads))
@@ -64,14 +102,34 @@ def predict(
         if features is not None:
             inputs["--features"] = features
         _refuse_overwriting_inputs(out, inputs)
+    explicit = _threshold_value(threshold)
+    jsonl = input_format is Input.jsonl or (
+        input_format is Input.auto and docs != "-" and docs.lower().endswith(".jsonl"))
     start, count = time.perf_counter(), 0
     last_line = start
     with open_lines(docs, encoding, what="documents file") as lines:
         predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
+        cut = _resolve_threshold(predictor, explicit, threshold, checkpoint)
         rows = predictor.open_features(features, checkpoint)
+        names = predictor.names
+        shown = predictor.labels if label_ids else names
+        separator = "\t" if any(any(c.isspace() for c in x) for x in shown) else " "
+        documents = read_documents(lines, docs) if jsonl else plain_documents(lines)
+        pending: list = []  # the ids of documents read, waiting for their predictions
+
+        def texts():
+            for doc in documents:
+                pending.append(doc.id)
+                yield doc.text
+
+        rank = rank_needed(top_k, cut, predictor.steps)
         with _output(out) as sink:
-            for names, scores in label_lines(predictor, lines, batch_size, rows, features):
-                sink.write(_render(names, scores, format))
+            if format is Format.tsv:
+                sink.write(TSV_HEADER)
+            for pred in label_lines(predictor, texts(), batch_size, rows, features, rank):
+                found = suggest(pred, predictor.labels, names, top_k, min_score, cut,
+                                order is Order.generation)
+                sink.write(_render(pending.pop(0), found, format, label_ids, separator))
                 count += 1
                 if count % batch_size == 0:  # a batch done: let a pipe's reader see it now
                     sink.flush()
@@ -87,6 +145,37 @@ def predict(
                  + (f" -> {out}" if out else ""))
 
 
+def _threshold_value(threshold: str | None) -> float | None:
+    """--threshold as a number (None for `tuned` or none given); a UsageError if neither."""
+    if threshold is None or threshold == "tuned":
+        return None
+    try:
+        value = float(threshold)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"--threshold {threshold[:20]!r} is neither `tuned` nor a number in "
+                         "(0, 1]", "give e.g. --threshold 0.3, or --threshold tuned")
+    return value
+
+
+def _resolve_threshold(predictor, explicit: float | None, threshold: str | None,
+                       checkpoint: Path) -> float | None:
+    """The threshold the set is cut at: a number given, the checkpoint's tuned one, or None
+    (the generated set)."""
+    tuned = predictor.threshold
+    if threshold == "tuned":
+        if tuned is None:
+            raise UsageError(f"{checkpoint} holds no tuned threshold (none beat the generated "
+                             "set on validation, or it was trained before xmtc tuned them)",
+                             "leave out --threshold, or give a number")
+        return float(tuned["threshold"])
+    return explicit
+
+
+def _clean(value) -> str:
+    """A TSV field: tabs and line breaks become spaces."""
+    return " ".join(str(value).split("\t")).replace("\n", " ").replace("\r", " ")
 PROGRESS_EVERY = 60.0  # seconds between progress lines off a terminal
 
 
@@ -102,10 +191,15 @@ def _refuse_overwriting_inputs(out: Path, inputs: dict[str, Path]) -> None:
                              "write the predictions to another file")
 
 
-def _render(names: list[str], scores: list[float], format: Format) -> str:
+def _render(doc_id, found, format: Format, label_ids: bool, separator: str) -> str:
     if format is Format.text:
-        return " ".join(names) + "\n"
-    return json.dumps({"labels": names, "scores": [round(s, 6) for s in scores]}) + "\n"
+        return separator.join(s.label if label_ids else s.name for s in found) + "\n"
+    if format is Format.jsonl:
+        return json.dumps({"id": doc_id, "labels": [s.to_dict() for s in found]},
+                          ensure_ascii=False) + "\n"
+    return "".join(f"{_clean(doc_id)}\t{rank}\t{_clean(s.label)}\t{_clean(s.name)}\t"
+                   f"{s.score:.6f}\t{str(s.in_set).lower()}\n"
+                   for rank, s in enumerate(found, start=1))
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from xmtc_cli.data.preprocess import (
     PreprocessSummary,
     preprocess,
 )
+from xmtc_cli.errors import UsageError
 
 _DEFAULTS = PreprocessOptions()
 
@@ -51,7 +52,8 @@ def preprocess_command(
         metavar="NAME|DIR",
         help=f"A dataset name ({', '.join(DATASETS)}) or a folder with train_texts.txt, "
         "train_labels.txt, test_texts.txt, test_labels.txt (optionally valid_* and "
-        "label_names.txt).",
+        "label_names.txt), or with train.jsonl and test.jsonl (or .csv/.tsv; valid.* "
+        "optional).",
     )],
     raw: Annotated[Path | None, typer.Option(
         "--raw", help=f"Folder with the raw files of a named dataset "
@@ -95,6 +97,15 @@ def preprocess_command(
     encoding: Annotated[str, typer.Option(
         "--encoding", help="Encoding of text and label files, e.g. latin-1.",
     )] = _DEFAULTS.encoding,
+    text_column: Annotated[str, typer.Option(
+        "--text-column", help="CSV/TSV corpus: the column holding the text.")] = "text",
+    labels_column: Annotated[str, typer.Option(
+        "--labels-column", help="CSV/TSV corpus: the column holding the labels.")] = "labels",
+    id_column: Annotated[str, typer.Option(
+        "--id-column", help="CSV/TSV corpus: the column holding document ids (optional).",
+    )] = "id",
+    label_separator: Annotated[str, typer.Option(
+        "--label-separator", help="CSV/TSV corpus: what joins the labels of a cell.")] = "|",
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print the statistics as JSON.",
     )] = False,
@@ -105,6 +116,7 @@ def preprocess_command(
         raw=raw, out=out, glove=glove, tokenizer=tokenizer.value, lowercase=lowercase,
         max_vocab=max_vocab, valid_fraction=valid_fraction, seed=seed, encoding=encoding,
         label_embeddings=label_embeddings.value, centroid_weighting=centroid_weighting.value,
+        columns=_columns(text_column, labels_column, id_column, label_separator),
     )
     path, summary = preprocess(source, options, progress=lambda message: log.print(message))
     if as_json:
@@ -115,6 +127,17 @@ def preprocess_command(
         log.print(f"warning: {warning}", soft_wrap=True)  # one line each, for grep
     if not as_json:
         log.print(f"wrote {path} in {summary.seconds:.1f} s; train with data.dir={path}")
+
+
+def _columns(text: str, labels: str, id: str, separator: str):
+    from xmtc_cli.data.corpus import Columns
+
+    if not separator:
+        raise UsageError("--label-separator cannot be empty", "give e.g. --label-separator '|'")
+    if len({text, labels, id}) < 3:
+        raise UsageError("--text-column, --labels-column and --id-column name the same column",
+                         "give each its own column")
+    return Columns(text=text, labels=labels, id=id, separator=separator)
 
 
 def _render(console: Console, s: PreprocessSummary) -> None:

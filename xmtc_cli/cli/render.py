@@ -37,14 +37,25 @@ METRIC_ROWS = [
 ]
 
 
+_RANKED = [("p", "P"), ("ndcg", "nDCG"), ("psp", "PSP"), ("psndcg", "PSnDCG")]
+
+
 def metrics_table(metrics: dict, title: str | None = None) -> Table:
     """Metrics as percentages, in the order the paper reports them."""
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("metric")
     table.add_column("%", justify="right")
-    for key, label in METRIC_ROWS:
-        if key in metrics:
-            table.add_row(label, f"{100 * metrics[key]:.2f}")
+    rows = dict(METRIC_ROWS)
+    for key in metrics:  # the ranking metrics of other k (`xmtc eval --k`)
+        name, _, k = key.partition("@")
+        if k and key not in rows:
+            rows[key] = f"{dict(_RANKED).get(name, name)}@{k}"
+    order = [key for key, _ in METRIC_ROWS if key in metrics and "@" not in key]
+    for name, _ in _RANKED:
+        order += sorted((key for key in metrics if key.startswith(name + "@")),
+                        key=lambda key: int(key.partition("@")[2]))
+    for key in order:
+        table.add_row(rows[key], f"{100 * metrics[key]:.2f}")
     if "documents" in metrics:
         table.add_row("documents", f"{metrics['documents']:,}")
     return table

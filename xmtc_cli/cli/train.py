@@ -42,6 +42,9 @@ def train(
     )] = None,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     resume: Annotated[bool, typer.Option(help="Continue the interrupted run in --out.")] = False,
+    init: Annotated[Path | None, typer.Option(
+        "--init", help="Start from this checkpoint's weights (fine-tuning on new documents "
+        "with the same label space; words and labels are matched by name).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Print the resolved recipe and exit.")] = False,
     nproc: Annotated[int, typer.Option(
         min=1, help="Train on this many processes of this machine (one per GPU, or CPU "
@@ -65,6 +68,8 @@ def train(
     if dry_run:
         stdout.print(resolved.to_yaml(), end="", markup=False)
         return
+    if init is not None and resume:
+        raise UsageError("--init starts a new run and --resume continues one: give one of them")
     # The arguments `main` was given, not sys.argv, which belongs to whoever called `main`.
     argv = (ctx.obj or {}).get("argv")
     launch = Launch.from_environ()  # this process's place, decided once and handed on
@@ -84,7 +89,7 @@ def train(
     display = TrainingDisplay() if launch.is_main else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display, launch=launch, threads=threads)
+                     callback=display, launch=launch, init=init, threads=threads)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:
@@ -92,11 +97,27 @@ def train(
             display.close()
     if not launch.is_main:
         return
+    patience = resolved.train.early_stop
+    if patience and result.epochs and result.epochs[-1].epoch < resolved.train.epochs \
+            and not result.epochs[-1].partial:
+        stderr.print(f"stopped early after epoch {result.epochs[-1].epoch}: {patience} epochs "
+                     f"without a better validation micro-F1 than epoch {result.best_epoch}'s")
     if result.best_valid:
         stdout.print(metrics_table(result.best_valid,
                                    f"validation, best epoch {result.best_epoch}"))
     stdout.print(f"checkpoint: {result.best_checkpoint}")
+    _report_threshold(result.best_checkpoint)
     stderr.print(f"next: xmtc predict {result.best_checkpoint} DOCS.txt")
+
+
+def _report_threshold(checkpoint: Path) -> None:
+    from xmtc_cli.checkpoint import read_meta
+
+    tuned = read_meta(checkpoint).extra.get("threshold") if checkpoint.exists() else None
+    if tuned:
+        stderr.print(f"tuned threshold {tuned['threshold']:.3g}: validation micro-F1 "
+                     f"{100 * tuned['valid_micro_f1']:.2f} against the generated set's "
+                     f"{100 * tuned['set_micro_f1']:.2f} (xmtc predict --threshold tuned)")
 
 
 def _launch(nproc: int, max_restarts: int, argv: list[str], launch: Launch) -> None:

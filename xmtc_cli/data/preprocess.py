@@ -53,6 +53,12 @@ from xmtc_cli.data.catalog import (
     find_dataset,
     unknown_dataset,
 )
+from xmtc_cli.data.corpus import (
+    Columns,
+    InseparableLabels,
+    locate_documents,
+    read_corpus_documents,
+)
 from xmtc_cli.data.embeddings import (
     LabelEmbeddingStats,
     label_table,
@@ -124,6 +130,8 @@ class PreprocessOptions:
     centroid_weighting: glove.CentroidWeighting = "uniform"
     """A document's representation for centroids: the `uniform` mean of its words' vectors, or
     their `tfidf`-weighted mean."""
+    columns: Columns = Columns()
+    """Column names and label separator of a CSV/TSV corpus (`corpus.py`)."""
 
     def __post_init__(self) -> None:
         if self.label_embeddings not in LABEL_EMBEDDING_KINDS:
@@ -253,10 +261,12 @@ def preprocess(source: str, options: PreprocessOptions = PreprocessOptions(),
         progress(f"generating the {spec.name} corpus in {folder}")
         spec.generate(folder)
     layout = spec.layout if spec else Layout()
-    files = locate(folder, layout, _missing_hint(spec, folder))
+    found = locate_documents(folder) if spec is None else None
+    files, fmt = found or (locate(folder, layout, _missing_hint(spec, folder)), None)
     settings = {"kind": options.tokenizer, "lowercase": options.lowercase}
     checksums: dict[str, str] = {}
-    read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout)
+    read = _SplitReader(files, encoding, tokenizer_from_settings(settings), checksums, layout,
+                        fmt, options.columns, warnings)
     side = corpus_feature_files(files.folder, files.texts)
 
     progress(f"reading {files.texts['train']}")
@@ -430,9 +440,12 @@ class _SplitReader:
     """Reads a split's texts and labels, checking that their line counts agree."""
 
     def __init__(self, files: CorpusFiles, encoding: str, tokenize: Callable[[str], list[str]],
-                 checksums: dict[str, str], layout: Layout):
+                 checksums: dict[str, str], layout: Layout, fmt: str | None = None,
+                 columns: Columns | None = None, warnings: list[str] | None = None):
         self.files, self.encoding, self.checksums = files, encoding, checksums
         self.tokenize = tokenize
+        self.fmt, self.columns = fmt, columns or Columns()  # fmt: jsonl/csv/tsv (corpus.py)
+        self.warnings = warnings if warnings is not None else []
         self.id_names = None
         if files.label_ids is not None:
             names = read_label_ids(files.label_ids, layout.label_ids_encoding or encoding,
@@ -440,8 +453,17 @@ class _SplitReader:
             self.id_names = (files.label_ids, names)
 
     def __call__(self, split: str, encode: Callable[[list[str]], list[int]]) -> _Encoded:
+        if self.fmt is not None:
+            return self._documents(split, encode)
         labels_path, texts_path = self.files.labels[split], self.files.texts[split]
         labels = read_labels(labels_path, self.encoding, self.checksums, self.id_names)
+        if split == "train" and self.id_names is None:
+            inseparable = InseparableLabels()
+            for doc in labels:
+                inseparable.add(doc)
+            warning = inseparable.warning(labels_path)
+            if warning:
+                self.warnings.append(warning)
         ids, lengths = array("i"), []
         tokenize = self.tokenize
         for text in iter_lines(texts_path, self.encoding, self.checksums):
@@ -454,6 +476,19 @@ class _SplitReader:
                 "line k of a texts file is the document whose labels are on line k of its labels "
                 "file: the two files must have the same number of lines",
             )
+        token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
+        return _Encoded(token_ids, offsets(lengths), labels)
+
+    def _documents(self, split: str, encode: Callable[[list[str]], list[int]]) -> _Encoded:
+        """A split of a JSONL/CSV/TSV corpus: texts and labels from one file."""
+        ids, lengths, labels = array("i"), [], []
+        tokenize = self.tokenize
+        for doc in read_corpus_documents(self.files.texts[split], self.fmt, self.encoding,
+                                         self.checksums, self.columns):
+            row = encode(tokenize(doc.text))
+            ids.extend(row)
+            lengths.append(len(row))
+            labels.append(doc.labels)
         token_ids = np.frombuffer(ids, dtype=np.intc).astype(np.int32)
         return _Encoded(token_ids, offsets(lengths), labels)
 

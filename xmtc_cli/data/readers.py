@@ -277,6 +277,9 @@ def _json_labels(line: str, name: str, number: int) -> list[str]:
     except ValueError:
         row = None
     labels = row.get("labels") if isinstance(row, dict) else None
+    if isinstance(labels, list) and all(_is_suggestion(x) for x in labels):
+        # `xmtc predict --format jsonl`: ranked objects; the set is those marked in_set.
+        labels = [x["label"] for x in labels if x.get("in_set", True)]
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
         raise DataError(
             f"{at(name, number)}: expected a JSON object with \"labels\": [...] (the file's "
@@ -285,6 +288,10 @@ def _json_labels(line: str, name: str, number: int) -> list[str]:
             "lines of space-separated labels",
         )
     return labels
+
+
+def _is_suggestion(item: object) -> bool:
+    return isinstance(item, dict) and isinstance(item.get("label"), str)
 
 
 class CommaLabels:

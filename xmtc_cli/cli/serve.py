@@ -1,0 +1,72 @@
+"""`xmtc serve`: keep a checkpoint loaded and answer suggestion requests over HTTP."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from xmtc_cli.cli.app import app
+from xmtc_cli.cli.options import Device, DeviceOption
+from xmtc_cli.cli.render import stderr
+from xmtc_cli.errors import UsageError, XmtcError
+
+
+@app.command()
+def serve(
+    checkpoint: Annotated[Path, typer.Argument(
+        help="A model.safetensors written by `xmtc train`.")],
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. The default answers this machine only; the API has no "
+        "authentication, so put anything wider behind a proxy that has.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        min=0, max=65535, help="Port to listen on (0: any free port, printed).")] = 8000,
+    top_k: Annotated[int, typer.Option(
+        "--top-k", min=0, help="Suggestions beyond the set when a request gives no top_k.")] = 10,
+    threshold: Annotated[str | None, typer.Option(
+        "--threshold", help="Default set cut: a number in (0, 1] or `tuned` (as predict).",
+    )] = None,
+    max_body: Annotated[int, typer.Option(
+        "--max-body", min=1, help="Largest request body read, in bytes.")] = 1_000_000,
+    timeout: Annotated[float, typer.Option(
+        "--timeout", min=0.1, help="Seconds a client may take for each read of its request.",
+    )] = 10.0,
+    device: DeviceOption = Device.auto,
+) -> None:
+    """Serve ranked suggestions: POST /suggest {"text": ..., "top_k": K}; GET /health."""
+    from xmtc_cli.cli.predict import _resolve_threshold, _threshold_value
+    from xmtc_cli.inference import Predictor
+    from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
+
+    explicit = _threshold_value(threshold)
+    predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
+    cut = _resolve_threshold(predictor, explicit, threshold, checkpoint)
+    if top_k > len(predictor.labels):
+        raise UsageError(f"--top-k {top_k} is more than the model's {len(predictor.labels)} "
+                         "labels", f"give at most --top-k {len(predictor.labels)}")
+    try:
+        server = SuggestServer(SuggestService(predictor, top_k, 0.0, cut), host, port,
+                               max_body, timeout)
+    except OSError as exc:
+        raise XmtcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                        "choose another --port (0 picks a free one), or stop what uses it"
+                        ) from None
+    if host not in LOOPBACK:
+        stderr.print(f"warning: listening on {host}: any machine that reaches it can use the "
+                     "model (there is no authentication)")
+    stderr.print(f"serving {checkpoint} on {server.url} (POST /suggest, GET /health); "
+                 "Ctrl-C stops")
+
+    def stop(signum, frame):  # SIGTERM: stop as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        stderr.print("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
