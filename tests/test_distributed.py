@@ -39,9 +39,10 @@ from xmtc_cli.data.batching import Batcher
 from xmtc_cli.data.builtin import load_data
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
-from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.inference import Predictor
 from xmtc_cli.launch import Launch
+from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, _rng_tensors, _rngs_of, default_run_dir
 from xmtc_cli.training import Trainer, fit, model_sizes, resolve_recipe
@@ -61,6 +62,7 @@ ORACLES = {
 RUN = ["train.epochs=2", "train.checkpoint_every=5"]  # 12 steps an epoch, saves inside it
 ZERO_DROPOUT_RUN = ["model.dropout=0", "train.epochs=1", "train.batch_size=15"]
 PROTOTYPE = ["model.output_init=prototype"]  # rank 0 sets the rows, the others receive them
+LEXICAL = ["model.lexical=knn", "model.lexical_k=5"]  # rank 0 builds the index and validates
 
 
 # --- pieces that need no second process -------------------------------------------------------
@@ -275,6 +277,7 @@ def _pair_worker(rank: int, port: int, recipe_file: Path, out: Path, locked: Pat
         run("resumed", RUN, resume=True)
         run("zero-dropout", ZERO_DROPOUT_RUN)
         run("zero-dropout-prototype", [*ZERO_DROPOUT_RUN, *PROTOTYPE])
+        run("zero-dropout-lexical", [*ZERO_DROPOUT_RUN, *LEXICAL])
         try:
             fit(load_recipe(recipe_file, RUN), locked, device="cpu")
         except XmtcError as exc:
@@ -425,6 +428,24 @@ def test_prototype_rows_reach_every_process(pair, tiny, tmp_path):
     assert worst < 1e-3, worst
     random = load_file(pair / "zero-dropout" / "last.safetensors")
     assert float((random["output.weight"] - want["output.weight"]).abs().max()) > 1e-2
+
+
+def test_a_lexical_run_of_two_processes_validates_and_saves_as_one_process(pair):
+    """Rank 0 alone builds the index and searches the weight: the run's checkpoint holds the
+    index of its data, and its validation line the fused numbers one process computes for
+    those weights."""
+    run = pair / "zero-dropout-lexical"
+    predictor = Predictor.from_checkpoint(str(run / "last.safetensors"), "cpu")
+    data = load_data(predictor.recipe.data.dir)
+    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    saved = load_file(run / "last.safetensors")
+    assert all(torch.equal(saved[k], v) for k, v in index.tensors().items())
+    metrics = evaluate_split(predictor.model, data, "valid", predictor.recipe,
+                             torch.device("cpu"), prior=lexical_prior(index, data.splits["valid"]))
+    (line,) = metrics_lines(run)
+    assert line["valid"] == metrics
+    assert read_meta(run / "last.safetensors").extra["lexical_weight"] == \
+        metrics["lexical_weight"]
 
 
 # --- torchrun ---------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from xmtc_cli import __version__
@@ -43,6 +43,8 @@ from xmtc_cli.config import MAX_DECODE_STEPS, Recipe, recipe_from_dict
 from xmtc_cli.data.features import MAX_WIDTH as MAX_FEATURE_WIDTH
 from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
+from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
+from xmtc_cli.lexical import TENSOR_DTYPES, KnnIndex, spec_problem
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import DTYPES, write_safetensors
@@ -149,9 +151,28 @@ def load_model(path: str | Path,
     # Built on the meta device the model holds no weights, and the file's tensors become its
     # parameters (assign=True): loading holds one copy of the weights, not a random model's as
     # well. Safe because the model ties no weights and has no buffers outside its state dict
-    # (tests/test_output_layer.py checks both).
-    model.load_state_dict(tensors, assign=True)
+    # (tests/test_output_layer.py checks both). The lexical index is not the model's.
+    model.load_state_dict({k: v for k, v in tensors.items() if not _is_lexical(k)}, assign=True)
     return model.to(device), meta
+
+
+def load_lexical_index(path: str | Path, meta: CheckpointMeta) -> KnnIndex | None:
+    """The lexical index (`xmtc_cli.lexical.KnnIndex`) of a checkpoint whose recipe has one
+    (model.lexical), read from its lexical.* tensors alone; None for one without."""
+    model = meta.recipe.model
+    if model.lexical == "none":
+        return None
+    try:
+        with safe_open(str(path), "pt") as f:
+            tensors = {LEXICAL_PREFIX + n: f.get_tensor(LEXICAL_PREFIX + n)
+                       for n in TENSOR_DTYPES}
+        index = KnnIndex.from_tensors(tensors, model.lexical_k, model.lexical_power)
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"checkpoint {path} is damaged: {exc}", _RETRAIN) from exc
+    except ValueError as exc:  # read_meta checked names, dtypes and shapes; this, the values
+        raise CheckpointError(f"checkpoint {path} holds a damaged lexical index: {exc}",
+                              _RETRAIN) from None
+    return index.with_num_labels(meta.sizes.num_labels)
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -202,8 +223,34 @@ def check_meta(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec],
     """Refuse metadata that cannot describe `tensors` (name -> dtype and shape, as listed in the
     header): they must be exactly the model its recipe and sizes describe, the same names and
     shapes (so the token embedding has vocab_size rows and the output layer num_labels + 3), all
-    float32. Returns that model, built on the meta device (nothing allocated)."""
-    return _check_tensors(meta.recipe, meta.sizes, tensors, _refuser(path))
+    float32; and the lexical index and its weight where the recipe has one (`_check_lexical`).
+    Returns that model, built on the meta device (nothing allocated)."""
+    refuse = _refuser(path)
+    _check_lexical(meta, tensors, refuse)
+    return _check_tensors(meta.recipe, meta.sizes,
+                          {n: s for n, s in tensors.items() if not _is_lexical(n)}, refuse)
+
+
+def _is_lexical(name: str) -> bool:
+    return name.startswith(LEXICAL_PREFIX)
+
+
+def _check_lexical(meta: CheckpointMeta, tensors: Mapping[str, TensorSpec], refuse) -> None:
+    """The lexical index (lexical.* tensors) and its fusion weight (extra.lexical_weight) are
+    there exactly when the recipe's model.lexical is on, with the shapes of an index over the
+    model's vocabulary (`xmtc_cli.lexical.spec_problem`); its values are checked on loading."""
+    wanted = meta.recipe.model.lexical != "none"
+    specs = {n: s for n, s in tensors.items() if _is_lexical(n)}
+    if not wanted and not specs:
+        return
+    problem = spec_problem(specs, meta.sizes.vocab_size, wanted)
+    if problem:
+        raise refuse(problem)
+    weight = meta.extra.get("lexical_weight", 0.0)
+    if (isinstance(weight, bool) or not isinstance(weight, (int, float))
+            or not math.isfinite(weight) or weight < 0):
+        raise refuse(f"has damaged metadata: extra.lexical_weight is {_short_json(weight)}, not "
+                     "a number >= 0")
 
 
 def _typed_meta(raw: dict[str, Any], path: str | Path) -> CheckpointMeta:

@@ -69,6 +69,30 @@ class ModelConfig:
     """How the output layer's label rows start: `random` (the paper), or `prototype`, each
     label's row the centred mean of the freshly built model's features over its training
     documents (beyond the paper, for rare labels; docs/design.md §10)."""
+    lexical: Literal["none", "knn"] = "none"
+    """A lexical scorer beside the decoder (beyond the paper, for rare labels; docs/design.md
+    §11): `none` (the paper), or `knn`, TF-IDF kNN label propagation over the training
+    documents, whose scores join each decoding step's choice of label with the weight chosen
+    on validation from `lexical_weights`. The decoder still decides how many labels."""
+    lexical_gate: Literal["decoder", "fused"] = "decoder"
+    """Who decides whether a decoding step emits a label: `decoder`, its own arg-max (the
+    lexical scores only choose which label), or `fused`, the arg-max of logits + lexical bonus
+    over ∅, the end and the labels, so that a label the neighbours vouch for can outbid ∅
+    (`lexical_threshold`)."""
+    lexical_threshold: float = 0.2
+    """With lexical_gate=fused: the lexical score τ at which a label's bonus equals ∅'s, so
+    that a label whose score q exceeds τ gains on ∅ and one below loses."""
+    lexical_k: int = 20
+    """Neighbours (training documents) of the kNN scorer."""
+    lexical_power: float = 2.0
+    """Exponent p of the neighbour weights similarity^p."""
+    lexical_max_df: float = 0.2
+    """Tokens in more than this share of the training documents weigh 0 in the TF-IDF vectors
+    (stop words); 1: every token counts."""
+    lexical_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    """Fusion weights tried on the validation split at every epoch; the best by micro-F1 goes
+    into the checkpoint. One value: that weight, no search (and no validation split needed).
+    0 is the decoder alone."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +152,7 @@ class TrainConfig:
     the cores this process may use divided among torchrun's processes on the machine
     (xmtc_cli/threads.py). --threads overrides it."""
     shortlist: int | None = None
-    """Beyond the paper, an approximation (docs/design.md §11): each training step's softmax
+    """Beyond the paper, an approximation (docs/design.md §12): each training step's softmax
     over the batch's gold labels plus this many negatives drawn uniformly (and the special
     symbols) instead of all labels; predicting still scores all. None: the full softmax."""
     fused_adam: bool = True
@@ -251,6 +275,7 @@ def _check(r: Recipe) -> list[str]:
         "loss.ot_iters": r.loss.ot_iters,
         "train.max_steps": r.train.max_steps,
         "train.checkpoint_every": r.train.checkpoint_every,
+        "model.lexical_k": r.model.lexical_k,
         "train.early_stop": r.train.early_stop,
         "train.threads": r.train.threads,
         "train.valid_every": r.train.valid_every,
@@ -284,6 +309,15 @@ def _check(r: Recipe) -> list[str]:
     if r.train.shortlist is not None and r.model.global_embedding:
         p.append("train.shortlist does not apply to model.global_embedding (SGM's gate reads "
                  "every label's logit): set one of them off")
+    if not r.model.lexical_weights or any(w < 0 for w in r.model.lexical_weights):
+        p.append("model.lexical_weights must be a non-empty list of numbers >= 0")
+    if not 0 < r.model.lexical_max_df <= 1:
+        p.append(f"model.lexical_max_df must be in (0, 1], not {short(r.model.lexical_max_df)}")
+    if not 0 < r.model.lexical_threshold <= 1:
+        p.append(f"model.lexical_threshold must be in (0, 1], not "
+                 f"{short(r.model.lexical_threshold)}")
+    if r.model.lexical_power <= 0:
+        p.append(f"model.lexical_power must be > 0, not {short(r.model.lexical_power)}")
     if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:
         p.append("loss.ot_weight applies to the matching loss only: set loss.ot_weight=0 with "
                  "loss.kind=cross-entropy")

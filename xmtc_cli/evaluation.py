@@ -9,16 +9,18 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from xmtc_cli import perlabel
 from xmtc_cli.config import Recipe
 from xmtc_cli.data.builtin import load_data
-from xmtc_cli.data.processed import ProcessedData
+from xmtc_cli.data.processed import ProcessedData, Split
 from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
+from xmtc_cli.lexical import KnnIndex, choose_weight, gate_threshold, tfidf
 from xmtc_cli.metrics import (
     RANKS,
     InversePropensities,
@@ -31,17 +33,44 @@ from xmtc_cli.model import Seq2SetModel
 
 def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe: Recipe,
                    device: torch.device,
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+                   progress: Callable[[int, int], None] | None = None,
+                   prior: sp.csr_matrix | None = None) -> dict[str, float]:
     """Generate label sets for a split of processed data and score them against its gold sets
     (label ids of the model's own data: training's validation), with the propensity-scored
-    metrics where the training split is large enough for them (3 documents or more)."""
+    metrics where the training split is large enough for them (3 documents or more).
+
+    With lexical label scores `prior` [docs, L] (model.lexical) the split is decoded once per
+    weight of model.lexical_weights, and the metrics are those of the weight with the best
+    micro-F1, with `lexical_weight` (that weight) and `micro_f1_w=W` for every weight tried.
+    """
     part = data.splits[split]
-    predicted = predict_split(model, part, recipe.data.max_src_tokens,
-                              recipe.train.eval_batch_size, device, amp=recipe.train.amp,
-                              progress=progress)
     gold = [part.labels(i).tolist() for i in range(len(part))]
     inv = training_inverse_propensities(data) if training_documents(data) >= 3 else None
-    return score_label_sets(predicted, gold, inv_propensity=inv)
+    weights = recipe.model.lexical_weights if prior is not None else (0.0,)
+
+    def score(weight: float, done: int) -> dict[str, float]:
+        shown = None if progress is None else (
+            lambda k, n: progress(done * n + k, len(weights) * n))
+        predicted = predict_split(model, part, recipe.data.max_src_tokens,
+                                  recipe.train.eval_batch_size, device, amp=recipe.train.amp,
+                                  progress=shown, prior=prior, weight=weight,
+                                  gate=gate_threshold(recipe.model))
+        return score_label_sets(predicted, gold, inv_propensity=inv)
+
+    if prior is None:
+        return score(0.0, 0)
+    tried = iter(range(len(weights)))
+    weight, metrics, by_weight = choose_weight(weights, lambda w: score(w, next(tried)))
+    return {**metrics, "lexical_weight": weight,
+            **{f"micro_f1_w={w:g}": f1 for w, f1 in by_weight.items()}}
+
+
+def lexical_prior(index: KnnIndex, part: Split, token_ids: np.ndarray | None = None
+                  ) -> sp.csr_matrix:
+    """The lexical label scores [docs, L] of a split's documents (their token ids read as
+    `token_ids`, the index's vocabulary, when given)."""
+    ids = part.token_ids if token_ids is None else token_ids
+    return index.scores(tfidf(ids, part.token_offsets, index.idf))
 
 
 def training_documents(data: ProcessedData) -> int:
@@ -165,10 +194,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         part, token_ids=remap[part.token_ids],
         features=part.features if predictor.feature_size else None)
     recipe = predictor.recipe
+    prior = (lexical_prior(predictor.lexical, as_checkpoint) if predictor.lexical_weight
+             else None)
     predicted = [
         [predictor.labels[k] for k in labels]
         for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
-                                    batch_size, predictor.device, recipe.train.amp)
+                                    batch_size, predictor.device, recipe.train.amp,
+                                    prior=prior, weight=predictor.lexical_weight,
+                                    gate=gate_threshold(recipe.model))
     ]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")
     metrics = score_label_sets(predicted, gold, inv_propensity=inv, ranks=ranks)

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from xmtc_cli.checkpoint import CheckpointMeta, load_model
+from xmtc_cli.checkpoint import CheckpointMeta, load_lexical_index, load_model
 from xmtc_cli.data.batching import feature_rows, pad_sources
 from xmtc_cli.data.features import checked_rows, open_features
 from xmtc_cli.data.processed import Split
@@ -18,6 +19,7 @@ from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
+from xmtc_cli.lexical import KnnIndex, gate_threshold, prior_bonus
 from xmtc_cli.model import Seq2SetModel
 
 
@@ -53,9 +55,14 @@ def decode(labels: torch.Tensor, scores: torch.Tensor) -> list[Prediction]:
 @torch.no_grad()
 def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 max_src_tokens: int, device: torch.device, amp: bool = True,
-                features: np.ndarray | None = None, rank: int = 0) -> list[Prediction]:
+                features: np.ndarray | None = None, rank: int = 0,
+                prior: sp.csr_matrix | None = None, weight: float = 0.0,
+                gate: float | None = None) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
-    float32 [len(docs), D] for a model that reads them.
+    float32 [len(docs), D] for a model that reads them, and their lexical label scores
+    [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone), and
+    with a `gate` threshold into the choice of whether a label comes too (`lexical.fused_choice`,
+    `lexical.prior_bonus`).
 
     Without side features a document with no tokens gets the empty set: there is nothing to
     read labels from, and the model would otherwise answer with whatever its decoder favours
@@ -71,10 +78,15 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
     if filled:
         src, lengths = pad_sources([docs[i] for i in filled], max_src_tokens)
         rows = feature_rows(features, filled)
+        bonus = None
+        if prior is not None and weight:
+            bonus = prior_bonus(prior[filled], weight, model.label_embedding.num_embeddings,
+                                device, gate)  # (B, V)
         best: list[torch.Tensor] | None = [] if rank > 0 else None
         with autocast(device, amp):
             labels, scores = model.generate(  # lengths stay on the host
-                src.to(device), lengths, None if rows is None else rows.to(device), best=best)
+                src.to(device), lengths, None if rows is None else rows.to(device), bonus,
+                gate is not None, best=best)
         preds = decode(labels, scores)
         if best:
             preds = _with_ranking(preds, best[0].float()[:, NUM_SPECIALS:], rank)
@@ -100,8 +112,11 @@ def _with_ranking(preds: list[Prediction], best: torch.Tensor, rank: int) -> lis
 
 def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
                   device: torch.device, amp: bool = True,
-                  progress: Callable[[int, int], None] | None = None) -> list[list[int]]:
-    """Predicted corpus label ids, in generation order, for every document of a split.
+                  progress: Callable[[int, int], None] | None = None,
+                  prior: sp.csr_matrix | None = None, weight: float = 0.0,
+                  gate: float | None = None) -> list[list[int]]:
+    """Predicted corpus label ids, in generation order, for every document of a split, fused
+    with the lexical label scores `prior` [docs, L] with `weight` (`predict_ids`).
 
     `progress(done, total)` is called after every batch with the documents done so far.
     """
@@ -113,7 +128,8 @@ def predict_split(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_
         idx = order[start : start + batch_size]
         rows = None if split.features is None else split.features[idx]
         preds = predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device, amp,
-                            rows)
+                            rows, prior=None if prior is None else prior[idx], weight=weight,
+                            gate=gate)
         for i, p in zip(idx, preds):
             result[i] = p.labels
         if progress is not None:
@@ -143,8 +159,11 @@ def chunks(lines: Iterable[str], size: int) -> Iterator[list[str]]:
 class Predictor:
     """A trained model with everything needed to label raw text, loaded from one checkpoint."""
 
-    def __init__(self, model: Seq2SetModel, meta: CheckpointMeta, device: torch.device):
+    def __init__(self, model: Seq2SetModel, meta: CheckpointMeta, device: torch.device,
+                 lexical: KnnIndex | None = None):
         self.model = model.eval()
+        self.lexical = lexical
+        """The lexical scorer the model fuses its choices with (model.lexical), or None."""
         self.meta = meta
         self.device = device
         self.recipe = meta.recipe
@@ -156,7 +175,18 @@ class Predictor:
     def from_checkpoint(cls, path: str, device: str = "auto") -> Predictor:
         dev = resolve_device(device)
         model, meta = load_model(path, dev)
-        return cls(model, meta, dev)
+        return cls(model, meta, dev, load_lexical_index(path, meta))
+
+    @property
+    def lexical_weight(self) -> float:
+        """The weight the lexical scores join each step's choice with (0: the decoder alone)."""
+        return float(self.meta.extra.get("lexical_weight", 0.0)) if self.lexical else 0.0
+
+    def lexical_scores(self, docs: Sequence[np.ndarray]) -> sp.csr_matrix | None:
+        """The lexical label scores [len(docs), L] of token-id arrays, where they count."""
+        if self.lexical is None or not self.lexical_weight:
+            return None
+        return self.lexical.scores_of_docs(docs)
 
     @property
     def steps(self) -> int:
@@ -187,7 +217,9 @@ class Predictor:
         features float32 [len(texts), D] for a model trained with them (`predict_ids`)."""
         docs = encode_texts(texts, self.tokenize, self.token_ids)
         return predict_ids(self.model, docs, self.recipe.data.max_src_tokens, self.device,
-                           self.recipe.train.amp, features, rank)
+                           self.recipe.train.amp, features, rank,
+                           prior=self.lexical_scores(docs), weight=self.lexical_weight,
+                           gate=gate_threshold(self.recipe.model))
 
     def open_features(self, path: str | Path | None, checkpoint: str | Path) -> np.ndarray | None:
         """The side-features file `path` (None: none given) opened for `label_lines`, refused

@@ -484,10 +484,13 @@ class Seq2SetModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
+                 bonus: Tensor | None = None, gate: bool = False,
                  best: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
-        the side features of a model that has them (`encode`).
+        the side features of a model that has them (`encode`). `bonus` [B, V]: a lexical
+        prior that joins each step's choice of label, and with `gate` its choice of whether a
+        label comes (`xmtc_cli.lexical.fused_choice`); None: the decoder's own arg-max.
 
         Set models: S = N, each step fed the previous arg-max as in training. Cross-entropy
         models: at most N + 1 steps; the first EOS is kept, every step after it is EMPTY with
@@ -502,8 +505,9 @@ class Seq2SetModel(nn.Module):
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
         best_so_far = None
-        for t, step in enumerate(self.decode(memories, state, num_steps)):
-            label = step.choice  # (B,): the arg-max decode feeds back
+        for t, step in enumerate(self.decode(memories, state, num_steps, bonus=bonus,
+                                             gate=gate)):
+            label = step.choice  # (B,): the arg-max (or fused choice) decode feeds back
             # p(label) = exp(o_label - logsumexp(o)): no softmax over all V outputs.
             logits = step.logits.float()  # (B, V)
             chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
@@ -579,10 +583,11 @@ class Seq2SetModel(nn.Module):
                              f"expects ({batch}, {self.feature_size})")
 
     def decode(self, memories: list[Memory], state: Tensor, num_steps: int,
-                inputs: Tensor | None = None,
-                candidates: Tensor | None = None) -> Iterator[DecoderStep]:
+               inputs: Tensor | None = None, candidates: Tensor | None = None,
+               bonus: Tensor | None = None, gate: bool = False) -> Iterator[DecoderStep]:
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
-        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing).
+        forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing),
+        or with a lexical `bonus` [B, V] the previous step's fused choice (`generate`).
 
         Each step yields the input u_t of the output layer's last linear map (its bottleneck
         applied); the step's logits are computed here only where they are needed step by step:
@@ -610,6 +615,13 @@ class Seq2SetModel(nn.Module):
                 weight = last.weight.index_select(0, candidates)  # (K', F)
                 bias = last.bias.index_select(0, candidates)  # (K',)
             last = functools.partial(F.linear, weight=weight, bias=bias)
+        emitted = None
+        if bonus is not None:
+            from xmtc_cli.lexical import fused_choice  # scipy's import only where it is used
+
+            emitted = torch.zeros(batch, table.size(0), dtype=torch.bool,
+                                  device=state.device)  # (B, V)
+            bonus = bonus.to(state.device, torch.float32)
         for t in range(num_steps):
             if inputs is not None:
                 label = inputs[:, t]  # (B,)
@@ -637,8 +649,9 @@ class Seq2SetModel(nn.Module):
                     if self.masked_softmax:
                         logits = logits.masked_fill(_columns(used, candidates),
                                                     torch.finfo(logits.dtype).min)
-                if inputs is None:
-                    choice = logits.argmax(dim=-1)  # (B,); not differentiable, nor needs to be
+                if inputs is None:  # (B,); not differentiable, nor needs to be
+                    choice = (logits.argmax(dim=-1) if emitted is None
+                              else fused_choice(logits, bonus, emitted, gate))
                     if candidates is not None:
                         choice = candidates[choice]  # position among candidates -> output index
             yield DecoderStep(features, logits, choice,

@@ -1,5 +1,5 @@
 """A shortlist of output labels for the training step's softmax (train.shortlist; beyond the
-paper, docs/design.md §11).
+paper, docs/design.md §12).
 
 With V output labels a training step computes B x N x V logits forward and twice that work
 backward: at AmazonCat-13K's shape on the CPU the output layer is over a third of a step, and it

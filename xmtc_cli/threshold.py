@@ -92,6 +92,10 @@ def tune_checkpoint(path: str | Path, split: Split, batch_size: int, device: tor
     from xmtc_cli.inference import Predictor
 
     predictor = Predictor.from_checkpoint(str(path), str(device))
+    if predictor.lexical_weight:
+        # The scores ranked here are the decoder's alone; a model fused with a lexical scorer
+        # (model.lexical) chooses its labels with the lexical scores too, and keeps its sets.
+        return None
     recipe = predictor.recipe
     record = tune(predictor.model, split, recipe.data.max_src_tokens, batch_size,
                   predictor.device, recipe.train.amp, predictor.steps, len(predictor.labels))

@@ -37,8 +37,9 @@ from xmtc_cli.data.processed import ProcessedData, data_fingerprint
 from xmtc_cli.device import autocast
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
-from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.launch import Launch
+from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.optim import build_adam
@@ -306,6 +307,7 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise XmtcError(f"{data.path} has no training documents", "re-run `xmtc preprocess`")
     _check_agreement(recipe, data, group)
+    _check_lexical(recipe, data)
     epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
                            init, threads)
     with epochs.folder or contextlib.nullcontext():
@@ -347,6 +349,20 @@ def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
         )
 
 
+def _check_lexical(recipe: Recipe, data: ProcessedData) -> None:
+    """A lexical scorer chooses its weight on validation, unless the recipe gives it one."""
+    if recipe.model.lexical == "none" or len(recipe.model.lexical_weights) == 1:
+        return
+    valid = data.splits.get("valid")
+    if valid is None or not len(valid):
+        raise XmtcError(
+            f"model.lexical={recipe.model.lexical} chooses its weight from "
+            f"model.lexical_weights on the validation split, and {data.path} has none",
+            "give one weight (e.g. model.lexical_weights=[1.0]), or preprocess again with "
+            "--valid-fraction",
+        )
+
+
 def _open_folder(run_dir: Path, recipe: Recipe, resume: bool, command: str,
                  launch: Launch) -> RunFolder:
     if not resume and launch.restarts > 0 and RunFolder.started_by(run_dir, launch.launch_id):
@@ -370,6 +386,9 @@ class _Epochs:
     callback: Callback
     steps_per_epoch: int  # batches (optimiser steps) in one epoch
     reference_loss: float | None = None  # this process's first step's loss: what growth means
+    # model.lexical: the index over the training documents and the validation split's label
+    # scores, built once on rank 0 when first needed (they depend on the data alone)
+    lexical: tuple[KnnIndex, Any] | None = None
 
     @property
     def group(self) -> Group:
@@ -537,9 +556,24 @@ class _Epochs:
         data = validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
         return self.group.on_main(
             lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
-                                   self.trainer.device, progress=self.callback.on_validate),
+                                   self.trainer.device, progress=self.callback.on_validate,
+                                   prior=self._lexical()[1]),
             share=True,
         )
+
+    def _lexical(self) -> tuple[KnnIndex | None, Any]:
+        """The lexical index and the validation split's label scores; (None, None) without."""
+        model = self.recipe.model
+        if model.lexical == "none":
+            return None, None
+        if self.lexical is None:
+            index = KnnIndex.build(self.data.splits["train"], len(self.data.tokens),
+                                   self.data.num_labels, model.lexical_k, model.lexical_power,
+                                   model.lexical_max_df)
+            valid = self.data.splits.get("valid")
+            prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
+            self.lexical = (index, prior)
+        return self.lexical
 
     def _save(self, epoch: int, report: EpochReport, complete: bool,
               seconds: float) -> EpochReport:
@@ -565,11 +599,20 @@ class _Epochs:
     def _write(self, epoch: int, report: EpochReport, complete: bool,
                rngs: list[dict[str, torch.Tensor]] | None) -> None:
         state, model, folder = self.state, self.trainer.model, self.folder
+        extra: dict[str, Any] = {}
+        tensors = model.state_dict()
+        index, _ = self._lexical()
+        if index is not None:  # the weight validation chose, or the recipe's only one
+            weights = self.recipe.model.lexical_weights
+            extra["lexical_weight"] = (report.valid["lexical_weight"]
+                                       if report.valid and len(weights) > 1 else weights[0])
+            tensors = {**tensors, **index.tensors()}
         meta = checkpoint_meta(self.recipe, self.sizes, self.data, epoch=epoch,
-                               valid=report.valid, steps=state.step, partial=not complete)
+                               valid=report.valid, steps=state.step, partial=not complete,
+                               **extra)
         if report.best or not folder.best.exists():
-            save_checkpoint(folder.best, model.state_dict(), meta)
-        save_checkpoint(folder.last, model.state_dict(), meta)
+            save_checkpoint(folder.best, tensors, meta)
+        save_checkpoint(folder.last, tensors, meta)
         folder.append_metrics(report)
         if complete:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,

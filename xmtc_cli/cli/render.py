@@ -178,6 +178,8 @@ def epoch_line(report: EpochReport, epochs: int) -> str:
         v = report.valid
         valid = (f" | valid micro-F1 {100 * v['micro_f1']:.2f} "
                  f"(P {100 * v['micro_precision']:.2f} R {100 * v['micro_recall']:.2f})")
+        if "lexical_weight" in v:
+            valid += f" lexical weight {v['lexical_weight']:g}"
     best = " *" if report.best else ""
     if report.partial:
         best += f" (stopped at train.max_steps={report.steps})"

@@ -1,0 +1,272 @@
+"""Fusion of the lexical scorer with the decoder (model.lexical=knn): greedy decoding against a
+step-by-step oracle, and the switch end to end (train, resume, checkpoint, predict, eval)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_recipe
+from safetensors.torch import load_file
+from test_training import StopAfter, assert_same_run
+
+from xmtc_cli.checkpoint import read_meta, save_checkpoint
+from xmtc_cli.config import LossConfig, ModelConfig, load_recipe
+from xmtc_cli.data.builtin import load_data
+from xmtc_cli.errors import CheckpointError, XmtcError
+from xmtc_cli.evaluation import evaluate_checkpoint, lexical_prior
+from xmtc_cli.inference import Predictor, encode_texts, predict_ids
+from xmtc_cli.labelspace import BOS, EMPTY, NUM_SPECIALS
+from xmtc_cli.lexical import PREFIX, KnnIndex, prior_bonus
+from xmtc_cli.model import ModelSizes, build_model
+from xmtc_cli.training import fit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+LEXICAL = ["model.lexical=knn", "model.lexical_k=5"]
+
+
+# --- decoding -------------------------------------------------------------------------------
+
+def small_model(masked: bool, cross_entropy: bool = False):
+    torch.manual_seed(0)
+    model = build_model(
+        ModelConfig(hidden_size=8, encoder_layers=1, conv_kernels=(3, 3), masked_softmax=masked),
+        LossConfig(kind="cross-entropy", ot_weight=0) if cross_entropy else LossConfig(),
+        ModelSizes(vocab_size=30, num_labels=12, decode_steps=6, embed_size=8,
+                   label_embed_size=8))
+    with torch.no_grad():  # a random model mostly says ∅: make it say labels, and repeat some
+        model.last_layer().bias[EMPTY] -= 1.0
+        model.last_layer().bias[NUM_SPECIALS + 4] += 2.0
+    return model.eval()
+
+
+def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
+    """Each document alone, each step recomputed from scratch with the choices so far fed in
+    (teacher forcing of the prefix), and the fusion rule applied in plain Python."""
+    out = []
+    for b in range(src.size(0)):
+        memories, state = model.encode(src[b : b + 1], lengths[b : b + 1])
+        choices, emitted = [], set()
+        for t in range(model.decode_steps):
+            inputs = torch.tensor([[BOS, *choices]])
+            *_, step = model.decode(memories, state, t + 1, inputs)
+            logits = model.last_layer()(step.features)[0]
+            if model.masked_softmax:
+                logits = logits.masked_fill(step.used[0], torch.finfo(logits.dtype).min)
+            own = int(logits.argmax())
+            if own in emitted or (own < NUM_SPECIALS and not gate):
+                choices.append(own)
+                continue
+            first = 0 if gate else NUM_SPECIALS
+            fused = {y: float(logits[y]) + float(bonus[b, y])
+                     for y in range(first, logits.numel()) if y not in emitted}
+            best = max(fused, key=lambda y: (fused[y], -y))
+            if best >= NUM_SPECIALS:
+                emitted.add(best)
+            choices.append(best)
+        out.append(choices)
+    return out
+
+
+@pytest.mark.parametrize(("masked", "gate"), [(False, False), (True, False), (False, True)])
+def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked, gate):
+    model = small_model(masked)
+    gen = torch.Generator().manual_seed(1)
+    src = torch.randint(2, 30, (6, 9), generator=gen)
+    lengths = torch.tensor([9, 7, 5, 9, 3, 1])
+    bonus = torch.rand(6, 15, generator=gen) * 4 * (torch.rand(6, 15, generator=gen) < 0.5)
+    bonus[:, :NUM_SPECIALS] = 1.0 if gate else 0  # the fused gate's threshold bonus
+    with torch.no_grad():
+        labels, _ = model.generate(src, lengths, bonus=bonus, gate=gate)
+        expected = oracle_decode(model, src, lengths, bonus, gate)
+    assert labels.tolist() == expected
+    plain, _ = model.generate(src, lengths)
+    assert not torch.equal(plain, labels)  # the prior changed some choices: the test has teeth
+
+
+@pytest.mark.parametrize("cross_entropy", [False, True])
+def test_a_zero_prior_decodes_exactly_as_the_decoder(cross_entropy):
+    model = small_model(False, cross_entropy)
+    src = torch.randint(2, 30, (5, 8), generator=torch.Generator().manual_seed(2))
+    lengths = torch.tensor([8, 6, 4, 2, 8])
+    labels, scores = model.generate(src, lengths)
+    fused, fused_scores = model.generate(src, lengths, bonus=torch.zeros(5, 15))
+    assert torch.equal(labels, fused) and torch.equal(scores, fused_scores)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def recipe_file(tiny_data, tmp_path_factory):
+    return write_recipe(tmp_path_factory.mktemp("lexical") / "tiny.yaml", tiny_data.processed,
+                        epochs=2)
+
+
+@pytest.fixture(scope="module")
+def lexical_run(recipe_file, tmp_path_factory):
+    run = tmp_path_factory.mktemp("lexical-run") / "run"
+    fit(load_recipe(recipe_file, LEXICAL), run, device="cpu")
+    return run
+
+
+def metrics_lines(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_checkpoint_holds_the_index_and_the_weight_validation_chose(lexical_run,
+                                                                        tiny_data):
+    data = load_data(str(tiny_data.processed))
+    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    saved = load_file(lexical_run / "model.safetensors")
+    for name, tensor in fresh.tensors().items():
+        assert torch.equal(saved[name], tensor), name
+    best = next(line for line in reversed(metrics_lines(lexical_run)) if line["best"])
+    valid = best["valid"]
+    tried = {float(k.split("=")[1]): v for k, v in valid.items() if k.startswith("micro_f1_w=")}
+    assert sorted(tried) == [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert valid["micro_f1"] == max(tried.values()) == tried[valid["lexical_weight"]]
+    assert read_meta(lexical_run / "model.safetensors").extra["lexical_weight"] == \
+        valid["lexical_weight"]
+
+
+def test_predict_fuses_with_the_stored_index_and_eval_reproduces_validation(lexical_run,
+                                                                            tiny_data):
+    predictor = Predictor.from_checkpoint(str(lexical_run / "model.safetensors"), "cpu")
+    weight = predictor.lexical_weight
+    assert weight > 0  # the tiny corpus gains from its prior; else this test would test nothing
+    texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()
+    data = load_data(str(tiny_data.processed))
+    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
+    model, recipe = predictor.model, predictor.recipe
+    # The oracle: the fresh index's scores, as the bonus of each document decoded alone.
+    scores = fresh.scores_of_docs(docs)
+    expected = []
+    for i, doc in enumerate(docs):
+        src = torch.as_tensor(doc[: recipe.data.max_src_tokens]).unsqueeze(0)
+        bonus = prior_bonus(scores[[i]], weight, model.label_embedding.num_embeddings)
+        labels, _ = model.generate(src, torch.tensor([src.size(1)]), bonus=bonus)
+        seen = []
+        for y in labels[0].tolist():
+            if y >= NUM_SPECIALS and y not in seen:
+                seen.append(y)
+        expected.append([y - NUM_SPECIALS for y in seen])
+    got = [p.labels for p in predictor.predict_texts(texts)]
+    assert got == expected
+    plain = [p.labels for p in predict_ids(model, docs, recipe.data.max_src_tokens,
+                                           torch.device("cpu"))]
+    assert plain != got  # fusion changed some sets
+    best = next(line for line in reversed(metrics_lines(lexical_run)) if line["best"])
+    metrics = evaluate_checkpoint(lexical_run / "model.safetensors", tiny_data.processed,
+                                  "valid", device="cpu")
+    assert metrics["micro_f1"] == pytest.approx(best["valid"]["micro_f1"], abs=1e-12)
+
+
+def test_the_switch_off_trains_and_predicts_as_the_paper_model(recipe_file, lexical_run,
+                                                               tmp_path):
+    """The scorer never touches training: a run with it and one weight of 0 ends with the
+    weights, metrics and predictions of a run without it."""
+    fit(load_recipe(recipe_file, [*LEXICAL, "model.lexical_weights=[0]"]), tmp_path / "zero",
+        device="cpu")
+    fit(load_recipe(recipe_file), tmp_path / "off", device="cpu")
+    zero = load_file(tmp_path / "zero" / "last.safetensors")
+    off = load_file(tmp_path / "off" / "last.safetensors")
+    assert {k for k in zero if not k.startswith(PREFIX)} == off.keys()
+    assert all(torch.equal(zero[k], off[k]) for k in off)
+    assert [m["valid"]["micro_f1"] for m in metrics_lines(tmp_path / "zero")] == \
+        [m["valid"]["micro_f1"] for m in metrics_lines(tmp_path / "off")]
+    # ... and the learnt weights are those of the lexical run: only the choice of w differs.
+    fused = load_file(lexical_run / "last.safetensors")
+    assert all(torch.equal(fused[k], off[k]) for k in off)
+
+
+def test_resume_ends_with_the_uninterrupted_lexical_run(recipe_file, lexical_run, tmp_path):
+    recipe = load_recipe(recipe_file, LEXICAL)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run", device="cpu", callback=StopAfter(epoch=1))
+    fit(recipe, tmp_path / "run", device="cpu", resume=True)
+    assert_same_run(tmp_path / "run", lexical_run)
+
+
+def test_a_checkpoint_whose_index_disagrees_with_its_recipe_is_refused(lexical_run, tmp_path):
+    state = load_file(lexical_run / "model.safetensors")
+    meta = read_meta(lexical_run / "model.safetensors")
+    path = tmp_path / "bad.safetensors"
+    without = {k: v for k, v in state.items() if k != PREFIX + "idf"}
+    save_checkpoint(path, without, meta)
+    with pytest.raises(CheckpointError, match="lacks lexical.idf"):
+        read_meta(path)
+    recipe = meta.recipe
+    off = dataclasses.replace(meta, recipe=dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, lexical="none")))
+    save_checkpoint(path, state, off)
+    with pytest.raises(CheckpointError, match="does not use"):
+        read_meta(path)
+    save_checkpoint(path, state, dataclasses.replace(meta, extra={**meta.extra,
+                                                                  "lexical_weight": -1}))
+    with pytest.raises(CheckpointError, match="lexical_weight"):
+        read_meta(path)
+    broken = dict(state)
+    broken[PREFIX + "docs.indices"] = state[PREFIX + "docs.indices"] + 10**6
+    save_checkpoint(path, broken, meta)
+    with pytest.raises(CheckpointError, match="damaged lexical index"):
+        Predictor.from_checkpoint(str(path), "cpu")
+
+
+def test_a_weight_search_without_a_validation_split_is_refused(recipe_file, tiny_data,
+                                                               tmp_path, monkeypatch):
+    import xmtc_cli.training as training
+
+    data = load_data(str(tiny_data.processed))
+    no_valid = dataclasses.replace(data, splits={k: v for k, v in data.splits.items()
+                                                 if k != "valid"})
+    monkeypatch.setattr(training, "load_data", lambda _: no_valid)
+    with pytest.raises(XmtcError, match="validation split") as info:
+        fit(load_recipe(recipe_file, LEXICAL), tmp_path / "run", device="cpu")
+    assert "model.lexical_weights=[" in info.value.hint
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_validation_prior_is_the_index_scores_of_the_split(tiny_data):
+    data = load_data(str(tiny_data.processed))
+    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    valid = data.splits["valid"]
+    got = lexical_prior(index, valid).toarray()
+    docs = [valid.tokens(i) for i in range(len(valid))]
+    np.testing.assert_array_equal(got, index.scores_of_docs(docs).toarray())
+
+
+def test_the_fused_gate_with_a_fixed_weight_runs_end_to_end(recipe_file, tiny_data, tmp_path):
+    """lexical_gate=fused and one weight (no search): the checkpoint keeps that weight, predict
+    decodes with the threshold's bonus on the specials, eval reproduces validation."""
+    run = tmp_path / "gated"
+    fit(load_recipe(recipe_file, [*LEXICAL, "model.lexical_gate=fused",
+                                  "model.lexical_threshold=0.3", "model.lexical_weights=[1.5]",
+                                  "train.epochs=1"]), run, device="cpu")
+    predictor = Predictor.from_checkpoint(str(run / "model.safetensors"), "cpu")
+    assert predictor.lexical_weight == 1.5
+    texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()[:12]
+    docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
+    scores = predictor.lexical.scores_of_docs(docs)
+    model, max_src = predictor.model, predictor.recipe.data.max_src_tokens
+    expected = []
+    for i, doc in enumerate(docs):
+        src = torch.as_tensor(doc[:max_src]).unsqueeze(0)
+        bonus = prior_bonus(scores[[i]], 1.5, model.label_embedding.num_embeddings,
+                            threshold=0.3)
+        labels, _ = model.generate(src, torch.tensor([src.size(1)]), bonus=bonus, gate=True)
+        seen = []
+        for y in labels[0].tolist():
+            if y >= NUM_SPECIALS and y not in seen:
+                seen.append(y)
+        expected.append([y - NUM_SPECIALS for y in seen])
+    assert [p.labels for p in predictor.predict_texts(texts)] == expected
+    (line,) = metrics_lines(run)
+    metrics = evaluate_checkpoint(run / "model.safetensors", tiny_data.processed, "valid",
+                                  device="cpu")
+    assert metrics["micro_f1"] == pytest.approx(line["valid"]["micro_f1"], abs=1e-12)
+    assert line["valid"]["lexical_weight"] == 1.5 and "micro_f1_w=1.5" in line["valid"]
