@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import io
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,11 @@ import torch
 from references import TINY_RECIPE
 
 from xmtc_cli.cli import main
+from xmtc_cli.threads import THREADS_ENV
+
+# Commands and fit() choose their own thread count (xmtc_cli.threads); on the tests' tiny
+# tensors a second thread only adds overhead, so they get one unless a test says otherwise.
+os.environ.setdefault(THREADS_ENV, "1")
 from xmtc_cli.data.synthetic import write_demo_corpus
 
 
@@ -52,7 +58,7 @@ class CliResult:
 def run_cli(*args: str | Path, stdin: bytes | None = None) -> CliResult:
     """Run `xmtc ARGS` in this process (stdin from `stdin`); its exit code, stdout and stderr."""
     out, err = io.StringIO(), io.StringIO()
-    saved_stdin = sys.stdin
+    saved_stdin, saved_threads = sys.stdin, torch.get_num_threads()  # commands set threads
     if stdin is not None:
         sys.stdin = io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8")
     try:
@@ -61,6 +67,7 @@ def run_cli(*args: str | Path, stdin: bytes | None = None) -> CliResult:
             main([str(a) for a in args])
     finally:
         sys.stdin = saved_stdin
+        torch.set_num_threads(saved_threads)
     code = exit_info.value.code
     return CliResult(0 if code is None else code, out.getvalue(), err.getvalue())
 

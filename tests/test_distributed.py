@@ -225,7 +225,7 @@ def test_the_launch_is_read_from_torchruns_variables_and_defaults_to_one_process
 def test_only_the_launch_reads_torchruns_place_from_the_environment():
     # The place is decided once (xmtc_cli.launch) and handed on: no other module reads it.
     root = Path(__file__).parents[1] / "xmtc_cli"
-    names = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "TORCHELASTIC_RESTART_COUNT",
+    names = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RESTART_COUNT",
              "TORCHELASTIC_RUN_ID"}
     readers = sorted({str(path.relative_to(root)) for path in root.rglob("*.py")
                       for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))

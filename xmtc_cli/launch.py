@@ -28,6 +28,9 @@ class Launch:
     """RANK: this process's index among them; rank 0 writes the run folder."""
     local_rank: int = 0
     """LOCAL_RANK: its index on this machine, and so its GPU."""
+    local_world_size: int = 1
+    """LOCAL_WORLD_SIZE: the processes of the launch on this machine (they share its cores:
+    xmtc_cli.threads)."""
     restarts: int = 0
     """TORCHELASTIC_RESTART_COUNT: how often torchrun has started the group again after a
     failure (0 on the first start)."""
@@ -93,7 +96,7 @@ class Launch:
         if problems:
             raise UsageError("torchrun's variables disagree: " + "; ".join(problems), hint)
         return cls(by_torchrun=True, world_size=world, rank=rank, local_rank=local_rank,
-                   restarts=restarts, launch_id=run_id)
+                   local_world_size=local_world or 1, restarts=restarts, launch_id=run_id)
 
 
 LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -18,6 +18,7 @@ Shape legend:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -291,6 +292,11 @@ class GlobalEmbedding(nn.Module):
         return gate * emb + (1 - gate) * mean
 
 
+def _columns(mask: Tensor, candidates: Tensor | None) -> Tensor:
+    """mask [B, V] restricted to the columns of `candidates` [K'] (all of them without)."""
+    return mask if candidates is None else mask.index_select(1, candidates)  # (B, K')
+
+
 class DecoderStep(NamedTuple):
     """What one decoding step yields (`Seq2SetModel.decode`)."""
 
@@ -416,9 +422,12 @@ class Seq2SetModel(nn.Module):
         )
 
     def forward(self, src: Tensor, lengths: Tensor, gold: Tensor | None = None,
-                features: Tensor | None = None) -> Tensor:
+                features: Tensor | None = None, candidates: Tensor | None = None) -> Tensor:
         """Training logits [B, S, V] for src [B, T], lengths [B] and, for a model with side
         features, features [B, D] (`encode`).
+
+        `candidates` [K'] (output indices, xmtc_cli.shortlist): logits [B, S, K'] over those
+        labels only, and student forcing feeds the arg-max among them (train.shortlist).
 
         Student forcing (matching loss): S = N steps, each fed the previous arg-max; `gold` is
         ignored. Teacher forcing (cross-entropy): gold [B, M] output indices (left-aligned,
@@ -433,6 +442,9 @@ class Seq2SetModel(nn.Module):
         embedding reads the previous step's logits with their gradient, so with it the output
         layer stays step by step.
         """
+        if candidates is not None and self.global_embedding is not None:
+            raise ValueError("a shortlist of candidates does not apply to SGM's global "
+                             "embedding, which reads every label's logit")
         memories, state = self.encode(src, lengths, features)
         inputs = None
         if self.teacher_forcing:
@@ -443,13 +455,15 @@ class Seq2SetModel(nn.Module):
             # Slots past a gold sequence read EOS; their targets are padding, ignored by the loss.
             inputs = torch.cat([bos, gold.masked_fill(gold < 0, EOS)], dim=1)  # (B, M + 1)
         num_steps = self.decode_steps if inputs is None else inputs.size(1)
-        steps = self.decode(memories, state, num_steps, inputs)
+        steps = self.decode(memories, state, num_steps, inputs, candidates)
         if self.global_embedding is not None:
             return torch.stack([step.logits for step in steps], dim=1)  # (B, S, V)
-        last = self.last_layer()
+        weight, bias = self._output_rows(candidates)  # (V or K', F), (V or K',)
         if inputs is not None:  # teacher forcing: no step needed its logits
             features, used = zip(*((step.features, step.used) for step in steps))
-            logits = last(torch.stack(features, dim=1))  # (B, S, F) -> (B, S, V)
+            features = torch.stack(features, dim=1)  # (B, S, F)
+            logits = (self.last_layer()(features) if candidates is None
+                      else F.linear(features, weight, bias))  # (B, S, V or K')
             if self.masked_softmax:
                 logits = logits.masked_fill(torch.stack(used, dim=1),  # (B, S, V)
                                             torch.finfo(logits.dtype).min)
@@ -466,7 +480,7 @@ class Seq2SetModel(nn.Module):
             used.append(step.used)
         mask = torch.stack(used, dim=1) if self.masked_softmax else None  # (B, N, V)
         features = torch.stack(features, dim=1)  # (B, N, F)
-        return _ComputedLinear.apply(features, last.weight, last.bias, logits, mask)
+        return _ComputedLinear.apply(features, weight, bias, logits, mask)
 
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
@@ -569,7 +583,7 @@ class Seq2SetModel(nn.Module):
                              f"expects ({batch}, {self.feature_size})")
 
     def decode(self, memories: list[Memory], state: Tensor, num_steps: int,
-               inputs: Tensor | None = None,
+               inputs: Tensor | None = None, candidates: Tensor | None = None,
                bonus: Tensor | None = None, gate: bool = False) -> Iterator[DecoderStep]:
         """Run the decoder one step at a time, feeding `inputs` [B, S] if given (teacher
         forcing: BOS then gold), else BOS then the previous step's arg-max (student forcing),
@@ -578,7 +592,9 @@ class Seq2SetModel(nn.Module):
         Each step yields the input u_t of the output layer's last linear map (its bottleneck
         applied); the step's logits are computed here only where they are needed step by step:
         to choose the next label (student forcing), or to feed SGM's global embedding, the one
-        case where they carry a gradient.
+        case where they carry a gradient. With `candidates` [K'] the logits (and the mask of
+        the masked softmax) are over those output indices only, and the arg-max is mapped back
+        to its output index.
         """
         batch = state.size(0)
         table = self.label_embedding.weight  # (V, E_l)
@@ -593,6 +609,12 @@ class Seq2SetModel(nn.Module):
         # computed without autograd, and forward gives all steps' logits the gradient at once.
         track = nullcontext if self.global_embedding is not None else torch.no_grad
         last = self.last_layer()
+        if candidates is not None:
+            candidates = candidates.to(state.device)
+            with torch.no_grad():
+                weight = last.weight.index_select(0, candidates)  # (K', F)
+                bias = last.bias.index_select(0, candidates)  # (K',)
+            last = functools.partial(F.linear, weight=weight, bias=bias)
         emitted = None
         if bonus is not None:
             from xmtc_cli.lexical import fused_choice  # scipy's import only where it is used
@@ -623,13 +645,17 @@ class Seq2SetModel(nn.Module):
             choice = logits = None
             if step_logits:
                 with track():
-                    logits = last(features)  # (B, V)
+                    logits = last(features)  # (B, V or K')
                     if self.masked_softmax:
-                        logits = logits.masked_fill(used, torch.finfo(logits.dtype).min)
+                        logits = logits.masked_fill(_columns(used, candidates),
+                                                    torch.finfo(logits.dtype).min)
                 if inputs is None:  # (B,); not differentiable, nor needs to be
                     choice = (logits.argmax(dim=-1) if emitted is None
                               else fused_choice(logits, bonus, emitted, gate))
-            yield DecoderStep(features, logits, choice, used if self.masked_softmax else None)
+                    if candidates is not None:
+                        choice = candidates[choice]  # position among candidates -> output index
+            yield DecoderStep(features, logits, choice,
+                              _columns(used, candidates) if self.masked_softmax else None)
             if inputs is None:  # teacher forcing reads the next label from `inputs`
                 label = choice
 
@@ -640,6 +666,15 @@ class Seq2SetModel(nn.Module):
             for layer in list(self.output)[:-1]:
                 x = layer(x)
         return x
+
+    def _output_rows(self, candidates: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The last linear map's weight [V, F] and bias [V], or their rows of `candidates`
+        [K'] (with the gradient to the full tables)."""
+        last = self.last_layer()
+        if candidates is None:
+            return last.weight, last.bias
+        candidates = candidates.to(last.weight.device)
+        return last.weight.index_select(0, candidates), last.bias.index_select(0, candidates)
 
     def last_layer(self) -> nn.Linear:
         """The output layer's last, V-wide linear map (W_2 with the bottleneck, else W_o)."""

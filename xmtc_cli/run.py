@@ -79,8 +79,10 @@ MANY_PROCESS_STATE_FORMAT = 3
 # Recipe keys that say how long to run and how often to report or save, not what to train:
 # --resume accepts new values for them. A larger train.epochs continues a finished run; the
 # cosine schedule then runs over the new total of steps from the step reached (README).
+# train.threads changes the rounding of some sums (how work is split among threads), as
+# resuming on another machine would, not the method.
 RESUMABLE_CHANGES = ("train.max_steps", "train.log_every", "train.checkpoint_every",
-                     "train.epochs", "train.early_stop")
+                     "train.epochs", "train.early_stop", "train.threads")
 
 
 @dataclass
@@ -101,6 +103,9 @@ class TrainState:
     parts_sum: dict[str, float] = field(default_factory=dict)
     data: str = ""
     """The processed data's fingerprint (`data_fingerprint`); "" in states saved before it."""
+    threads: int = 0
+    """CPU threads the run trains with (xmtc_cli.threads); a resume keeps them unless told
+    otherwise. 0 in states saved before."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class EpochReport:
     best: bool  # this epoch is the best so far (its weights are in model.safetensors)
     steps: int = 0  # optimiser steps so far, over all epochs
     partial: bool = False  # train.max_steps ended the run inside this epoch
+    threads: int = 0  # CPU threads torch used (xmtc_cli.threads); 0 in lines written before
 
 
 class RunFolder:

@@ -42,6 +42,7 @@ from xmtc_cli.launch import Launch
 from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
+from xmtc_cli.optim import build_adam
 from xmtc_cli.prototypes import init_output_prototypes
 from xmtc_cli.run import (
     BEST_FILE,
@@ -52,6 +53,8 @@ from xmtc_cli.run import (
     rng_state,
     set_rng_state,
 )
+from xmtc_cli.shortlist import CandidateSource, UniformNegatives, to_candidates
+from xmtc_cli.threads import ThreadChoice, apply_threads, choose_threads
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
@@ -74,6 +77,7 @@ class RunInfo:
     valid_docs: int
     parameters: int
     log_every: float  # seconds between progress lines off a terminal
+    threads: str = ""  # the CPU threads torch uses and why (ThreadChoice.describe)
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,7 @@ class Trainer:
     device: torch.device
     group: Group = SINGLE  # the processes training together (one by default)
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
+    shortlist: CandidateSource | None = None  # the softmax's candidates (train.shortlist)
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
@@ -198,14 +203,16 @@ class Trainer:
             label_embeddings = None  # the recipe asks for random ones
         model = build_model(recipe.model, recipe.loss, sizes, token_embeddings, label_embeddings)
         model = model.to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=recipe.train.lr,
-                                     weight_decay=recipe.train.weight_decay)
+        optimizer = build_adam(model.parameters(), recipe.train.lr, recipe.train.weight_decay,
+                               fused=recipe.train.fused_adam)
         ddp = None
         if group.active:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
             distributed.seed_rank(recipe.train.seed, group.rank)
+        shortlist = (UniformNegatives(recipe.train.shortlist, recipe.train.seed)
+                     if recipe.train.shortlist is not None else None)
         return cls(model, build_criterion(recipe.loss), optimizer, recipe.train, total_steps,
-                   device, group, ddp)
+                   device, group, ddp, shortlist)
 
     def step(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Train on `batch` as optimiser step `step` (0-based; it sets the learning rate).
@@ -219,19 +226,27 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         standin = False
+        outputs = self.model.label_embedding.num_embeddings  # V
+        candidates = None  # drawn from the global batch: every rank has the same
+        if self.shortlist is not None:
+            candidates = self.shortlist.candidates(batch.gold, outputs, step)  # (K',)
         if self.ddp is not None:
             batch, standin = distributed.shard(batch, self.group.rank, self.group.world_size)
         net = self.ddp if self.ddp is not None else self.model
         net.train()
         batch = batch.to(self.device)
-        table = self.model.label_embedding.weight
+        gold, table = batch.gold, self.model.label_embedding.weight
+        if candidates is not None:  # the loss sees the candidates' columns and rows only
+            candidates = candidates.to(self.device)
+            gold = to_candidates(gold, candidates, outputs)  # (B, M) positions
+            table = table.index_select(0, candidates)  # (K', E_l)
         with autocast(self.device, self.train.amp):
-            logits = net(batch.src, batch.lengths, batch.gold, batch.features)
+            logits = net(batch.src, batch.lengths, batch.gold, batch.features, candidates)
             if self.ddp is None:
-                loss, parts = self.criterion(logits, batch.gold, table)
+                loss, parts = self.criterion(logits, gold, table)
                 value = loss
             else:
-                terms = self.criterion.terms(logits, batch.gold, table)
+                terms = self.criterion.terms(logits, gold, table)
                 loss, value, parts = distributed.global_loss(terms, self.group, standin)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,17 +264,24 @@ class Trainer:
 
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
         command: str = "", callback: Callback | None = None,
-        launch: Launch | None = None, init: str | Path | None = None) -> FitResult:
+        launch: Launch | None = None, init: str | Path | None = None,
+        threads: int | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
+
+    `threads`: CPU threads for torch (--threads); None: train.threads, else the environment's
+    or the usable cores' default (xmtc_cli.threads.choose_threads).
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
     `launch`: this process's place (None: read from the environment).
     """
-    group, dev, joined = distributed.setup(device, launch or Launch.from_environ())
+    launch = launch or Launch.from_environ()
+    choice = choose_threads(threads, recipe.train.threads, launch.local_world_size)
+    apply_threads(choice)
+    group, dev, joined = distributed.setup(device, launch)
     try:
         return _fit(recipe, Path(run_dir), dev, group, resume, command, callback or Silent(),
-                    init)
+                    init, choice)
     except RuntimeError as exc:
         if not (group.active and distributed.lost_contact(exc)):
             raise
@@ -275,7 +297,8 @@ def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bo
 
 
 def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resume: bool,
-         command: str, callback: Callback, init: str | Path | None = None) -> FitResult:
+         command: str, callback: Callback, init: str | Path | None = None,
+         threads: ThreadChoice | None = None) -> FitResult:
     if not group.is_main:
         callback = Silent()
     run_dir = Path(group.broadcast_object(str(run_dir)))  # rank 0's choice of folder
@@ -286,7 +309,7 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
     _check_agreement(recipe, data, group)
     _check_lexical(recipe, data)
     epochs = _Epochs.start(recipe, data, run_dir, resume, command, device, group, callback,
-                           init)
+                           init, threads)
     with epochs.folder or contextlib.nullcontext():
         reports = []
         for epoch in range(epochs.state.epoch + 1, recipe.train.epochs + 1):
@@ -374,7 +397,8 @@ class _Epochs:
     @classmethod
     def start(cls, recipe: Recipe, data: ProcessedData, run_dir: Path, resume: bool,
               command: str, device: torch.device, group: Group,
-              callback: Callback, init: str | Path | None = None) -> _Epochs:
+              callback: Callback, init: str | Path | None = None,
+              threads: ThreadChoice | None = None) -> _Epochs:
         """Build everything from the recipe, open the run folder (rank 0) and load the saved
         state when it has one (rank 0, which then hands it to the other ranks)."""
         sizes = model_sizes(recipe, data)
@@ -418,14 +442,19 @@ class _Epochs:
                                                      rngs, group)
             if rngs is not None:  # as many as there are ranks (_check_world_size)
                 set_rng_state(rngs[group.rank], device)
+            if threads is not None:
+                threads = _resumed_threads(threads, state)
+                state.threads = threads.count
             valid = data.splits.get("valid")
             callback.on_start(RunInfo(
                 run_dir=run_dir, device=group.describe(device), epochs=recipe.train.epochs,
                 start_epoch=state.epoch + 1, start_batch=state.batches_done,
-                steps_per_epoch=steps_per_epoch,
-                train_docs=len(batcher.split), valid_docs=len(valid) if valid is not None else 0,
+                steps_per_epoch=steps_per_epoch, train_docs=len(batcher.split),
+                valid_docs=(min(len(valid), recipe.train.valid_docs or len(valid))
+                            if valid is not None else 0),
                 parameters=sum(p.numel() for p in trainer.model.parameters()),
                 log_every=recipe.train.log_every,
+                threads=threads.describe() if threads is not None else "",
             ))
             on_failure.pop_all()
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
@@ -454,7 +483,7 @@ class _Epochs:
         train_seconds = time.perf_counter() - start
         loss = loss_sum.item() / done
         _check_finite(loss, epoch, self.trainer.model, self.group, self.reference_loss)
-        metrics = self._validate()
+        metrics = self._validate() if self._validates(epoch) else None
         trained_docs = min(done * self.recipe.train.batch_size, len(self.batcher.split))
         trained_docs -= first * self.recipe.train.batch_size
         report = EpochReport(
@@ -462,6 +491,7 @@ class _Epochs:
             loss_parts={k: v.item() / done for k, v in parts_sum.items()}, valid=metrics,
             seconds=0.0, docs_per_second=trained_docs / max(train_seconds, 1e-9),
             lr=self.trainer.lr, best=False, steps=self.state.step, partial=not complete,
+            threads=torch.get_num_threads(),
         )
         report = self._save(epoch, report, complete, time.perf_counter() - start)
         self.callback.on_epoch_end(report)
@@ -505,14 +535,27 @@ class _Epochs:
                 break
         return loss_sum, parts_sum
 
-    def _validate(self) -> dict[str, float] | None:
-        """Validation metrics, computed by rank 0 alone exactly as one process computes them,
-        and handed to the other ranks, which wait."""
+    @property
+    def has_validation(self) -> bool:
         valid = self.data.splits.get("valid")
-        if valid is None or not len(valid):
+        return valid is not None and len(valid) > 0
+
+    def _validates(self, epoch: int) -> bool:
+        """Whether epoch `epoch` ends with a validation: every train.valid_every-th epoch, and
+        the run's last (the last of the recipe, or where train.max_steps ends it)."""
+        every = self.recipe.train.valid_every
+        return (self.has_validation and (epoch % every == 0 or epoch == self.recipe.train.epochs
+                                         or self.out_of_steps))
+
+    def _validate(self) -> dict[str, float] | None:
+        """Validation metrics (on train.valid_docs of the split, if set), computed by rank 0
+        alone exactly as one process computes them, and handed to the other ranks, which
+        wait."""
+        if not self.has_validation:
             return None
+        data = validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
         return self.group.on_main(
-            lambda: evaluate_split(self.trainer.model, self.data, "valid", self.recipe,
+            lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
                                    self.trainer.device, progress=self.callback.on_validate,
                                    prior=self._lexical()[1]),
             share=True,
@@ -541,7 +584,8 @@ class _Epochs:
         # the best, but it writes model.safetensors when there is none yet, so the run can be
         # tried with `xmtc predict`.
         score = report.valid["micro_f1"] if report.valid else float(epoch)
-        best = complete and score > state.best_f1
+        skipped = self.has_validation and report.valid is None  # train.valid_every
+        best = complete and not skipped and score > state.best_f1
         if best:
             state.best_f1, state.best_epoch, state.best_valid = score, epoch, report.valid
         report = dataclasses.replace(report, best=best, seconds=seconds)
@@ -574,6 +618,29 @@ class _Epochs:
             done = dataclasses.replace(state, epoch=epoch, batches_done=0, loss_sum=0.0,
                                        parts_sum={})
             folder.save_state(done, model, self.trainer.optimizer, self.recipe, rngs)
+
+
+def _resumed_threads(choice: ThreadChoice, state: TrainState) -> ThreadChoice:
+    """A resumed run keeps the thread count it was saved with unless one is given (--threads,
+    train.threads, the environment): the default follows the machine's load, and another count
+    rounds some sums differently, so the run would not end with the uninterrupted run's
+    weights."""
+    if choice.source != "cores" or not state.threads or state.threads == choice.count:
+        return choice
+    kept = dataclasses.replace(choice, count=state.threads, source="the run's own")
+    apply_threads(kept)
+    return kept
+
+
+def validation_subset(data: ProcessedData, docs: int | None, seed: int) -> ProcessedData:
+    """`data` with its validation split cut to `docs` documents drawn with `seed` (kept in
+    their order), the same ones at every call; `data` itself when it has no more than that."""
+    valid = data.splits.get("valid")
+    if docs is None or valid is None or len(valid) <= docs:
+        return data
+    keep = np.zeros(len(valid), dtype=bool)
+    keep[np.random.default_rng(seed).choice(len(valid), docs, replace=False)] = True
+    return dataclasses.replace(data, splits={**data.splits, "valid": valid.select(keep)})
 
 
 def _check_world_size(folder: RunFolder, saved: int, group: Group) -> None:

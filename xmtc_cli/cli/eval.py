@@ -15,6 +15,7 @@ from xmtc_cli.cli.options import (
     Device,
     DeviceOption,
     EncodingOption,
+    ThreadsOption,
     given,
 )
 from xmtc_cli.cli.render import metrics_table, stdout
@@ -52,6 +53,7 @@ def eval_command(
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
     encoding: EncodingOption = "utf-8",
+    threads: ThreadsOption = None,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
@@ -59,6 +61,9 @@ def eval_command(
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number",
                              f"give {name} a number such as 0.55")
+    from xmtc_cli.threads import apply_threads, choose_threads
+
+    apply_threads(choose_threads(threads))
 
     ranks = _ranks(k)
     rows: list | None = [] if per_label is not None else None

@@ -73,3 +73,7 @@ def given(ctx: typer.Context, *names: str) -> list[str]:
             param = next((p for p in ctx.command.params if p.name == name), None)
             out.append(param.opts[0] if param is not None and param.opts else name)
     return out
+ThreadsOption = Annotated[int | None, typer.Option(
+    min=1, max=1024, help="CPU threads for torch. Default: the recipe's train.threads, else "
+    "XMTC_THREADS or OMP_NUM_THREADS, else the cores this process may use less the busy "
+    "ones (shared among torchrun's processes).")]

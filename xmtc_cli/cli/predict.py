@@ -15,7 +15,14 @@ import typer
 
 from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import BatchSizeOption, Device, DeviceOption, EncodingOption, out_path
+from xmtc_cli.cli.options import (
+    BatchSizeOption,
+    Device,
+    DeviceOption,
+    EncodingOption,
+    ThreadsOption,
+    out_path,
+)
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.errors import UsageError, XmtcError
 from xmtc_cli.fileerrors import STDOUT, file_error
@@ -80,6 +87,7 @@ def predict(
     batch_size: BatchSizeOption = 64,
     device: DeviceOption = Device.auto,
     encoding: EncodingOption = "utf-8",
+    threads: ThreadsOption = None,
 ) -> None:
     """Predict a label set for every document of DOCS, in input order, with ranked
     suggestions, names and scores."""
@@ -87,6 +95,9 @@ def predict(
     from xmtc_cli.data.formats import plain_documents, read_documents
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
     from xmtc_cli.suggest import rank_needed, suggest
+    from xmtc_cli.threads import apply_threads, choose_threads
+
+    apply_threads(choose_threads(threads))
 
     if out is not None:
         inputs = {"DOCS": Path(docs), "CHECKPOINT": checkpoint}

@@ -86,6 +86,8 @@ class TrainingDisplay:
             f"for validation, {info.parameters / 1e6:.2f} M parameters -> {info.run_dir}"
             + resumed
         )
+        if info.threads:
+            stderr.print(f"CPU threads: {info.threads}")
         if self.live:
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import Device, given, out_path
+from xmtc_cli.cli.options import Device, ThreadsOption, given, out_path
 from xmtc_cli.cli.render import TrainingDisplay, metrics_table, stderr, stdout
 from xmtc_cli.config import METHODS, load_recipe, method_overrides, scheme_override, without_effect
 from xmtc_cli.errors import UsageError, XmtcError
@@ -54,6 +54,7 @@ def train(
         min=0, help="Start the processes again this many times after a failure; the run "
         "resumes from its last save (torchrun's --max-restarts).",
     )] = 0,
+    threads: ThreadsOption = None,
 ) -> None:
     """Train a model; the best checkpoint by validation micro-F1 is RUN/model.safetensors.
 
@@ -92,7 +93,7 @@ def train(
     display = TrainingDisplay() if launch.is_main else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display, launch=launch, init=init)
+                     callback=display, launch=launch, init=init, threads=threads)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:

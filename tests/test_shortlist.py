@@ -1,0 +1,152 @@
+"""The training step's shortlist softmax (train.shortlist, xmtc_cli.shortlist): the candidates
+are what they claim, logits over them are the full logits' columns, a shortlist holding every
+label trains as the full softmax does, and a run with one resumes bit for bit."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from conftest import write_recipe
+from safetensors.torch import load_file
+
+from xmtc_cli.config import ConfigError, load_recipe, recipe_from_dict
+from xmtc_cli.data.batching import Batch
+from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
+from xmtc_cli.model import ModelSizes
+from xmtc_cli.shortlist import UniformNegatives, to_candidates
+from xmtc_cli.training import Trainer, fit
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+V = 40  # output indices: 37 labels and the specials
+GOLD = torch.tensor([[5, 9, GOLD_PAD], [9, 30, 12], [GOLD_PAD, GOLD_PAD, GOLD_PAD]])
+
+
+def test_candidates_are_the_specials_the_gold_labels_and_k_distinct_negatives():
+    source = UniformNegatives(k=6, seed=0)
+    cand = source.candidates(GOLD, V, step=3)
+    assert cand[:NUM_SPECIALS].tolist() == list(range(NUM_SPECIALS))
+    rest = cand[NUM_SPECIALS:].tolist()
+    assert len(set(rest)) == len(rest) == 4 + 6
+    assert {5, 9, 12, 30} <= set(rest)
+    assert all(NUM_SPECIALS <= c < V for c in rest)
+    assert torch.equal(cand, source.candidates(GOLD, V, step=3))  # (seed, step) decide
+    assert not torch.equal(cand, source.candidates(GOLD, V, step=4))
+
+
+def test_a_shortlist_longer_than_the_labels_is_every_output_in_order():
+    assert torch.equal(UniformNegatives(k=1000, seed=0).candidates(GOLD, V, 0), torch.arange(V))
+
+
+def test_gold_labels_map_to_their_positions_among_the_candidates():
+    cand = UniformNegatives(k=5, seed=1).candidates(GOLD, V, 0)
+    mapped = to_candidates(GOLD, cand, V)
+    for b in range(GOLD.size(0)):
+        for m in range(GOLD.size(1)):
+            g = GOLD[b, m].item()
+            want = GOLD_PAD if g == GOLD_PAD else cand.tolist().index(g)
+            assert mapped[b, m].item() == want
+
+
+def _trainer(teacher: bool, shortlist: int | None = None) -> Trainer:
+    method = {"loss": {"kind": "cross-entropy", "ot_weight": 0}} if teacher else {}
+    recipe = recipe_from_dict({
+        "data": {"dir": "unused", "max_labels": 4},
+        "model": {"hidden_size": 8, "encoder_layers": 1, "conv_kernels": [2, 2],
+                  "dropout": 0.0},
+        "train": {"shortlist": shortlist, "lr": 1e-2},
+        **method,
+    })
+    sizes = ModelSizes(vocab_size=30, num_labels=V - NUM_SPECIALS, decode_steps=4, embed_size=6,
+                       label_embed_size=5)
+    return Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=100)
+
+
+def _batch() -> Batch:
+    g = torch.Generator().manual_seed(0)
+    src = torch.randint(2, 30, (3, 9), generator=g)
+    return Batch(src, torch.tensor([9, 5, 7]), GOLD.clone(), None)
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_logits_over_candidates_are_the_full_layers_columns_and_the_choice_is_among_them(
+        teacher):
+    model = _trainer(teacher).model.eval()
+    batch = _batch()
+    cand = UniformNegatives(k=4, seed=0).candidates(GOLD, V, 0)
+    with torch.no_grad():
+        memories, state = model.encode(batch.src, batch.lengths)
+        inputs = None
+        if teacher:
+            inputs = torch.cat([torch.ones(3, 1, dtype=torch.long),
+                                GOLD.masked_fill(GOLD < 0, 2)], 1)
+        steps = list(model.decode(memories, state, 4 if inputs is None else 4, inputs, cand))
+        last = model.last_layer()
+        for step in steps:
+            full = last(step.features)  # (B, V)
+            if step.logits is not None:
+                torch.testing.assert_close(step.logits, full[:, cand])
+            if step.choice is not None:  # student forcing: the best candidate, as an index
+                assert torch.equal(step.choice, cand[full[:, cand].argmax(-1)])
+        out = model(batch.src, batch.lengths, batch.gold, None, cand)
+        assert out.size(-1) == len(cand)
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_a_shortlist_of_every_label_trains_as_the_full_softmax(teacher):
+    full, every = _trainer(teacher), _trainer(teacher, shortlist=10_000)
+    for step in range(3):
+        a, _ = full.step(_batch(), step)
+        b, _ = every.step(_batch(), step)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(full.model.named_parameters(), every.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_short_shortlist_gives_gradient_to_the_candidates_rows_only():
+    trainer = _trainer(False, shortlist=2)
+    cand = trainer.shortlist.candidates(GOLD, V, 0)
+    batch = _batch()
+    gold = to_candidates(GOLD, cand, V)
+    logits = trainer.model(batch.src, batch.lengths, None, None, cand)
+    loss, _ = trainer.criterion(logits, gold, trainer.model.label_embedding.weight[cand])
+    loss.backward()
+    grad = trainer.model.last_layer().weight.grad  # (V, F)
+    touched = set(torch.nonzero(grad.abs().sum(1)).flatten().tolist())
+    assert touched <= set(cand.tolist()) and len(touched) > NUM_SPECIALS
+
+
+def test_the_global_embedding_refuses_a_shortlist():
+    with pytest.raises(ConfigError, match="train.shortlist"):
+        recipe_from_dict({"data": {"dir": "x"}, "model": {"global_embedding": True},
+                          "train": {"shortlist": 5}})
+
+
+class _StopAfterEpoch:
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_start(self, info): ...
+    def on_step(self, epoch, step, docs, loss): ...
+    def on_validate(self, done, total): ...
+
+    def on_epoch_end(self, report):
+        if report.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_shortlist_run_learns_and_resumes_to_the_same_weights(tiny_data, tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=3),
+                         ["train.shortlist=4"])
+    whole = fit(recipe, tmp_path / "whole", device="cpu")
+    losses = [e.train_loss for e in whole.epochs]
+    assert losses[-1] < losses[0]
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "parts", device="cpu", callback=_StopAfterEpoch(1))
+    fit(recipe, tmp_path / "parts", device="cpu", resume=True)
+    a, b = load_file(tmp_path / "whole" / "last.safetensors"), load_file(
+        tmp_path / "parts" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert dataclasses.asdict(recipe.train)["shortlist"] == 4

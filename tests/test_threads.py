@@ -1,0 +1,192 @@
+"""Thread control (xmtc_cli.threads): which count wins, the default's arithmetic, and that the
+commands honour the count and let idle OpenMP threads sleep, in a fresh process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_recipe
+
+from xmtc_cli import threads
+from xmtc_cli.errors import UsageError
+from xmtc_cli.threads import THREADS_ENV, choose_threads
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine of 8 usable cores, no quota, no torchrun, no thread variables."""
+    for name in (THREADS_ENV, "OMP_NUM_THREADS", "LOCAL_WORLD_SIZE", "WORLD_SIZE", "RANK",
+                 "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 0.0)
+    return monkeypatch
+
+
+def torchrun(machine, local: str) -> None:
+    """The variables torchrun sets for rank 0 of `local` processes on one machine (a launch
+    is recognised only when complete: xmtc_cli.launch)."""
+    for name, value in (("WORLD_SIZE", local), ("RANK", "0"), ("LOCAL_RANK", "0"),
+                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500"),
+                        ("LOCAL_WORLD_SIZE", local)):
+        machine.setenv(name, value)
+
+
+def test_the_first_given_source_wins_in_documented_order(machine):
+    machine.setenv("OMP_NUM_THREADS", "5")
+    machine.setenv(THREADS_ENV, "4")
+    assert (choose_threads(2, 3).count, choose_threads(2, 3).source) == (2, "--threads")
+    assert (choose_threads(None, 3).count, choose_threads(None, 3).source) == (3, "train.threads")
+    assert (choose_threads().count, choose_threads().source) == (4, THREADS_ENV)
+    machine.delenv(THREADS_ENV)
+    assert (choose_threads().count, choose_threads().source) == (5, "OMP_NUM_THREADS")
+    machine.delenv("OMP_NUM_THREADS")
+    assert (choose_threads().count, choose_threads().source) == (8, "cores")
+
+
+@pytest.mark.parametrize(("local", "expected"), [(None, 8), ("1", 8), ("2", 4), ("3", 2),
+                                                 ("8", 1), ("16", 1)])
+def test_the_default_shares_the_usable_cores_among_torchruns_local_processes(
+        machine, local, expected):
+    if local is not None:
+        torchrun(machine, local)
+    choice = choose_threads()
+    assert choice.count == expected
+    assert choice.source == "cores"
+
+
+@pytest.mark.parametrize(("busy", "local", "expected"), [
+    (0.2, "1", 8), (1.0, "1", 7), (2.6, "1", 5), (7.9, "1", 1), (30.0, "1", 1), (2.0, "2", 3),
+    (1.0, "4", 1)])
+def test_the_default_leaves_out_the_cores_others_keep_busy(machine, busy, local, expected):
+    machine.setattr(threads, "busy_cores", lambda: busy)
+    torchrun(machine, local)
+    assert choose_threads().count == expected
+
+
+def test_usable_cores_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
+    quota = tmp_path / "cpu.max"
+    read = threads._cgroup_quota
+    monkeypatch.setattr(threads, "_cgroup_quota", lambda: read(quota))
+    quota.write_text("max 100000\n")
+    assert threads.usable_cores() == 4
+    quota.write_text("250000 100000\n")  # two and a half CPUs' worth of time
+    assert threads.usable_cores() == 2
+    quota.write_text("50000 100000\n")  # half a CPU still runs one thread
+    assert threads.usable_cores() == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "99999"])
+def test_a_bad_thread_variable_is_a_usage_error_naming_it(machine, value):
+    machine.setenv(THREADS_ENV, value)
+    with pytest.raises(UsageError, match=THREADS_ENV):
+        choose_threads()
+
+
+def test_a_bad_omp_num_threads_is_left_to_the_default(machine):
+    machine.setenv("OMP_NUM_THREADS", "auto")  # torch's business, not ours to refuse
+    assert choose_threads().count == 8
+
+
+def _fresh_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in (THREADS_ENV, "OMP_NUM_THREADS", "OMP_WAIT_POLICY", "LOCAL_WORLD_SIZE")}
+    env.update(extra)
+    return env
+
+
+PROBE = """
+import sys, torch
+from xmtc_cli.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exit:
+    code = exit.code or 0
+import os
+print("PROBE", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY"), code)
+"""
+
+
+def _probe(args: list[str], env: dict[str, str]) -> tuple[int, str, int]:
+    """Run `xmtc ARGS` in a fresh python; torch's thread count and the wait policy after it."""
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE")][-1].split()
+    return int(line[1]), line[2], int(line[3])
+
+
+def test_train_honours_threads_in_a_fresh_process_and_records_them(tiny_data, tmp_path):
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1)
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "xmtc_cli", "train", str(recipe), "--out", str(run),
+         "--device", "cpu", "--threads", "3", "train.max_steps=2"],
+        env=_fresh_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "CPU threads: 3 (--threads; OMP_WAIT_POLICY=PASSIVE)" in done.stderr
+    line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["threads"] == 3
+
+
+@pytest.mark.slow  # six fresh pythons that import torch: a minute on a busy machine
+@pytest.mark.parametrize("command", ["train", "predict", "eval"])
+def test_every_model_command_sets_the_count_it_is_given(command, tiny_run, tiny_data, tmp_path):
+    args = {
+        "train": [str(tiny_run.recipe), "--out", str(tmp_path / "run"), "--device", "cpu",
+                  "train.max_steps=1"],
+        "predict": [str(tiny_run.run / "model.safetensors"),
+                    str(tiny_data.raw / "test_texts.txt"), "--device", "cpu"],
+        "eval": [str(tiny_run.run / "model.safetensors"), "--data", str(tiny_data.processed),
+                 "--device", "cpu"],
+    }[command]
+    count, policy, code = _probe([command, *args, "--threads", "3"], _fresh_env())
+    assert (count, policy, code) == (3, "PASSIVE", 0)
+    # The environment's count when the option is not given.
+    if command == "train":
+        args[2] = str(tmp_path / "run2")
+    count, _, code = _probe([command, *args], _fresh_env(**{THREADS_ENV: "2"}))
+    assert (count, code) == (2, 0)
+
+
+def test_a_wait_policy_the_user_chose_is_kept():
+    out = subprocess.run([sys.executable, "-c", "import xmtc_cli, os; "
+                          "print(os.environ['OMP_WAIT_POLICY'])"],
+                         env=_fresh_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "ACTIVE"
+
+
+class _StopAfterFirstEpoch:
+    def on_start(self, info): ...
+    def on_step(self, epoch, step, docs, loss): ...
+    def on_validate(self, done, total): ...
+
+    def on_epoch_end(self, report):
+        raise KeyboardInterrupt
+
+
+def test_a_resumed_run_keeps_its_thread_count_when_the_default_would_change(
+        machine, tiny_data, tmp_path, single_thread):
+    from xmtc_cli.config import load_recipe
+    from xmtc_cli.training import fit
+
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=2))
+    machine.setattr(threads, "usable_cores", lambda: 2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, tmp_path / "run", device="cpu", callback=_StopAfterFirstEpoch())
+    machine.setattr(threads, "busy_cores", lambda: 1.6)  # the default would now be 1
+    assert choose_threads().count == 1
+    fit(recipe, tmp_path / "run", device="cpu", resume=True)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["threads"] for line in lines] == [2, 2]
+    fit(recipe, tmp_path / "again", device="cpu", threads=1)  # given: it wins
+    assert json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[-1])[
+        "threads"] == 1

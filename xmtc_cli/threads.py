@@ -1,0 +1,143 @@
+"""How many CPU threads torch uses, and how its idle threads wait.
+
+torch on Linux runs its CPU kernels on an OpenMP (libgomp) thread team. By default libgomp's
+idle threads spin for a while before they sleep: at the end of every parallel region the threads
+that finished first busy-wait for the last. A training step is thousands of small regions (the
+GRU's time steps, the decoder's N steps), so on a machine where another process wants a core,
+the spinning threads take the core from the one thread that still works (or from the neighbour,
+which then preempts that thread in turn): on a busy 2-core machine a step with two threads ran
+17-20 times slower than with one (BENCHMARKS.md, "Speed on the CPU"). With
+OMP_WAIT_POLICY=PASSIVE the threads sleep as soon as they wait; libgomp reads it once, when
+torch loads it, so `passive_wait` must run before torch is imported (`xmtc_cli/__init__.py`
+calls it).
+
+Passive waiting stops the spinning, not the cost of sharing: every parallel region waits for
+its slowest thread, so a thread that shares its core with a busy process still stalls the
+region each time it is preempted. Under a load of a dozen processes on two cores, two passive
+threads were as slow as two spinning ones; one thread was twenty times faster. So the default
+count leaves out the cores other processes keep busy (the 1-minute load average, read once at
+start; the command itself has not run yet).
+
+The count: `--threads`, else the recipe's train.threads, else XMTC_THREADS, else
+OMP_NUM_THREADS, else the cores this process may run on (its affinity mask, and a cgroup CPU
+quota where one is set) less the busy ones, divided among torchrun's processes on this machine.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+THREADS_ENV = "XMTC_THREADS"
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+MAX_THREADS = 1024
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """The thread count a command uses and where it came from (for the run header)."""
+
+    count: int
+    source: str  # "--threads", "train.threads", "XMTC_THREADS", "OMP_NUM_THREADS", "cores"
+    # or "the run's own" (a resumed run's saved count)
+    cores: int  # the cores this process may use (affinity, quota)
+    local_processes: int  # torchrun's processes on this machine (1 without torchrun)
+    busy: float = 0.0  # cores other processes kept busy at the start (load average)
+
+    def describe(self) -> str:
+        if self.source == "cores":
+            share = (f" / {self.local_processes} processes" if self.local_processes > 1 else "")
+            how = f"{self.cores} usable cores, {self.busy:.1f} busy{share}"
+        else:
+            how = self.source
+        return f"{self.count} ({how}; {WAIT_POLICY_ENV}={os.environ.get(WAIT_POLICY_ENV, '?')})"
+
+
+def passive_wait() -> None:
+    """Let idle OpenMP threads sleep instead of spin, unless the user chose a policy. Has an
+    effect only before torch (and its libgomp) is loaded."""
+    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota()
+    if quota is not None:
+        cores = min(cores, max(1, math.floor(quota)))
+    return max(cores, 1)
+
+
+def _cgroup_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
+    """CPUs' worth of time the cgroup may use (`cpu.max`: "QUOTA PERIOD", or "max ...")."""
+    try:
+        quota, period = path.read_text(encoding="ascii").split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+def busy_cores() -> float:
+    """Cores other processes keep busy: the 1-minute load average (0 where there is none)."""
+    try:
+        return max(0.0, os.getloadavg()[0])
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(option: int | None = None, recipe: int | None = None,
+                   local_processes: int | None = None) -> ThreadChoice:
+    """The thread count: the first given of --threads, train.threads, XMTC_THREADS,
+    OMP_NUM_THREADS; else the usable cores less the busy ones, shared among torchrun's
+    `local_processes` on this machine (None: the launch's, xmtc_cli.launch), at least one."""
+    if local_processes is None:
+        from xmtc_cli.launch import Launch
+
+        local_processes = Launch.from_environ().local_world_size
+    cores, procs, busy = usable_cores(), max(1, local_processes), busy_cores()
+    for value, source in ((option, "--threads"), (recipe, "train.threads"),
+                          (_env_count(THREADS_ENV), THREADS_ENV),
+                          (_positive(os.environ.get("OMP_NUM_THREADS")), "OMP_NUM_THREADS")):
+        if value is not None:
+            return ThreadChoice(int(value), source, cores, procs, busy)
+    free = max(1, min(cores, round(cores - busy)))
+    return ThreadChoice(max(1, free // procs), "cores", cores, procs, busy)
+
+
+def _env_count(name: str) -> int | None:
+    """A positive count from the environment variable `name`; an error for anything else."""
+    from xmtc_cli.errors import UsageError
+
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    value = _positive(text)
+    if value is None or value > MAX_THREADS:
+        raise UsageError(f"{name}={text[:20]!r} is not a thread count",
+                         f"set {name} to an integer from 1 to {MAX_THREADS}, or unset it")
+    return value
+
+
+def _positive(text: str | None) -> int | None:
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
+def apply_threads(choice: ThreadChoice) -> None:
+    """Make torch use `choice.count` threads for its CPU kernels (and as many for inter-op
+    work, which torch lets a process set once, before it first runs any)."""
+    import torch
+
+    torch.set_num_threads(choice.count)
+    try:
+        torch.set_num_interop_threads(choice.count)
+    except RuntimeError:  # already set, or parallel work already ran: keep torch's
+        pass
