@@ -2277,10 +2277,10 @@ add("r3 resume with the train state's best_f1 edited", "r3-integrity",
 
 
 # strict values restored from files: forged files (checksum recomputed) with impossible values
+# (a label may hold spaces: corpora in JSONL/CSV carry any string without a tab or line break)
 for _name, _change in (
         ("duplicate tokens", lambda v: [*v[:2], v[2], v[2], *v[4:]]),
         ("duplicate labels", lambda v: [v[0], v[0], *v[2:]] if v else v),
-        ("a label with a space", lambda v: ["a b", *v[1:]]),
         ("a label with a tab", lambda v: ["a\tb", *v[1:]]),
         ("a label with a newline", lambda v: ["a\nb", *v[1:]]),
         ("an empty label", lambda v: ["", *v[1:]]),

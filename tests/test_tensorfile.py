@@ -62,3 +62,28 @@ def test_an_unstorable_dtype_is_refused_before_writing(tmp_path):
     with pytest.raises(TypeError, match="complex"):
         write_safetensors(tmp_path / "t.safetensors", {"z": torch.zeros(2, dtype=torch.complex64)})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("head", [
+    (2 ** 64 - 1).to_bytes(8, "little"),  # a length no file holds (OverflowError in read)
+    (2 ** 40).to_bytes(8, "little"),  # a terabyte: MemoryError if read as asked
+    (200).to_bytes(8, "little"),  # longer than the file
+    (4).to_bytes(8, "little") + b"[1] " + b"\0" * 16,  # JSON, but not an object
+    (30).to_bytes(8, "little") + b'{"__metadata__": [1, 2, 3]}   ' + b"\0" * 16,
+])
+def test_a_header_length_or_header_from_a_damaged_file_is_a_value_error(tmp_path, head):
+    """The checksum reader takes the header's length from the file itself: whatever the first
+    bytes say, it answers ValueError (reported as a damaged file), never a read of that size."""
+    path = tmp_path / "damaged.safetensors"
+    path.write_bytes(head + b"\0" * 64)
+    with pytest.raises(ValueError):
+        tensorfile.verify_checksum(path)
+
+
+def test_random_bytes_are_a_value_error_for_the_checksum_reader(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    path = tmp_path / "random.safetensors"
+    for _ in range(50):
+        path.write_bytes(bytes(torch.randint(0, 256, (5000,), generator=generator).tolist()))
+        with pytest.raises(ValueError):
+            tensorfile.verify_checksum(path)

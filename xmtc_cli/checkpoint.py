@@ -48,11 +48,16 @@ from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
 from xmtc_cli.lexical import TENSOR_DTYPES, KnnIndex, spec_problem
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
-from xmtc_cli.tensorfile import DTYPES, ChecksumMismatch, verify_checksum, write_safetensors
+from xmtc_cli.tensorfile import (
+    DTYPES,
+    MAX_HEADER_BYTES,
+    ChecksumMismatch,
+    verify_checksum,
+    write_safetensors,
+)
 
 CHECKPOINT_FORMAT = 1
 FORMAT_MARKER = "xmtc-checkpoint"
-MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
 _JSON_FIELDS = ("recipe", "sizes", "tokens", "tokenizer", "labels", "label_names", "label_counts",
                 "extra")
 _OPTIONAL_FIELDS = ("label_counts",)  # absent in checkpoints written before they existed

@@ -41,6 +41,7 @@ _ALIGN = 8  # safetensors pads the header with spaces so that the data starts 8-
 CHECKSUM_KEY = "xmtc_sha256"
 _ZEROS = "0" * 64  # the checksum's digits while it is computed
 _CHUNK = 1 << 22
+MAX_HEADER_BYTES = 100_000_000  # safetensors refuses larger headers
 
 
 class ChecksumMismatch(Exception):
@@ -95,10 +96,19 @@ def file_checksum(path: str | Path) -> tuple[str, str] | None:
     with open(path, "rb") as f:
         prefix = f.read(8)
         length = int.from_bytes(prefix, "little")
+        # The length comes from the file: bound it before reading (random bytes would ask for
+        # exabytes), by the file's own size and by safetensors' header limit.
+        if len(prefix) < 8 or length > min(os.fstat(f.fileno()).st_size - 8, MAX_HEADER_BYTES):
+            raise ValueError("the file is cut short, or its first 8 bytes are no header length")
         head = bytearray(prefix + f.read(length))
-        if len(prefix) < 8 or len(head) < 8 + length:
+        if len(head) < 8 + length:
             raise ValueError("the file is cut short")
-        meta = json.loads(bytes(head[8:])).get("__metadata__") or {}
+        header = json.loads(bytes(head[8:]))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("the header's __metadata__ is not a JSON object")
         stored = meta.get(CHECKSUM_KEY)
         if stored is None:
             return None
