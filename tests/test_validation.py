@@ -12,8 +12,9 @@ from conftest import write_recipe
 
 from xmtc_cli.config import load_recipe
 from xmtc_cli.data.builtin import load_data
-from xmtc_cli.evaluation import evaluate_split
+from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.inference import Predictor
+from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.training import fit, validation_subset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -68,3 +69,24 @@ def test_valid_docs_scores_the_subset_as_evaluating_it_directly_does(tiny_data, 
     full = evaluate_split(model, load_data(str(tiny_data.processed)), "valid", recipe,
                           torch.device("cpu"))
     assert reported != pytest.approx(full)  # it is the subset's score, not the split's
+
+
+def test_valid_docs_with_the_lexical_scorer_scores_the_subset_with_its_own_scores(
+        tiny_data, tmp_path):
+    """The validation prior's rows are those of the documents decoded: with train.valid_docs,
+    the subset's kNN scores, not the first rows of the whole split's."""
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1),
+                         ["train.valid_docs=9", "model.lexical=knn",
+                          "model.lexical_weights=[4]", "model.lexical_gate=fused"])
+    fit(recipe, tmp_path / "run", device="cpu")
+    reported = _lines(tmp_path / "run")[-1]["valid"]
+    model = Predictor.from_checkpoint(str(tmp_path / "run" / "last.safetensors"), "cpu").model
+    data = load_data(str(tiny_data.processed))
+    subset = validation_subset(data, 9, recipe.train.seed)
+    m = recipe.model
+    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, m.lexical_k,
+                           m.lexical_power, m.lexical_max_df)
+    with torch.no_grad():
+        direct = evaluate_split(model, subset, "valid", recipe, torch.device("cpu"),
+                                prior=lexical_prior(index, subset.splits["valid"]))
+    assert {k: v for k, v in reported.items() if k in direct} == pytest.approx(direct)

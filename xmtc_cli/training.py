@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -553,7 +554,7 @@ class _Epochs:
         wait."""
         if not self.has_validation:
             return None
-        data = validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
+        data = self._validation_data
         return self.group.on_main(
             lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
                                    self.trainer.device, progress=self.callback.on_validate,
@@ -561,8 +562,15 @@ class _Epochs:
             share=True,
         )
 
+    @functools.cached_property
+    def _validation_data(self) -> ProcessedData:
+        """What validation decodes: the data with its validation split cut to train.valid_docs
+        (the same documents every epoch, so drawn once)."""
+        return validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
+
     def _lexical(self) -> tuple[KnnIndex | None, Any]:
-        """The lexical index and the validation split's label scores; (None, None) without."""
+        """The lexical index and the label scores of the documents validation decodes (rows
+        aligned with `_validation_data`'s split); (None, None) without."""
         model = self.recipe.model
         if model.lexical == "none":
             return None, None
@@ -570,7 +578,7 @@ class _Epochs:
             index = KnnIndex.build(self.data.splits["train"], len(self.data.tokens),
                                    self.data.num_labels, model.lexical_k, model.lexical_power,
                                    model.lexical_max_df)
-            valid = self.data.splits.get("valid")
+            valid = self._validation_data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
         return self.lexical
