@@ -27,6 +27,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -89,20 +90,24 @@ def _slot(head: bytes) -> int:
     return at + len(marker)
 
 
+def _head(f: BinaryIO) -> bytes:
+    """The file's first 8 + n bytes: the header's length n (little-endian) and the header,
+    read from the start of `f`. The length comes from the file, so it is bounded before the
+    read (random bytes would ask for exabytes), by the file's size and safetensors' limit;
+    ValueError where it cannot be a header length."""
+    prefix = f.read(8)
+    length = int.from_bytes(prefix, "little")
+    if len(prefix) < 8 or length > min(os.fstat(f.fileno()).st_size - 8, MAX_HEADER_BYTES):
+        raise ValueError("the file is cut short, or its first 8 bytes are no header length")
+    return prefix + f.read(length)
+
+
 def file_checksum(path: str | Path) -> tuple[str, str] | None:
     """(stored, computed) checksum of a file that xmtc wrote; None for a file without one
     (written before xmtc kept checksums). Raises OSError, or ValueError for a file that is no
     safetensors file at all."""
     with open(path, "rb") as f:
-        prefix = f.read(8)
-        length = int.from_bytes(prefix, "little")
-        # The length comes from the file: bound it before reading (random bytes would ask for
-        # exabytes), by the file's own size and by safetensors' header limit.
-        if len(prefix) < 8 or length > min(os.fstat(f.fileno()).st_size - 8, MAX_HEADER_BYTES):
-            raise ValueError("the file is cut short, or its first 8 bytes are no header length")
-        head = bytearray(prefix + f.read(length))
-        if len(head) < 8 + length:
-            raise ValueError("the file is cut short")
+        head = bytearray(_head(f))
         header = json.loads(bytes(head[8:]))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
@@ -138,9 +143,8 @@ def verify_checksum(path: str | Path) -> bool:
 def reseal(path: str | Path) -> None:
     """Recompute the checksum of `path` in place (for tests that forge files, and for tools that
     edit a file on purpose)."""
-    with open(path, "r+b") as f:
-        prefix = f.read(8)
-        head = prefix + f.read(int.from_bytes(prefix, "little"))
+    with open(path, "rb") as f:
+        head = _head(f)
     slot = _slot(head)
     with open(path, "r+b") as f:
         f.seek(slot)
