@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -77,3 +77,35 @@ ThreadsOption = Annotated[int | None, typer.Option(
     min=1, max=1024, help="CPU threads for torch. Default: the recipe's train.threads, else "
     "XMTC_THREADS or OMP_NUM_THREADS, else the cores this process may use less the busy "
     "ones (shared among torchrun's processes).")]
+
+
+CheckpointArgument = Annotated[Path, typer.Argument(
+    help="A model.safetensors written by `xmtc train`.")]
+
+
+def threshold_value(threshold: str | None) -> float | None:
+    """--threshold as a number (None for `tuned` or none given); a UsageError if neither."""
+    if threshold is None or threshold == "tuned":
+        return None
+    try:
+        value = float(threshold)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise UsageError(f"--threshold {threshold[:20]!r} is neither `tuned` nor a number in "
+                         "(0, 1]", "give e.g. --threshold 0.3, or --threshold tuned")
+    return value
+
+
+def resolve_threshold(predictor: Any, explicit: float | None, threshold: str | None,
+                       checkpoint: Path) -> float | None:
+    """The threshold the set is cut at: a number given, the checkpoint's tuned one, or None
+    (the generated set)."""
+    tuned = predictor.threshold
+    if threshold == "tuned":
+        if tuned is None:
+            raise UsageError(f"{checkpoint} holds no tuned threshold (none beat the generated "
+                             "set on validation, or it was trained before xmtc tuned them)",
+                             "leave out --threshold, or give a number")
+        return float(tuned["threshold"])
+    return explicit

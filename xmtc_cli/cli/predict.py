@@ -17,11 +17,14 @@ from xmtc_cli.atomic import atomic_file
 from xmtc_cli.cli.app import app
 from xmtc_cli.cli.options import (
     BatchSizeOption,
+    CheckpointArgument,
     Device,
     DeviceOption,
     EncodingOption,
     ThreadsOption,
     out_path,
+    resolve_threshold,
+    threshold_value,
 )
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.errors import UsageError, XmtcError
@@ -51,8 +54,7 @@ TSV_HEADER = "id\trank\tlabel\tname\tscore\tin_set\n"
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="A model.safetensors written by `xmtc train`.")],
+    checkpoint: CheckpointArgument,
     docs: Annotated[str, typer.Argument(
         help="Documents: a text file, one document a line, or a .jsonl file of "
         '{"id": ..., "text": ...} lines; - for stdin (pipes and <(...) work too).')],
@@ -104,14 +106,14 @@ def predict(
         if features is not None:
             inputs["--features"] = features
         _refuse_overwriting_inputs(out, inputs)
-    explicit = _threshold_value(threshold)
+    explicit = threshold_value(threshold)
     jsonl = input_format is Input.jsonl or (
         input_format is Input.auto and docs != "-" and docs.lower().endswith(".jsonl"))
     start, count = time.perf_counter(), 0
     last_line = start
     with open_lines(docs, encoding, what="documents file") as lines:
         predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
-        cut = _resolve_threshold(predictor, explicit, threshold, checkpoint)
+        cut = resolve_threshold(predictor, explicit, threshold, checkpoint)
         rows = predictor.open_features(features, checkpoint)
         names = predictor.names
         shown = predictor.labels if label_ids else names
@@ -145,34 +147,6 @@ def predict(
     seconds = time.perf_counter() - start
     stderr.print(f"\rpredicted {count:,} document{'' if count == 1 else 's'} in {seconds:.1f}s"
                  + (f" -> {out}" if out else ""))
-
-
-def _threshold_value(threshold: str | None) -> float | None:
-    """--threshold as a number (None for `tuned` or none given); a UsageError if neither."""
-    if threshold is None or threshold == "tuned":
-        return None
-    try:
-        value = float(threshold)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 < value <= 1.0:
-        raise UsageError(f"--threshold {threshold[:20]!r} is neither `tuned` nor a number in "
-                         "(0, 1]", "give e.g. --threshold 0.3, or --threshold tuned")
-    return value
-
-
-def _resolve_threshold(predictor, explicit: float | None, threshold: str | None,
-                       checkpoint: Path) -> float | None:
-    """The threshold the set is cut at: a number given, the checkpoint's tuned one, or None
-    (the generated set)."""
-    tuned = predictor.threshold
-    if threshold == "tuned":
-        if tuned is None:
-            raise UsageError(f"{checkpoint} holds no tuned threshold (none beat the generated "
-                             "set on validation, or it was trained before xmtc tuned them)",
-                             "leave out --threshold, or give a number")
-        return float(tuned["threshold"])
-    return explicit
 
 
 def _clean(value) -> str:

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import signal
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from xmtc_cli.cli.app import app
-from xmtc_cli.cli.options import Device, DeviceOption
+from xmtc_cli.cli.options import (
+    CheckpointArgument,
+    Device,
+    DeviceOption,
+    resolve_threshold,
+    threshold_value,
+)
 from xmtc_cli.cli.render import stderr
 from xmtc_cli.errors import UsageError, XmtcError
 
 
 @app.command()
 def serve(
-    checkpoint: Annotated[Path, typer.Argument(
-        help="A model.safetensors written by `xmtc train`.")],
+    checkpoint: CheckpointArgument,
     host: Annotated[str, typer.Option(
         help="Address to listen on. The default answers this machine only; the API has no "
         "authentication, so put anything wider behind a proxy that has.")] = "127.0.0.1",
@@ -36,13 +40,12 @@ def serve(
     device: DeviceOption = Device.auto,
 ) -> None:
     """Serve ranked suggestions: POST /suggest {"text": ..., "top_k": K}; GET /health."""
-    from xmtc_cli.cli.predict import _resolve_threshold, _threshold_value
     from xmtc_cli.inference import Predictor
     from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
 
-    explicit = _threshold_value(threshold)
+    explicit = threshold_value(threshold)
     predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
-    cut = _resolve_threshold(predictor, explicit, threshold, checkpoint)
+    cut = resolve_threshold(predictor, explicit, threshold, checkpoint)
     if top_k > len(predictor.labels):
         raise UsageError(f"--top-k {top_k} is more than the model's {len(predictor.labels)} "
                          "labels", f"give at most --top-k {len(predictor.labels)}")
