@@ -84,7 +84,7 @@ def test_usable_cores_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch,
     assert threads.usable_cores() == 1
 
 
-@pytest.mark.parametrize("value", ["0", "-2", "two", "99999"])
+@pytest.mark.parametrize("value", ["0", "-2", "two", "99999", "1_000", "+3", "\u0663", "0x4"])
 def test_a_bad_thread_variable_is_a_usage_error_naming_it(machine, value):
     machine.setenv(THREADS_ENV, value)
     with pytest.raises(UsageError, match=THREADS_ENV):

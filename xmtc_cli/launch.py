@@ -104,20 +104,22 @@ LAUNCH_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_P
 
 
 def count_variable(name: str, least: int = 0,
-                   environ: Mapping[str, str] = os.environ) -> int | None:
-    """The environment variable `name` as a decimal integer >= `least`; None where unset; a
-    UsageError naming it where it is anything else (malformed values are usage errors)."""
+                   environ: Mapping[str, str] = os.environ, most: int = 999_999_999,
+                   why: str = " (torchrun sets it for the processes it starts)",
+                   fix: str = "or start xmtc with torchrun") -> int | None:
+    """The environment variable `name` as a decimal integer (ASCII digits alone) from `least` to
+    `most`; None where unset; a UsageError naming it where it is anything else (malformed
+    values are usage errors). `why` and `fix` say where such a variable comes from."""
     from xmtc_cli.errors import UsageError
 
     value = environ.get(name)
     if value is None:
         return None
     text = value.strip()
-    if not (text.isascii() and text.isdigit()) or len(text) > 9 or int(text) < least:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9 or not least <= int(text) <= most:
         shown = value if len(value) <= 20 else value[:17] + "..."
-        raise UsageError(
-            f"environment variable {name}={shown!r} is not a whole number"
-            + (f" of at least {least}" if least else "") + " (torchrun sets it for the "
-            "processes it starts)",
-            f"unset {name} (it may be left over in your shell), or start xmtc with torchrun")
+        bounds = (f" from {least} to {most}" if most < 999_999_999
+                  else f" of at least {least}" if least else "")
+        raise UsageError(f"environment variable {name}={shown!r} is not a whole number"
+                         + bounds + why, f"unset {name} (it may be left over in your shell), {fix}")
     return int(text)

@@ -110,25 +110,21 @@ def choose_threads(option: int | None = None, recipe: int | None = None,
 
 
 def _env_count(name: str) -> int | None:
-    """A positive count from the environment variable `name`; an error for anything else."""
-    from xmtc_cli.errors import UsageError
+    """A thread count from the environment variable `name` (blank: unset); an error for
+    anything else, by the rule every count read from the environment follows (launch.py)."""
+    from xmtc_cli.launch import count_variable
 
-    text = os.environ.get(name, "").strip()
-    if not text:
+    if not os.environ.get(name, "").strip():
         return None
-    value = _positive(text)
-    if value is None or value > MAX_THREADS:
-        raise UsageError(f"{name}={text[:20]!r} is not a thread count",
-                         f"set {name} to an integer from 1 to {MAX_THREADS}, or unset it")
-    return value
+    return count_variable(name, least=1, most=MAX_THREADS, why=" (a thread count)",
+                          fix=f"or set it to an integer from 1 to {MAX_THREADS}")
 
 
 def _positive(text: str | None) -> int | None:
-    try:
-        value = int(str(text).strip())
-    except ValueError:
-        return None
-    return value if value > 0 else None
+    """OMP_NUM_THREADS as one count, the same rule (ASCII digits); None for anything else:
+    OpenMP reads forms of its own (nested lists "4,2"), which stay torch's business."""
+    text = str(text).strip()
+    return int(text) if text.isascii() and text.isdigit() and 0 < int(text) else None
 
 
 def apply_threads(choice: ThreadChoice) -> None:
