@@ -191,24 +191,3 @@ def test_a_resumed_run_keeps_its_thread_count_when_the_default_would_change(
     assert json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[-1])[
         "threads"] == 1
 
-
-HUGE_PROBE = """
-import xmtc_cli, mmap, os, torch
-big = torch.empty(64 * 2**20 // 4)  # 64 MiB
-print(os.environ.get("THP_MEM_ALLOC_ENABLE"), big.data_ptr() % mmap.PAGESIZE == 0)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="torch reads it on Linux")
-def test_large_tensors_are_allocated_for_huge_pages_unless_the_user_said_no():
-    """torch honours THP_MEM_ALLOC_ENABLE by starting large tensors on a page boundary and
-    advising the kernel to back them with huge pages (else they start 64 bytes into glibc's
-    mapping); importing xmtc_cli before torch sets it."""
-    def probe(**extra: str) -> str:
-        env = {k: v for k, v in _fresh_env(**extra).items()
-               if k != "THP_MEM_ALLOC_ENABLE" or k in extra}
-        return subprocess.run([sys.executable, "-c", HUGE_PROBE], env=env, capture_output=True,
-                              text=True, timeout=60).stdout.strip()
-
-    assert probe() == "1 True"
-    assert probe(THP_MEM_ALLOC_ENABLE="0") == "0 False"

@@ -61,24 +61,6 @@ def passive_wait() -> None:
     os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
 
 
-HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
-
-
-def huge_pages() -> None:
-    """Let torch back its large CPU tensors (2 MiB and up) with transparent huge pages, unless
-    the user chose otherwise. Has an effect only before torch allocates its first tensor (it
-    reads THP_MEM_ALLOC_ENABLE once), on Linux.
-
-    A training step allocates tensors of hundreds of MB afresh each time (the gradient of the
-    token embedding table: 245 MB at AmazonCat-13K's vocabulary; the gradient and temporaries
-    of the output layer at 100K-670K labels). Each comes from the kernel as zeroed 4 KiB pages,
-    one page fault per page: filling the token table's gradient took 147 ms that way and 25 ms
-    with 2 MiB pages, one fault per 512 pages (docs/design.md §12). The values computed are
-    the same.
-    """
-    os.environ.setdefault(HUGE_PAGES_ENV, "1")
-
-
 def usable_cores() -> int:
     """The cores this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
     try:

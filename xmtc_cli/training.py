@@ -42,6 +42,7 @@ from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.launch import Launch
 from xmtc_cli.lexical import KnnIndex
 from xmtc_cli.losses import build_criterion
+from xmtc_cli.memory import keep_freed_memory
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.optim import build_adam
 from xmtc_cli.prototypes import init_output_prototypes
@@ -191,6 +192,7 @@ class Trainer:
     group: Group = SINGLE  # the processes training together (one by default)
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
     shortlist: CandidateSource | None = None  # the softmax's candidates (train.shortlist)
+    keep_token_gradient: bool = True  # the token table's gradient buffer kept between steps
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
@@ -200,6 +202,8 @@ class Trainer:
         the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
         rank its own dropout stream."""
         torch.manual_seed(recipe.train.seed)
+        if device.type == "cpu":  # a step's large tensors reuse the last step's memory
+            keep_freed_memory()
         if recipe.model.label_embedding_size is not None:
             label_embeddings = None  # the recipe asks for random ones
         model = build_model(recipe.model, recipe.loss, sizes, token_embeddings, label_embeddings)
@@ -236,6 +240,18 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         net.train()
         batch = batch.to(self.device)
+        tokens = self.model.encoder.embedding  # the token table: (vocab, E)
+        # On the CPU without DDP its gradient lives in one buffer kept between steps: the
+        # lookup's gradient arrives sparse (B·T rows) and is added into it, and after the step
+        # those rows are zeroed again. A fresh dense [vocab, E] gradient each step (245 MB at
+        # AmazonCat-13K's vocabulary) costs more to allocate and fill than the rest of the
+        # table's update (docs/design.md §12). The same sums.
+        kept = None
+        if self.keep_token_gradient and self.ddp is None and self.device.type == "cpu":
+            kept = tokens.weight.grad
+            if kept is None or kept.is_sparse or kept.shape != tokens.weight.shape:
+                kept = torch.zeros_like(tokens.weight)
+        tokens.sparse = kept is not None
         gold, table = batch.gold, self.model.label_embedding.weight
         if candidates is not None:  # the loss sees the candidates' columns and rows only
             candidates = candidates.to(self.device)
@@ -250,10 +266,17 @@ class Trainer:
                 terms = self.criterion.terms(logits, gold, table)
                 loss, value, parts = distributed.global_loss(terms, self.group, standin)
         self.optimizer.zero_grad(set_to_none=True)
+        if kept is not None:
+            tokens.weight.grad = kept  # all zeros
         loss.backward()
         # After DDP's all-reduce every rank holds the same, global gradient: the same clip.
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.optimizer.step()
+        if kept is not None:  # all zeros again for the next step
+            if bool(torch.isfinite(norm)):  # else the clip scaled the zeros to NaN too
+                kept.index_fill_(0, batch.src.flatten(), 0.0)
+            else:
+                kept.zero_()
         return value.detach().float(), {k: v.detach().float() for k, v in parts.items()}
 
     @property
