@@ -117,11 +117,12 @@ def test_a_client_that_stalls_is_cut_off(server):
 def test_the_command_serves_and_stops_on_sigterm(tiny_run):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "xmtc_cli", "serve", str(tiny_run.best),
-                             "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, text=True)
+                             "--port", "0", "--device", "cpu", "--threads", "2"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
         line = proc.stderr.readline()
         assert "serving" in line and "http://127.0.0.1:" in line, line
+        assert "CPU threads: 2 (--threads;" in line, line  # over the environment's 1
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/suggest", body=json.dumps({"text": TEXTS[0], "top_k": 5}))

@@ -340,7 +340,9 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
             if epochs.out_of_steps or epochs.out_of_patience:
                 break
             reports.append(epochs.run(epoch))
-        group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
+        # Tuned on the documents validation scored: train.valid_docs bounds this decoding too.
+        group.on_main(lambda: _tune_threshold(recipe, epochs.validation_data,
+                                              run_dir / BEST_FILE, device))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
@@ -350,7 +352,8 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
 
 def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
                     device: torch.device) -> None:
-    """The best checkpoint gets the score threshold tuned on validation (`threshold.py`)."""
+    """The best checkpoint gets the score threshold tuned on `data`'s validation split, the
+    documents validation scores (train.valid_docs of them, if set; `threshold.py`)."""
     valid = data.splits.get("valid")
     if valid is not None and len(valid) and best.exists():
         from xmtc_cli.threshold import tune_checkpoint
@@ -486,10 +489,15 @@ class _Epochs:
 
     @property
     def out_of_patience(self) -> bool:
-        """train.early_stop epochs in a row have finished without a new best."""
+        """train.early_stop validations in a row have finished without a new best. Patience
+        counts validations, not epochs: an epoch train.valid_every skips cannot improve, so it
+        uses none (the validated epochs are the multiples of valid_every; those the run's end
+        adds end it anyway)."""
         patience = self.recipe.train.early_stop
-        return (patience is not None and self.state.best_epoch > 0
-                and self.state.epoch - self.state.best_epoch >= patience)
+        if patience is None or self.state.best_epoch <= 0:
+            return False
+        every = self.recipe.train.valid_every
+        return self.state.epoch // every - self.state.best_epoch // every >= patience
 
     @property
     def out_of_steps(self) -> bool:
@@ -577,7 +585,7 @@ class _Epochs:
         wait."""
         if not self.has_validation:
             return None
-        data = self._validation_data
+        data = self.validation_data
         return self.group.on_main(
             lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
                                    self.trainer.device, progress=self.callback.on_validate,
@@ -586,14 +594,14 @@ class _Epochs:
         )
 
     @functools.cached_property
-    def _validation_data(self) -> ProcessedData:
+    def validation_data(self) -> ProcessedData:
         """What validation decodes: the data with its validation split cut to train.valid_docs
         (the same documents every epoch, so drawn once)."""
         return validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
 
     def _lexical(self) -> tuple[KnnIndex | None, Any]:
         """The lexical index and the label scores of the documents validation decodes (rows
-        aligned with `_validation_data`'s split); (None, None) without."""
+        aligned with `validation_data`'s split); (None, None) without."""
         model = self.recipe.model
         if model.lexical == "none":
             return None, None
@@ -601,7 +609,7 @@ class _Epochs:
             index = KnnIndex.build(self.data.splits["train"], len(self.data.tokens),
                                    self.data.num_labels, model.lexical_k, model.lexical_power,
                                    model.lexical_max_df)
-            valid = self._validation_data.splits.get("valid")
+            valid = self.validation_data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
         return self.lexical
