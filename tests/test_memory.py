@@ -1,6 +1,5 @@
-"""How the process gets its memory (xmtc_cli/memory.py): huge pages for torch's large tensors,
-and freed memory kept for the next training step. Each probe runs in a fresh python, since both
-settings act once per process."""
+"""How a training process gets its memory (xmtc_cli/memory.py): freed memory kept for the next
+step. Each probe runs in a fresh python, since the setting acts once per process."""
 
 from __future__ import annotations
 
@@ -10,34 +9,19 @@ import sys
 
 import pytest
 
-from xmtc_cli.memory import HUGE_PAGES_ENV, MALLOC_ENV
+from xmtc_cli.memory import MALLOC_ENV
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
-                                reason="glibc's malloc and torch's huge pages are Linux's")
+                                reason="glibc's malloc is Linux's")
 
 
 def _run(code: str, *args: str, **extra: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in (HUGE_PAGES_ENV, *MALLOC_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     env.update(extra)
     done = subprocess.run([sys.executable, "-c", code, *args], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
-
-
-HUGE_PROBE = """
-import xmtc_cli, mmap, os, torch
-big = torch.empty(64 * 2**20 // 4)  # 64 MiB
-print(os.environ.get("THP_MEM_ALLOC_ENABLE"), big.data_ptr() % mmap.PAGESIZE == 0)
-"""
-
-
-def test_large_tensors_are_allocated_for_huge_pages_unless_the_user_said_no():
-    """torch honours THP_MEM_ALLOC_ENABLE by starting large tensors on a page boundary and
-    advising the kernel to back them with huge pages (else they start 64 bytes into glibc's
-    mapping); importing xmtc_cli before torch sets it."""
-    assert _run(HUGE_PROBE) == "1 True"
-    assert _run(HUGE_PROBE, THP_MEM_ALLOC_ENABLE="0") == "0 False"
 
 
 KEEP_PROBE = """

@@ -190,4 +190,3 @@ def test_a_resumed_run_keeps_its_thread_count_when_the_default_would_change(
     fit(recipe, tmp_path / "again", device="cpu", threads=1)  # given: it wins
     assert json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[-1])[
         "threads"] == 1
-

@@ -2,10 +2,8 @@
 
 __version__ = "0.1.0"
 
-from xmtc_cli.memory import huge_pages
 from xmtc_cli.threads import passive_wait
 
-# Before anything imports torch: its OpenMP threads then sleep rather than spin while they wait,
-# and its large tensors live on huge pages (xmtc_cli/threads.py says why).
+# Before anything imports torch: its OpenMP threads then sleep rather than spin while they wait
+# (xmtc_cli/threads.py says why).
 passive_wait()
-huge_pages()

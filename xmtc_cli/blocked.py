@@ -22,7 +22,7 @@ BLOCK = 1024
 def _plain(*tensors: Tensor) -> bool:
     """Whether to leave the product to torch: not float32 on the CPU, under autocast, or
     recorded by autograd (the blocks write into a tensor in place)."""
-    if any(t.is_cuda or t.dtype != torch.float32 or t.layout != torch.strided
+    if any(t.device.type != "cpu" or t.dtype != torch.float32 or t.layout != torch.strided
            for t in tensors):
         return True
     if torch.is_autocast_enabled("cpu"):

@@ -201,7 +201,7 @@ def _gru_layer(x: Tensor, h0: Tensor, weights: list[Tensor], training: bool) -> 
     """One layer and direction of a GRU over x [B, T, in] from h0 [1, B, H] -> its states
     [B, T, H]: `_GRULayer` where it applies (float32 on the CPU, biases, a zero start), else
     torch's own."""
-    if (len(weights) == 4 and not x.is_cuda and x.dtype == torch.float32
+    if (len(weights) == 4 and x.device.type == "cpu" and x.dtype == torch.float32
             and not torch.is_autocast_enabled("cpu") and not bool(h0.any())):
         return _GRULayer.apply(x, *weights)
     return torch.gru(x, h0, weights, True, 1, 0.0, training, False, True)[0]
@@ -257,8 +257,8 @@ class _GRULayer(torch.autograd.Function):
         to_new = (1 - z) * (1 - n * n)  # dL/d(n's pre-activation) = dh ⊙ this
         to_update = (previous - n) * z * (1 - z)  # ... of z's
         to_reset = ghn * r * (1 - r)  # ... of r's, from n's
-        d_hidden = torch.empty(batch, steps, 3 * hidden, dtype=out.dtype)  # W_h h's: (B, T, 3H)
-        d_new = torch.empty(batch, steps, hidden, dtype=out.dtype)  # n's pre-activation
+        d_hidden = out.new_empty(batch, steps, 3 * hidden)  # W_h h's: (B, T, 3H)
+        d_new = out.new_empty(batch, steps, hidden)  # n's pre-activation: (B, T, H)
         grad = grad.contiguous()
         carry = None  # dL/dh_t from step t + 1
         for t in range(steps - 1, -1, -1):

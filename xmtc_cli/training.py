@@ -491,8 +491,9 @@ class _Epochs:
     def out_of_patience(self) -> bool:
         """train.early_stop validations in a row have finished without a new best. Patience
         counts validations, not epochs: an epoch train.valid_every skips cannot improve, so it
-        uses none (the validated epochs are the multiples of valid_every; those the run's end
-        adds end it anyway)."""
+        uses none. Counted: the multiples of valid_every after the best epoch (the run's last
+        epoch, validated too, ends it; a run --resume extends does not count the old last
+        epoch's validation unless it was a multiple)."""
         patience = self.recipe.train.early_stop
         if patience is None or self.state.best_epoch <= 0:
             return False
