@@ -10,10 +10,11 @@ same tensor in memory the process already held 10 ms.
 
 `keep_freed_memory` (called when a trainer is built on the CPU) makes malloc serve large
 allocations from its heap and keep what is freed there, so from the second or third step on
-the step's tensors reuse memory the process already has: a step at 100K labels went from ~4.2
-to ~3.0 s, the same values. The process's resident memory then stays at about its peak between
-steps, and the heap's fragmentation adds to it: at 100K labels 3.9 GiB between steps instead of
-3.2, steady from the fourth step on; the peak itself was lower than before (BENCHMARKS.md).
+the step's tensors reuse memory the process already has: a step at 100K labels went from ~4.5
+to ~3.4 s (one busy run of 8 steps each), the same values. The process's resident memory then
+stays at about its peak between steps, and the heap's fragmentation adds to it: at 100K labels
+3.9 GiB between steps instead of 3.2, steady from the third step on; the peak itself was lower
+than before these changes (BENCHMARKS.md).
 MALLOC_MMAP_MAX_ or MALLOC_TRIM_THRESHOLD_ in the environment (glibc's own settings) leave
 malloc as the user set it; outside Linux or glibc nothing changes.
 
