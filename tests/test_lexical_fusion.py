@@ -26,7 +26,9 @@ from xmtc_cli.training import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LEXICAL = ["model.lexical=knn", "model.lexical_k=5"]
+LEXICAL = ["model.lexical=knn", "model.lexical_k=5", "model.lexical_centroid=0.5",
+           "model.lexical_centroid_terms=8"]
+BLEND = {"centroid": 0.5, "centroid_terms": 8}  # LEXICAL's, for the oracles' own index
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -146,7 +148,8 @@ def metrics_lines(run):
 def test_the_checkpoint_holds_the_index_and_the_weight_validation_chose(lexical_run,
                                                                         tiny_data):
     data = load_data(str(tiny_data.processed))
-    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     saved = load_file(lexical_run / "model.safetensors")
     for name, tensor in fresh.tensors().items():
         assert torch.equal(saved[name], tensor), name
@@ -166,7 +169,8 @@ def test_predict_fuses_with_the_stored_index_and_eval_reproduces_validation(lexi
     assert weight > 0  # the tiny corpus gains from its prior; else this test would test nothing
     texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()
     data = load_data(str(tiny_data.processed))
-    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
     model, recipe = predictor.model, predictor.recipe
     # The oracle: the fresh index's scores, as the bonus of each document decoded alone.
@@ -259,7 +263,8 @@ def test_a_weight_search_without_a_validation_split_is_refused(recipe_file, tiny
 
 def test_the_validation_prior_is_the_index_scores_of_the_split(tiny_data):
     data = load_data(str(tiny_data.processed))
-    index = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    index = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     valid = data.splits["valid"]
     got = lexical_prior(index, valid).toarray()
     docs = [valid.tokens(i) for i in range(len(valid))]
