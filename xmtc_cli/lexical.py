@@ -41,6 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from xmtc_cli.config import ModelConfig
 from xmtc_cli.data.processed import Split
 from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import NUM_SPECIALS
@@ -170,7 +171,7 @@ class LexicalIndex:
 
     @classmethod
     def for_recipe(cls, train: Split, vocab_size: int, num_labels: int,
-                   model_cfg) -> LexicalIndex:
+                   model_cfg: ModelConfig) -> LexicalIndex:
         """`build` with a recipe's model.lexical_* options."""
         return cls.build(train, vocab_size, num_labels, max_df=model_cfg.lexical_max_df,
                          **scoring_options(model_cfg))
@@ -295,7 +296,7 @@ class LexicalIndex:
         return dataclasses.replace(self, labels=labels)
 
 
-def scoring_options(model_cfg) -> dict[str, float | int]:
+def scoring_options(model_cfg: ModelConfig) -> dict[str, float | int]:
     """The recipe's model.lexical_* options that shape the scores (`from_tensors`' keywords);
     max_df only shapes the idf, which the checkpoint stores."""
     return {"k": model_cfg.lexical_k, "power": model_cfg.lexical_power,
@@ -425,7 +426,7 @@ def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tenso
     return choice
 
 
-def gate_threshold(model_cfg) -> float | None:
+def gate_threshold(model_cfg: ModelConfig) -> float | None:
     """The threshold of the fused gate (`prior_bonus`), or None where the decoder gates."""
     return model_cfg.lexical_threshold if model_cfg.lexical_gate == "fused" else None
 
