@@ -2,16 +2,19 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/bench_lexical.py
         [--docs 490449] [--labels 670091] [--words 135909] [--length 247] [--queries 2000]
-        [--k 20] [--power 2] [--max-df 0.2] [--seed 0] [--json FILE]
+        [--k 20] [--power 2] [--max-df 0.2] [--centroid 0.5] [--centroid-terms 50] [--seed 0]
+        [--json FILE]
 
 A synthetic training split is generated in memory: --docs documents of uniform 0.5-1.5 x
 --length tokens drawn from a Zipf(1.1) distribution over --words token ids (so, as in real
 text, a few hundred words occur in most documents: their postings are what a cosine search
 pays for), each with 1 + Poisson(4.45) labels (5.45 a document, Amazon-670K's) from --labels
 labels of Zipf(1.1) frequency. Then, timed apart: the index (idf, TF-IDF rows, label matrix:
-`KnnIndex.build`), its checkpoint tensors, and the kNN scores of --queries documents of the same
-distribution (`KnnIndex.scores_of_docs`). Memory: the bytes of the index's arrays (what the
-checkpoint and `predict` hold), and the process's peak RSS (VmHWM) after each phase.
+`LexicalIndex.build`), its checkpoint tensors, the label centroids where --centroid > 0 (built
+from the index when it first scores; `centroid_s`, `centroid_mib`), and the label scores of
+--queries documents of the same distribution (`LexicalIndex.scores_of_docs`). Memory: the bytes
+of the index's arrays (what the checkpoint and `predict` hold; the centroids are not stored but
+held once built), and the process's peak RSS (VmHWM) after each phase.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from xmtc_cli.data.processed import Split, offsets
-from xmtc_cli.lexical import KnnIndex
+from xmtc_cli.lexical import LexicalIndex
 
 
 def peak_mib() -> float:
@@ -62,6 +65,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=20)
     ap.add_argument("--power", type=float, default=2.0)
     ap.add_argument("--max-df", type=float, default=0.2)
+    ap.add_argument("--centroid", type=float, default=0.0,
+                    help="share of the centroid similarity (model.lexical_centroid)")
+    ap.add_argument("--centroid-terms", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -75,7 +81,8 @@ def main() -> None:
     row["corpus_peak_mib"] = peak_mib()
 
     t = time.perf_counter()
-    index = KnnIndex.build(train, args.words, args.labels, args.k, args.power, args.max_df)
+    index = LexicalIndex.build(train, args.words, args.labels, args.k, args.power, args.max_df,
+                               args.centroid, args.centroid_terms)
     row["build_s"] = time.perf_counter() - t
     row["build_peak_mib"] = peak_mib()
     row["index_mib"] = sum(a.nbytes for a in (
@@ -88,6 +95,14 @@ def main() -> None:
     row["tensors_s"] = time.perf_counter() - t
     row["checkpoint_mib"] = sum(x.numel() * x.element_size() for x in tensors.values()) / 2**20
     del tensors
+
+    if args.centroid > 0:
+        t = time.perf_counter()
+        cents = index.centroids
+        row["centroid_s"] = time.perf_counter() - t
+        row["centroid_peak_mib"] = peak_mib()
+        row["centroid_mib"] = sum(a.nbytes for a in (cents.data, cents.indices,
+                                                      cents.indptr)) / 2**20
 
     docs = [queries.tokens(i) for i in range(len(queries))]
     t = time.perf_counter()

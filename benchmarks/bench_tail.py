@@ -377,7 +377,7 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
     from xmtc_cli.checkpoint import load_checkpoint, save_checkpoint
     from xmtc_cli.config import recipe_from_dict
     from xmtc_cli.evaluation import evaluate_split, lexical_prior
-    from xmtc_cli.lexical import PREFIX, KnnIndex
+    from xmtc_cli.lexical import PREFIX, LexicalIndex
     from xmtc_cli.model import ModelSizes, build_model
 
     state, meta = load_checkpoint(checkpoint)
@@ -395,10 +395,8 @@ def attach_lexical(checkpoint: Path, data_dir: Path, overrides: Sequence[str],
     model.load_state_dict(state)
     model.eval()
     # As training builds it (xmtc_cli/training.py), with the scorer's options this tree has.
-    options = {"max_df": recipe.model.lexical_max_df} if hasattr(recipe.model,
-                                                                 "lexical_max_df") else {}
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels,
-                           recipe.model.lexical_k, recipe.model.lexical_power, **options)
+    index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
+                                    recipe.model)
     prior = lexical_prior(index, data.splits["valid"])
     valid = evaluate_split(model, data, "valid", recipe, torch.device("cpu"), prior=prior)
     weights = recipe.model.lexical_weights

@@ -42,7 +42,7 @@ from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.inference import Predictor
 from xmtc_cli.launch import Launch
-from xmtc_cli.lexical import KnnIndex
+from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.run import LAUNCH_FILE, STATE_FILE, RunFolder, _rng_tensors, _rngs_of, default_run_dir
 from xmtc_cli.tensorfile import CHECKSUM_KEY
@@ -441,7 +441,7 @@ def test_a_lexical_run_of_two_processes_validates_and_saves_as_one_process(pair)
     run = pair / "zero-dropout-lexical"
     predictor = Predictor.from_checkpoint(str(run / "last.safetensors"), "cpu")
     data = load_data(predictor.recipe.data.dir)
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    index = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
     saved = load_file(run / "last.safetensors")
     assert all(torch.equal(saved[k], v) for k, v in index.tensors().items())
     metrics = evaluate_split(predictor.model, data, "valid", predictor.recipe,

@@ -15,7 +15,7 @@ from xmtc_cli.labelspace import EMPTY, EOS, NUM_SPECIALS
 from xmtc_cli.lexical import (
     EPS,
     PREFIX,
-    KnnIndex,
+    LexicalIndex,
     fused_choice,
     inverse_document_frequencies,
     prior_bonus,
@@ -114,7 +114,7 @@ def test_token_arrays_and_ids_beyond_the_vocabulary():
 @pytest.mark.parametrize(("k", "power"), [(1, 1.0), (5, 2.0), (12, 0.5), (500, 3.0)])
 def test_knn_scores_match_a_dense_brute_force_oracle(k, power):
     train, test = corpus(4, 80, 40, 9), corpus(5, 30, 40, 9)
-    index = KnnIndex.build(train, 40, 9, k, power)
+    index = LexicalIndex.build(train, 40, 9, k, power)
     queries = tfidf(test.token_ids, test.token_offsets, index.idf)
     got = index.scores(queries).toarray()
     expected = oracle_scores(queries.toarray().astype(np.float64), oracle_tfidf(train, train, 40),
@@ -129,7 +129,7 @@ def test_queries_are_batched_without_changing_the_scores(monkeypatch):
     import xmtc_cli.lexical as lexical
 
     train, test = corpus(6, 50, 30, 6), corpus(7, 25, 30, 6)
-    index = KnnIndex.build(train, 30, 6, 4, 2.0)
+    index = LexicalIndex.build(train, 30, 6, 4, 2.0)
     queries = tfidf(test.token_ids, test.token_offsets, index.idf)
     whole = index.scores(queries).toarray()
     monkeypatch.setattr(lexical, "_QUERY_CELLS", 50 * 3)  # 3 queries per batch
@@ -138,14 +138,14 @@ def test_queries_are_batched_without_changing_the_scores(monkeypatch):
 
 def test_a_query_without_known_tokens_scores_nothing():
     train = corpus(8, 30, 20, 4)
-    index = KnnIndex.build(train, 20, 4, 5, 2.0)
+    index = LexicalIndex.build(train, 20, 4, 5, 2.0)
     got = index.scores_of_docs([np.array([UNK_ID, PAD_ID]), np.array([], dtype=np.int64)])
     assert got.shape == (2, 4) and got.nnz == 0
 
 
 def test_index_tensors_round_trip_and_bad_values_are_refused():
     train, test = corpus(9, 40, 25, 6), corpus(10, 10, 25, 6)
-    index = KnnIndex.build(train, 25, 6, 3, 2.0)
+    index = LexicalIndex.build(train, 25, 6, 3, 2.0)
     tensors = index.tensors()
     specs = {n: ({torch.float32: "F32", torch.int64: "I64", torch.int32: "I32"}[t.dtype],
                  tuple(t.shape)) for n, t in tensors.items()}
@@ -154,19 +154,122 @@ def test_index_tensors_round_trip_and_bad_values_are_refused():
     assert "vocabulary" in spec_problem(specs, 26, wanted=True)
     assert "lacks" in spec_problem({}, 25, wanted=True)
     assert spec_problem({}, 25, wanted=False) is None
-    again = KnnIndex.from_tensors(tensors, 3, 2.0).with_num_labels(6)
+    again = LexicalIndex.from_tensors(tensors, 3, 2.0).with_num_labels(6)
     queries = tfidf(test.token_ids, test.token_offsets, index.idf)
     np.testing.assert_array_equal(again.scores(queries).toarray(),
                                   index.scores(queries).toarray())
+    blended = LexicalIndex.build(train, 25, 6, 3, 2.0, centroid=0.4, centroid_terms=4)
+    again = LexicalIndex.from_tensors(blended.tensors(), 3, 2.0, 0.4, 4).with_num_labels(6)
+    np.testing.assert_array_equal(again.scores(queries).toarray(),
+                                  blended.scores(queries).toarray())
     broken = dict(tensors)
     broken[PREFIX + "docs.indices"] = tensors[PREFIX + "docs.indices"].clone()
     broken[PREFIX + "docs.indices"][0] = 25
     with pytest.raises(ValueError, match="out of range"):
-        KnnIndex.from_tensors(broken, 3, 2.0)
+        LexicalIndex.from_tensors(broken, 3, 2.0)
     broken = dict(tensors)
     broken[PREFIX + "labels.indptr"] = tensors[PREFIX + "labels.indptr"].flip(0)
     with pytest.raises(ValueError, match="CSR"):
-        KnnIndex.from_tensors(broken, 3, 2.0)
+        LexicalIndex.from_tensors(broken, 3, 2.0)
+
+
+def oracle_centroids(docs: np.ndarray, labels: Split, num_labels: int, terms: int) -> np.ndarray:
+    """Dense [L, W] label centroids, one label at a time: the sum of its documents' rows, all
+    but its `terms` largest values (the first of equals by token) zeroed, L2-normalised."""
+    out = np.zeros((num_labels, docs.shape[1]))
+    for y in range(num_labels):
+        rows = [n for n in range(len(labels)) if y in labels.labels(n).tolist()]
+        total = docs[rows].sum(axis=0) if rows else np.zeros(docs.shape[1])
+        kept = [t for t in sorted(range(len(total)), key=lambda t: (-total[t], t))[:terms]
+                if total[t] != 0]
+        out[y, kept] = total[kept]
+        norm = np.linalg.norm(out[y])
+        out[y] /= norm if norm > 0 else 1
+    return out
+
+
+@pytest.mark.parametrize("terms", [1, 4, 1000])
+def test_centroids_match_a_per_label_oracle(terms):
+    train = corpus(11, 70, 30, 8)
+    index = LexicalIndex.build(train, 30, 10, 5, 2.0, centroid=0.5, centroid_terms=terms)
+    got = index.centroids.toarray()
+    expected = oracle_centroids(oracle_tfidf(train, train, 30), train, 10, terms)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not got[8:].any()  # labels without training documents have no centroid
+    assert ((got != 0).sum(axis=1) <= terms).all()
+
+
+def test_centroids_do_not_depend_on_the_label_chunking(monkeypatch):
+    import xmtc_cli.lexical as lexical
+
+    train = corpus(12, 60, 25, 9)
+    whole = LexicalIndex.build(train, 25, 9, 5, 2.0, centroid=0.3, centroid_terms=3).centroids
+    monkeypatch.setattr(lexical, "_CENTROID_CHUNK", 2)
+    chunked = LexicalIndex.build(train, 25, 9, 5, 2.0, centroid=0.3, centroid_terms=3).centroids
+    np.testing.assert_array_equal(chunked.toarray(), whole.toarray())
+
+
+@pytest.mark.parametrize(("centroid", "keep"), [(0.5, 100), (0.25, 3), (1.0, 1)])
+def test_blended_scores_match_knn_and_centroid_oracles(monkeypatch, centroid, keep):
+    import xmtc_cli.lexical as lexical
+
+    monkeypatch.setattr(lexical, "CENTROID_KEEP", keep)
+    train, test = corpus(13, 80, 40, 9), corpus(14, 30, 40, 9)
+    index = LexicalIndex.build(train, 40, 9, 5, 2.0, centroid=centroid, centroid_terms=6)
+    queries = tfidf(test.token_ids, test.token_offsets, index.idf)
+    dense_q = queries.toarray().astype(np.float64)
+    docs = oracle_tfidf(train, train, 40)
+    cosines = dense_q @ oracle_centroids(docs, train, 9, 6).T  # (B, L)
+    kept = np.zeros_like(cosines)
+    for b, row in enumerate(cosines):  # each query's `keep` best labels
+        best = np.argsort(-row, kind="stable")[:keep]
+        kept[b, best] = row[best]
+    expected = ((1 - centroid) * oracle_scores(dense_q, docs, train, 9, 5, 2.0)
+                + centroid * kept)
+    got = index.scores(queries).toarray()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert ((index.centroid_scores(queries).toarray() > 0).sum(axis=1) <= keep).all()
+    assert got.min() >= 0 and got.max() <= 1 + 1e-5  # a convex blend of two scores in [0, 1]
+
+
+def test_centroid_share_zero_is_the_knn_alone():
+    train, test = corpus(15, 50, 30, 6), corpus(16, 20, 30, 6)
+    queries = tfidf(test.token_ids, test.token_offsets,
+                    inverse_document_frequencies(train, 30))
+    knn = LexicalIndex.build(train, 30, 6, 4, 2.0)
+    np.testing.assert_array_equal(
+        LexicalIndex.build(train, 30, 6, 4, 2.0, centroid=0.0).scores(queries).toarray(),
+        knn.scores(queries).toarray())
+    assert knn.centroid == 0 and "centroids" not in vars(knn)  # never built
+
+
+def test_blended_scores_are_batched_without_changing_them(monkeypatch):
+    import xmtc_cli.lexical as lexical
+
+    train, test = corpus(17, 50, 30, 6), corpus(18, 25, 30, 6)
+    index = LexicalIndex.build(train, 30, 6, 4, 2.0, centroid=0.5, centroid_terms=5)
+    queries = tfidf(test.token_ids, test.token_offsets, index.idf)
+    whole = index.scores(queries).toarray()
+    monkeypatch.setattr(lexical, "_QUERY_CELLS", 6 * 4)  # 4 queries per centroid batch
+    np.testing.assert_array_equal(index.scores(queries).toarray(), whole)
+
+
+def test_keep_heaviest_matches_a_per_row_sort():
+    import scipy.sparse as sp
+
+    from xmtc_cli.lexical import keep_heaviest
+
+    rng = np.random.default_rng(19)
+    dense = rng.integers(0, 4, (12, 15)).astype(np.float32)  # many ties
+    dense[rng.random(dense.shape) < 0.4] = 0
+    for per_row in (0, 1, 3, 20):
+        expected = np.zeros_like(dense)
+        for r, row in enumerate(dense):
+            nonzero = [c for c in range(len(row)) if row[c] != 0]
+            for c in sorted(nonzero, key=lambda c: (-row[c], c))[:per_row]:
+                expected[r, c] = row[c]
+        np.testing.assert_array_equal(keep_heaviest(sp.csr_matrix(dense), per_row).toarray(),
+                                      expected)
 
 
 def test_prior_bonus_is_the_weighted_log_prior_above_its_floor():

@@ -20,13 +20,15 @@ from xmtc_cli.errors import CheckpointError, XmtcError
 from xmtc_cli.evaluation import evaluate_checkpoint, lexical_prior
 from xmtc_cli.inference import Predictor, encode_texts, predict_ids
 from xmtc_cli.labelspace import BOS, EMPTY, NUM_SPECIALS
-from xmtc_cli.lexical import PREFIX, KnnIndex, prior_bonus
+from xmtc_cli.lexical import PREFIX, LexicalIndex, prior_bonus
 from xmtc_cli.model import ModelSizes, build_model
 from xmtc_cli.training import fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-LEXICAL = ["model.lexical=knn", "model.lexical_k=5"]
+LEXICAL = ["model.lexical=knn", "model.lexical_k=5", "model.lexical_centroid=0.5",
+           "model.lexical_centroid_terms=8"]
+BLEND = {"centroid": 0.5, "centroid_terms": 8}  # LEXICAL's, for the oracles' own index
 
 
 # --- decoding -------------------------------------------------------------------------------
@@ -44,11 +46,15 @@ def small_model(masked: bool, cross_entropy: bool = False):
     return model.eval()
 
 
-def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
+def oracle_decode(model, src, lengths, bonus, gate,
+                  ranks: list[torch.Tensor] | None = None) -> list[list[int]]:
     """Each document alone, each step recomputed from scratch with the choices so far fed in
-    (teacher forcing of the prefix), and the fusion rule applied in plain Python."""
+    (teacher forcing of the prefix), and the fusion rule applied in plain Python. `ranks`
+    receives each document's highest fused probability softmax(logits + bonus) over its steps."""
     out = []
     for b in range(src.size(0)):
+        if ranks is not None:
+            ranks.append(torch.zeros(bonus.size(1)))
         memories, state = model.encode(src[b : b + 1], lengths[b : b + 1])
         choices, emitted = [], set()
         for t in range(model.decode_steps):
@@ -57,6 +63,8 @@ def oracle_decode(model, src, lengths, bonus, gate) -> list[list[int]]:
             logits = model.last_layer()(step.features)[0]
             if model.masked_softmax:
                 logits = logits.masked_fill(step.used[0], torch.finfo(logits.dtype).min)
+            if ranks is not None:
+                ranks[-1] = torch.maximum(ranks[-1], torch.softmax(logits + bonus[b], dim=-1))
             own = int(logits.argmax())
             if own in emitted or (own < NUM_SPECIALS and not gate):
                 choices.append(own)
@@ -86,6 +94,26 @@ def test_fused_greedy_decoding_matches_a_step_by_step_oracle(masked, gate):
     assert labels.tolist() == expected
     plain, _ = model.generate(src, lengths)
     assert not torch.equal(plain, labels)  # the prior changed some choices: the test has teeth
+
+
+@pytest.mark.parametrize("gate", [False, True])
+def test_suggestions_rank_by_the_fused_distribution(gate):
+    """`best` (what `xmtc predict --top-k` ranks by) is each output's highest probability
+    under softmax(logits + bonus) over the fused decode's steps, not the decoder's own."""
+    model = small_model(False)
+    gen = torch.Generator().manual_seed(2)
+    src = torch.randint(2, 30, (5, 8), generator=gen)
+    lengths = torch.tensor([8, 6, 4, 8, 2])
+    bonus = torch.rand(5, 15, generator=gen) * 6 * (torch.rand(5, 15, generator=gen) < 0.5)
+    bonus[:, :NUM_SPECIALS] = 1.0 if gate else 0
+    got, expected, plain = [], [], []
+    with torch.no_grad():
+        model.generate(src, lengths, bonus=bonus, gate=gate, best=got)
+        oracle_decode(model, src, lengths, bonus, gate, ranks=expected)
+    torch.testing.assert_close(got[0], torch.stack(expected), atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        model.generate(src, lengths, best=plain)
+    assert not torch.allclose(plain[0], got[0])  # the bonus moved the ranking: the test has teeth
 
 
 @pytest.mark.parametrize("cross_entropy", [False, True])
@@ -120,7 +148,8 @@ def metrics_lines(run):
 def test_the_checkpoint_holds_the_index_and_the_weight_validation_chose(lexical_run,
                                                                         tiny_data):
     data = load_data(str(tiny_data.processed))
-    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     saved = load_file(lexical_run / "model.safetensors")
     for name, tensor in fresh.tensors().items():
         assert torch.equal(saved[name], tensor), name
@@ -140,7 +169,8 @@ def test_predict_fuses_with_the_stored_index_and_eval_reproduces_validation(lexi
     assert weight > 0  # the tiny corpus gains from its prior; else this test would test nothing
     texts = (tiny_data.raw / "test_texts.txt").read_text(encoding="utf-8").splitlines()
     data = load_data(str(tiny_data.processed))
-    fresh = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    fresh = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     docs = encode_texts(texts, predictor.tokenize, predictor.token_ids)
     model, recipe = predictor.model, predictor.recipe
     # The oracle: the fresh index's scores, as the bonus of each document decoded alone.
@@ -233,7 +263,8 @@ def test_a_weight_search_without_a_validation_split_is_refused(recipe_file, tiny
 
 def test_the_validation_prior_is_the_index_scores_of_the_split(tiny_data):
     data = load_data(str(tiny_data.processed))
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0, 0.2)
+    index = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels, 5, 2.0,
+                               0.2, **BLEND)
     valid = data.splits["valid"]
     got = lexical_prior(index, valid).toarray()
     docs = [valid.tokens(i) for i in range(len(valid))]

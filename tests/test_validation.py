@@ -14,7 +14,7 @@ from xmtc_cli.config import load_recipe
 from xmtc_cli.data.builtin import load_data
 from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.inference import Predictor
-from xmtc_cli.lexical import KnnIndex
+from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.training import fit, validation_subset
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -77,15 +77,17 @@ def test_valid_docs_with_the_lexical_scorer_scores_the_subset_with_its_own_score
     the subset's kNN scores, not the first rows of the whole split's."""
     recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1),
                          ["train.valid_docs=9", "model.lexical=knn",
-                          "model.lexical_weights=[4]", "model.lexical_gate=fused"])
+                          "model.lexical_weights=[4]", "model.lexical_gate=fused",
+                          "model.lexical_centroid=0.5"])
     fit(recipe, tmp_path / "run", device="cpu")
     reported = _lines(tmp_path / "run")[-1]["valid"]
     model = Predictor.from_checkpoint(str(tmp_path / "run" / "last.safetensors"), "cpu").model
     data = load_data(str(tiny_data.processed))
     subset = validation_subset(data, 9, recipe.train.seed)
     m = recipe.model
-    index = KnnIndex.build(data.splits["train"], len(data.tokens), data.num_labels, m.lexical_k,
-                           m.lexical_power, m.lexical_max_df)
+    index = LexicalIndex.build(data.splits["train"], len(data.tokens), data.num_labels,
+                               m.lexical_k, m.lexical_power, m.lexical_max_df,
+                               m.lexical_centroid, m.lexical_centroid_terms)
     with torch.no_grad():
         direct = evaluate_split(model, subset, "valid", recipe, torch.device("cpu"),
                                 prior=lexical_prior(index, subset.splits["valid"]))

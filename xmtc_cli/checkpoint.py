@@ -45,7 +45,7 @@ from xmtc_cli.data.tokenize import TOKENIZER_KINDS
 from xmtc_cli.errors import CheckpointError, ConfigError, cut
 from xmtc_cli.fileerrors import resolved
 from xmtc_cli.lexical import PREFIX as LEXICAL_PREFIX
-from xmtc_cli.lexical import TENSOR_DTYPES, KnnIndex, spec_problem
+from xmtc_cli.lexical import TENSOR_DTYPES, LexicalIndex, scoring_options, spec_problem
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model, on_meta_device
 from xmtc_cli.recipefile import MAX_INT
 from xmtc_cli.tensorfile import (
@@ -179,8 +179,8 @@ def load_model(path: str | Path,
     return model.to(device), meta
 
 
-def load_lexical_index(path: str | Path, meta: CheckpointMeta) -> KnnIndex | None:
-    """The lexical index (`xmtc_cli.lexical.KnnIndex`) of a checkpoint whose recipe has one
+def load_lexical_index(path: str | Path, meta: CheckpointMeta) -> LexicalIndex | None:
+    """The lexical index (`xmtc_cli.lexical.LexicalIndex`) of a checkpoint whose recipe has one
     (model.lexical), read from its lexical.* tensors alone; None for one without."""
     model = meta.recipe.model
     if model.lexical == "none":
@@ -189,7 +189,7 @@ def load_lexical_index(path: str | Path, meta: CheckpointMeta) -> KnnIndex | Non
         with safe_open(str(path), "pt") as f:
             tensors = {LEXICAL_PREFIX + n: f.get_tensor(LEXICAL_PREFIX + n)
                        for n in TENSOR_DTYPES}
-        index = KnnIndex.from_tensors(tensors, model.lexical_k, model.lexical_power)
+        index = LexicalIndex.from_tensors(tensors, **scoring_options(model))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"checkpoint {path} is damaged: {exc}", _RETRAIN) from exc
     except ValueError as exc:  # read_meta checked names, dtypes and shapes; this, the values

@@ -87,6 +87,14 @@ class ModelConfig:
     lexical_max_df: float = 0.2
     """Tokens in more than this share of the training documents weigh 0 in the TF-IDF vectors
     (stop words); 1: every token counts."""
+    lexical_centroid: float = 0.0
+    """Share a of label-centroid similarity in the lexical score, q = (1 - a) kNN + a cos(x,
+    centroid): each label's centroid is the sum of its training documents' TF-IDF rows, which
+    still ranks a label whose few documents are only loosely like the query. 0: the kNN
+    alone."""
+    lexical_centroid_terms: int = 50
+    """Tokens kept per label centroid (its heaviest), which bounds the centroids' memory at
+    50 x L values."""
     lexical_weights: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
     """Fusion weights tried on the validation split at every epoch; the best by micro-F1 goes
     into the checkpoint. One value: that weight, no search (and no validation split needed).
@@ -275,6 +283,7 @@ def _check(r: Recipe) -> list[str]:
         "train.max_steps": r.train.max_steps,
         "train.checkpoint_every": r.train.checkpoint_every,
         "model.lexical_k": r.model.lexical_k,
+        "model.lexical_centroid_terms": r.model.lexical_centroid_terms,
         "train.early_stop": r.train.early_stop,
         "train.threads": r.train.threads,
         "train.valid_every": r.train.valid_every,
@@ -315,6 +324,8 @@ def _check(r: Recipe) -> list[str]:
     if not 0 < r.model.lexical_threshold <= 1:
         p.append(f"model.lexical_threshold must be in (0, 1], not "
                  f"{short(r.model.lexical_threshold)}")
+    if not 0 <= r.model.lexical_centroid <= 1:
+        p.append(f"model.lexical_centroid must be in [0, 1], not {short(r.model.lexical_centroid)}")
     if r.model.lexical_power <= 0:
         p.append(f"model.lexical_power must be > 0, not {short(r.model.lexical_power)}")
     if r.loss.kind == "cross-entropy" and r.loss.ot_weight > 0:

@@ -20,7 +20,7 @@ from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
 from xmtc_cli.inference import Predictor, predict_split
-from xmtc_cli.lexical import KnnIndex, choose_weight, gate_threshold, tfidf
+from xmtc_cli.lexical import LexicalIndex, choose_weight, gate_threshold, tfidf
 from xmtc_cli.metrics import (
     RANKS,
     InversePropensities,
@@ -65,7 +65,7 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
             **{f"micro_f1_w={w:g}": f1 for w, f1 in by_weight.items()}}
 
 
-def lexical_prior(index: KnnIndex, part: Split, token_ids: np.ndarray | None = None
+def lexical_prior(index: LexicalIndex, part: Split, token_ids: np.ndarray | None = None
                   ) -> sp.csr_matrix:
     """The lexical label scores [docs, L] of a split's documents (their token ids read as
     `token_ids`, the index's vocabulary, when given)."""

@@ -19,7 +19,7 @@ from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.device import autocast, resolve_device
 from xmtc_cli.errors import DataError, UsageError
 from xmtc_cli.labelspace import EOS, NUM_SPECIALS
-from xmtc_cli.lexical import KnnIndex, gate_threshold, prior_bonus
+from xmtc_cli.lexical import LexicalIndex, gate_threshold, prior_bonus
 from xmtc_cli.model import Seq2SetModel
 
 
@@ -60,7 +60,7 @@ def predict_ids(model: Seq2SetModel, docs: Sequence[np.ndarray | Sequence[int]],
                 gate: float | None = None) -> list[Prediction]:
     """Label sets for a batch of documents given as token-id arrays, with their side features
     float32 [len(docs), D] for a model that reads them, and their lexical label scores
-    [len(docs), L] (`KnnIndex.scores`) fused with `weight` (0 or None: the decoder alone), and
+    [len(docs), L] (`LexicalIndex.scores`) fused with `weight` (0 or None: the decoder alone), and
     with a `gate` threshold into the choice of whether a label comes too (`lexical.fused_choice`,
     `lexical.prior_bonus`).
 
@@ -160,7 +160,7 @@ class Predictor:
     """A trained model with everything needed to label raw text, loaded from one checkpoint."""
 
     def __init__(self, model: Seq2SetModel, meta: CheckpointMeta, device: torch.device,
-                 lexical: KnnIndex | None = None):
+                 lexical: LexicalIndex | None = None):
         self.model = model.eval()
         self.lexical = lexical
         """The lexical scorer the model fuses its choices with (model.lexical), or None."""

@@ -4,9 +4,17 @@ Each document becomes a TF-IDF vector of the token ids the decoder reads (all of
 data.max_src_tokens): sublinear term frequency 1 + ln(tf), times the smoothed inverse document
 frequency ln((1 + n) / (1 + df)) + 1 of the training split (as scikit-learn's TfidfVectorizer),
 rows L2-normalised; <pad> and <unk> count for nothing. A query's label scores come from its k
-most cosine-similar training documents (kNN label propagation):
+most cosine-similar training documents (kNN label propagation),
 
-    q(y) = sum_{n in top-k} s_n^p [y in Y_n] / sum_{n in top-k} s_n^p        in [0, 1]
+    knn(y) = sum_{n in top-k} s_n^p [y in Y_n] / sum_{n in top-k} s_n^p        in [0, 1],
+
+blended, with a share a = model.lexical_centroid, with its cosine to each label's centroid (the
+sum of the label's training rows, cut to its `centroid_terms` heaviest tokens, L2-normalised):
+
+    q(y) = (1 - a) knn(y) + a cos(x, c_y)                                      in [0, 1].
+
+The kNN votes are sharp where a document has near-duplicates, the centroids still rank a label
+whose few documents are only loosely like the query; a = 0 is the kNN alone.
 
 Fusion (`fused_choice`): the decoder still decides, at each step, whether to emit a label (its
 arg-max over all outputs is a corpus label not yet emitted) or not (∅, EOS, or a label it emitted
@@ -23,6 +31,7 @@ V = L + NUM_SPECIALS decoder outputs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +41,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from xmtc_cli.config import ModelConfig
 from xmtc_cli.data.processed import Split
 from xmtc_cli.data.vocab import PAD_ID, UNK_ID
 from xmtc_cli.labelspace import NUM_SPECIALS
@@ -44,6 +54,10 @@ PREFIX = "lexical."
 TENSOR_DTYPES = {"idf": "F32", "docs.indptr": "I64", "docs.indices": "I32", "docs.data": "F32",
                  "labels.indptr": "I64", "labels.indices": "I32"}
 _QUERY_CELLS = 1 << 25  # similarities held at once per query batch: 128 MiB of float32
+CENTROID_KEEP = 100
+"""Centroid similarities kept per query (its best labels): the rest of a row's L cosines are
+small and would make every query's score row dense at 670K labels."""
+_CENTROID_CHUNK = 1 << 16  # labels whose centroids are summed at once
 
 
 # --- TF-IDF ---------------------------------------------------------------------------------
@@ -104,10 +118,7 @@ def tfidf(token_ids: np.ndarray, token_offsets: np.ndarray, idf: np.ndarray) -> 
     m = term_counts(token_ids, token_offsets, len(idf))
     m.data = ((1.0 + np.log(m.data)) * idf[m.indices]).astype(np.float32)
     m.eliminate_zeros()
-    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())  # (docs,)
-    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-    m.data *= np.repeat(scale, np.diff(m.indptr)).astype(np.float32)
-    return m
+    return normalise_rows(m)
 
 
 def tfidf_of_docs(docs: Sequence[np.ndarray | Sequence[int]], idf: np.ndarray) -> sp.csr_matrix:
@@ -138,21 +149,32 @@ def label_matrix(split: Split, num_labels: int) -> sp.csr_matrix:
 # --- kNN label propagation ------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class KnnIndex:
-    """The training documents' TF-IDF rows and label sets, and how to propagate them."""
+class LexicalIndex:
+    """The training documents' TF-IDF rows and label sets, and how to score labels from them:
+    kNN label propagation, blended with label-centroid similarity (module docstring)."""
 
     idf: np.ndarray  # float32 [W]
     docs: sp.csr_matrix  # float32 [N, W], rows L2-normalised
     labels: sp.csr_matrix  # float32 [N, L] of ones
     k: int  # neighbours per query
     power: float  # similarity exponent p of the neighbour weights
+    centroid: float = 0.0  # share a of the centroid similarity in q
+    centroid_terms: int = 50  # tokens kept per label centroid
 
     @classmethod
-    def build(cls, train: Split, vocab_size: int, num_labels: int, k: int,
-              power: float, max_df: float = 1.0) -> KnnIndex:
+    def build(cls, train: Split, vocab_size: int, num_labels: int, k: int, power: float,
+              max_df: float = 1.0, centroid: float = 0.0,
+              centroid_terms: int = 50) -> LexicalIndex:
         idf = inverse_document_frequencies(train, vocab_size, max_df)
         return cls(idf, tfidf(train.token_ids, train.token_offsets, idf),
-                   label_matrix(train, num_labels), k, power)
+                   label_matrix(train, num_labels), k, power, centroid, centroid_terms)
+
+    @classmethod
+    def for_recipe(cls, train: Split, vocab_size: int, num_labels: int,
+                   model_cfg: ModelConfig) -> LexicalIndex:
+        """`build` with a recipe's model.lexical_* options."""
+        return cls.build(train, vocab_size, num_labels, max_df=model_cfg.lexical_max_df,
+                         **scoring_options(model_cfg))
 
     @property
     def num_labels(self) -> int:
@@ -164,9 +186,40 @@ class KnnIndex:
         (scipy would transpose the whole index for every batch)."""
         return self.docs.T.tocsr()
 
+    @functools.cached_property
+    def centroids(self) -> sp.csr_matrix:
+        """CSR float32 [L, W]: each label's centroid, the sum of its training rows cut to its
+        `centroid_terms` heaviest tokens, L2-normalised; an all-zero row for a label without
+        training documents. Summed `_CENTROID_CHUNK` labels at a time, so that the uncut sums
+        of 670K labels are never held at once."""
+        by_label = self.labels.T.tocsr()  # (L, N)
+        parts = [keep_heaviest(by_label[start : start + _CENTROID_CHUNK] @ self.docs,
+                               self.centroid_terms)
+                 for start in range(0, self.num_labels, _CENTROID_CHUNK)]
+        if not parts:
+            parts.append(sp.csr_matrix((0, self.docs.shape[1]), dtype=np.float32))
+        return normalise_rows(sp.vstack(parts, format="csr").astype(np.float32))
+
+    @functools.cached_property
+    def centroid_postings(self) -> sp.csr_matrix:
+        """CSR float32 [W, L]: the centroids transposed, for query products."""
+        return self.centroids.T.tocsr()
+
     def scores(self, queries: sp.csr_matrix) -> sp.csr_matrix:
-        """CSR float32 [B, L]: q(y) of every label for TF-IDF rows `queries` [B, W]; labels of
-        no neighbour are left out (q = 0). A query with no similar document scores nothing."""
+        """CSR float32 [B, L]: q(y) of every label for TF-IDF rows `queries` [B, W]; labels
+        neither a neighbour carries nor among the query's CENTROID_KEEP best centroids are
+        left out (q = 0). A query with no similar document scores nothing."""
+        knn = self.knn_scores(queries)
+        if self.centroid == 0:
+            return knn
+        out = ((1.0 - self.centroid) * knn
+               + self.centroid * self.centroid_scores(queries)).tocsr().astype(np.float32)
+        out.eliminate_zeros()
+        return out
+
+    def knn_scores(self, queries: sp.csr_matrix) -> sp.csr_matrix:
+        """CSR float32 [B, L]: knn(y), the share of the k nearest training documents' weight
+        on each label; labels of no neighbour are left out."""
         n = self.docs.shape[0]
         k = min(self.k, n)
         step = max(1, _QUERY_CELLS // max(n, 1))
@@ -187,18 +240,31 @@ class KnnIndex:
                               shape=(q.shape[0], n))
             w.eliminate_zeros()
             parts.append((w @ self.labels).tocsr())  # (b, L)
-        if not parts:
-            return sp.csr_matrix((0, self.num_labels), dtype=np.float32)
-        out = sp.vstack(parts, format="csr").astype(np.float32)
-        out.eliminate_zeros()
-        return out
+        return _stack(parts, self.num_labels)
+
+    def centroid_scores(self, queries: sp.csr_matrix) -> sp.csr_matrix:
+        """CSR float32 [B, L]: cos(x, c_y) for each query's CENTROID_KEEP most similar label
+        centroids (ties at the cut broken by argpartition), 0 elsewhere."""
+        cents_t = self.centroid_postings  # (W, L)
+        step = max(1, _QUERY_CELLS // max(self.num_labels, 1))
+        parts = []
+        for start in range(0, queries.shape[0], step):
+            sims = (queries[start : start + step] @ cents_t).toarray()  # (b, L)
+            if CENTROID_KEEP < self.num_labels:
+                order = np.argpartition(-sims, CENTROID_KEEP - 1, axis=1)[:, :CENTROID_KEEP]
+                kept = np.zeros_like(sims)
+                np.put_along_axis(kept, order, np.take_along_axis(sims, order, axis=1), axis=1)
+                sims = kept
+            parts.append(sp.csr_matrix(sims.clip(min=0.0)))
+        return _stack(parts, self.num_labels)
 
     def scores_of_docs(self, docs: Sequence[np.ndarray | Sequence[int]]) -> sp.csr_matrix:
         """`scores` of documents given as token-id arrays."""
         return self.scores(tfidf_of_docs(docs, self.idf))
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """The index as checkpoint tensors, named PREFIX + one of TENSOR_DTYPES."""
+        """The index as checkpoint tensors, named PREFIX + one of TENSOR_DTYPES (the centroids
+        are not stored: they are a function of these)."""
         arrays = {"idf": self.idf, "docs.indptr": self.docs.indptr.astype(np.int64),
                   "docs.indices": self.docs.indices.astype(np.int32),
                   "docs.data": self.docs.data.astype(np.float32),
@@ -208,8 +274,8 @@ class KnnIndex:
                 for name, a in arrays.items()}
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], k: int,
-                     power: float) -> KnnIndex:
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor], k: int, power: float,
+                     centroid: float = 0.0, centroid_terms: int = 50) -> LexicalIndex:
         """The index `tensors` holds (names as `tensors()` writes them, shapes already checked
         by `spec_problem`); ValueError naming what is inconsistent in the values."""
         a = {name: tensors[PREFIX + name].cpu().numpy() for name in TENSOR_DTYPES}
@@ -221,13 +287,53 @@ class KnnIndex:
         docs = _csr(a["docs.indptr"], a["docs.indices"], a["docs.data"], len(idf), "documents")
         labels = _csr(a["labels.indptr"], a["labels.indices"],
                       np.ones(len(a["labels.indices"]), dtype=np.float32), None, "labels")
-        return cls(idf, docs, labels, k, power)
+        return cls(idf, docs, labels, k, power, centroid, centroid_terms)
 
-    def with_num_labels(self, num_labels: int) -> KnnIndex:
+    def with_num_labels(self, num_labels: int) -> LexicalIndex:
         """The same index over `num_labels` label columns (a checkpoint's L)."""
         labels = sp.csr_matrix((self.labels.data, self.labels.indices, self.labels.indptr),
                                shape=(self.labels.shape[0], num_labels))
-        return KnnIndex(self.idf, self.docs, labels, self.k, self.power)
+        return dataclasses.replace(self, labels=labels)
+
+
+def scoring_options(model_cfg: ModelConfig) -> dict[str, float | int]:
+    """The recipe's model.lexical_* options that shape the scores (`from_tensors`' keywords);
+    max_df only shapes the idf, which the checkpoint stores."""
+    return {"k": model_cfg.lexical_k, "power": model_cfg.lexical_power,
+            "centroid": model_cfg.lexical_centroid,
+            "centroid_terms": model_cfg.lexical_centroid_terms}
+
+
+def keep_heaviest(m: sp.csr_matrix, per_row: int) -> sp.csr_matrix:
+    """CSR float32: `m` with each row cut to its `per_row` largest values (the first of equals
+    by column), the rest dropped."""
+    m = m.tocsr()
+    m.sum_duplicates()
+    rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    order = np.lexsort((m.indices, -m.data, rows))  # by row, value descending, then column
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - m.indptr[rows[order]]
+    keep = rank < per_row
+    return sp.csr_matrix((m.data[keep].astype(np.float32), m.indices[keep], (
+        np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=m.shape[0]))]))),
+        shape=m.shape)
+
+
+def normalise_rows(m: sp.csr_matrix) -> sp.csr_matrix:
+    """`m` with every non-zero row scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())  # (rows,)
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    m = m.copy()
+    m.data *= np.repeat(scale, np.diff(m.indptr)).astype(m.data.dtype)
+    return m
+
+
+def _stack(parts: list[sp.csr_matrix], num_labels: int) -> sp.csr_matrix:
+    if not parts:
+        return sp.csr_matrix((0, num_labels), dtype=np.float32)
+    out = sp.vstack(parts, format="csr").astype(np.float32)
+    out.eliminate_zeros()
+    return out
 
 
 def _csr(indptr: np.ndarray, indices: np.ndarray, data: np.ndarray, width: int | None,
@@ -320,7 +426,7 @@ def fused_choice(logits: torch.Tensor, bonus: torch.Tensor, emitted: torch.Tenso
     return choice
 
 
-def gate_threshold(model_cfg) -> float | None:
+def gate_threshold(model_cfg: ModelConfig) -> float | None:
     """The threshold of the fused gate (`prior_bonus`), or None where the decoder gates."""
     return model_cfg.lexical_threshold if model_cfg.lexical_gate == "fused" else None
 

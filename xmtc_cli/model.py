@@ -594,7 +594,9 @@ class Seq2SetModel(nn.Module):
 
         `best`, a list, receives one tensor [B, V]: every output's highest probability over the
         steps decoded (for a cross-entropy model, the steps up to its EOS), which ranks labels
-        the set left out (`xmtc predict --top-k`). Decoding itself is unchanged.
+        the set left out (`xmtc predict --top-k`); with a `bonus`, of the fused distribution
+        softmax(o + bonus), so that the labels the lexical scorer vouches for rank as they
+        would be chosen. Decoding itself is unchanged.
         """
         memories, state = self.encode(src, lengths, features)
         num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
@@ -609,7 +611,8 @@ class Seq2SetModel(nn.Module):
             chosen = logits.gather(1, label.unsqueeze(1)).squeeze(1)  # (B,)
             score = (chosen - torch.logsumexp(logits, dim=-1)).exp()  # (B,)
             if best is not None:
-                probs = torch.softmax(logits, dim=-1)  # (B, V)
+                fused = logits if bonus is None else logits + bonus
+                probs = torch.softmax(fused, dim=-1)  # (B, V)
                 if self.teacher_forcing:  # a document that has ended adds nothing
                     probs = probs.masked_fill(ended.unsqueeze(1), 0.0)
                 best_so_far = probs if best_so_far is None else torch.maximum(best_so_far, probs)

@@ -40,7 +40,7 @@ from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.launch import Launch
-from xmtc_cli.lexical import KnnIndex
+from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.memory import keep_freed_memory
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
@@ -415,7 +415,7 @@ class _Epochs:
     reference_loss: float | None = None  # this process's first step's loss: what growth means
     # model.lexical: the index over the training documents and the validation split's label
     # scores, built once on rank 0 when first needed (they depend on the data alone)
-    lexical: tuple[KnnIndex, Any] | None = None
+    lexical: tuple[LexicalIndex, Any] | None = None
 
     @property
     def group(self) -> Group:
@@ -600,16 +600,15 @@ class _Epochs:
         (the same documents every epoch, so drawn once)."""
         return validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
 
-    def _lexical(self) -> tuple[KnnIndex | None, Any]:
+    def _lexical(self) -> tuple[LexicalIndex | None, Any]:
         """The lexical index and the label scores of the documents validation decodes (rows
         aligned with `validation_data`'s split); (None, None) without."""
         model = self.recipe.model
         if model.lexical == "none":
             return None, None
         if self.lexical is None:
-            index = KnnIndex.build(self.data.splits["train"], len(self.data.tokens),
-                                   self.data.num_labels, model.lexical_k, model.lexical_power,
-                                   model.lexical_max_df)
+            index = LexicalIndex.for_recipe(self.data.splits["train"], len(self.data.tokens),
+                                            self.data.num_labels, model)
             valid = self.validation_data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
