@@ -16,7 +16,9 @@ WHAT is one of:
            T 500, N 23 of recipes/amazoncat13k.yaml, E 300) and at 100K and 670,091 labels
            (recipes/amazon670k.yaml: bottleneck 512, N 7, random 100-d label embeddings, no LC, no
            OT; H 128, B 16, T 200, as bench_scale.py), both trees at 1 thread; then the new tree
-           with train.shortlist=--shortlist (the approximating switch, reported apart).
+           with train.shortlist=--shortlist (the approximating switch, reported apart). Also
+           each child's peak resident memory. Memory a tree keeps between steps
+           (xmtc_cli/memory.py) makes its first steps slower than the rest: --warmup 2 or more.
   tibkat   a stated subsample of a TIBKAT-core epoch with recipes/reuters.yaml's sizes: --steps
            training steps on the processed corpus's own batches (--data, `xmtc preprocess` of
            tibkat_core_en), and validation (greedy decoding) of --valid-docs documents at the
@@ -87,7 +89,14 @@ def child(spec: dict) -> dict:
         if time.perf_counter() - started > spec["cap"] and times:
             break  # a collapsed configuration: its first timed steps say enough
     return {"origin": origin, "step": statistics.median(times), "timed": len(times),
-            "threads": torch.get_num_threads(), "fused": _fused(trainer)}
+            "threads": torch.get_num_threads(), "fused": _fused(trainer), "peak_gib": _peak()}
+
+
+def _peak() -> float:
+    """The child's peak resident memory so far, GiB (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
 
 def _fused(trainer) -> bool:
@@ -282,7 +291,7 @@ def _threads(args, old: Path, new: Path) -> None:
 
 def _steps(args, old: Path, new: Path) -> None:
     print(f"\n{'shape':<14} {'today s':>8} {'new s':>8} {'today/new':>9} "
-          f"{'shortlist s':>11} {'today/sl':>8}")
+          f"{'shortlist s':>11} {'today/sl':>8}  peak GiB today/new/shortlist")
     for name, recipe, sizes, stats in shapes(args):
         spec = {"kind": "step", "recipe": recipe, "sizes": sizes, "threads": "1",
                 "steps": args.steps, "warmup": args.warmup, "cap": 10 * args.cap, **stats}
@@ -291,7 +300,9 @@ def _steps(args, old: Path, new: Path) -> None:
         res = interleave([("today", old, spec), ("new", new, spec),
                           ("new+shortlist", new, short)], args.rounds, args.tmp)
         t, n, s = (median_of(res[k], "step") for k in ("today", "new", "new+shortlist"))
-        print(f"{name:<14} {t:>8.2f} {n:>8.2f} {t / n:>9.2f} {s:>11.2f} {t / s:>8.2f}",
+        peaks = "/".join(f"{max(r['peak_gib'] for r in res[k]):.1f}"
+                         for k in ("today", "new", "new+shortlist"))
+        print(f"{name:<14} {t:>8.2f} {n:>8.2f} {t / n:>9.2f} {s:>11.2f} {t / s:>8.2f}  {peaks}",
               flush=True)
 
 

@@ -70,6 +70,20 @@ def test_early_stop_ends_a_run_that_stops_improving(tiny_data, tmp_path, cli):
     assert bad.code != 0 and "train.early_stop" in bad.err
 
 
+def test_early_stop_counts_validations_not_the_epochs_valid_every_skips(tiny_data, tmp_path,
+                                                                          cli):
+    """Validating every 2nd epoch, epoch 2 is the first validation and stays the best: with
+    early_stop 1 the run ends at the next validation, epoch 4, not at the skipped epoch 3."""
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_data.processed, epochs=10)
+    result = cli("train", recipe, "train.lr=1e-12", "train.early_stop=1",
+                 "train.valid_every=2", "--out", tmp_path / "run", "--device", "cpu")
+    assert result.code == 0, result.err
+    lines = metrics(tmp_path / "run")
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert [m["best"] for m in lines] == [False, True, False, False]
+    assert "stopped early after epoch 4" in result.err
+
+
 def test_resume_with_more_epochs_continues_on_the_longer_schedule(tiny_data, tmp_path, cli):
     recipe = write_recipe(tmp_path / "r.yaml", tiny_data.processed, epochs=2)
     run = tmp_path / "run"

@@ -264,3 +264,51 @@ def test_matching_with_transport_overfits(scheme, light_conv):
 @pytest.mark.parametrize("light_conv", (False, True))
 def test_cross_entropy_overfits(light_conv):
     overfit("cross-entropy", light_conv=light_conv)
+
+
+def test_written_out_gru_backward_matches_autograd_through_torchs_gru():
+    """_GRULayer against torch.gru (autograd's gradients), in float64: outputs and the
+    gradients of the input, both weights and both biases."""
+    from xmtc_cli.model import _GRULayer
+
+    g = torch.Generator().manual_seed(0)
+    batch, steps, width, hidden = 3, 11, 5, 4
+    x = torch.randn(batch, steps, width, dtype=torch.float64, generator=g).requires_grad_()
+    weights = [(0.5 * torch.randn(*shape, dtype=torch.float64, generator=g)).requires_grad_()
+               for shape in ((3 * hidden, width), (3 * hidden, hidden), (3 * hidden,),
+                             (3 * hidden,))]
+    upstream = torch.randn(batch, steps, hidden, dtype=torch.float64, generator=g)
+    h0 = torch.zeros(1, batch, hidden, dtype=torch.float64)
+    expected = torch.gru(x, h0, weights, True, 1, 0.0, True, False, True)[0]
+    got = _GRULayer.apply(x, *weights)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+    for a, b in zip(torch.autograd.grad((got * upstream).sum(), [x, *weights]),
+                    torch.autograd.grad((expected * upstream).sum(), [x, *weights])):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_training_encoder_matches_torchs_packed_gru():
+    """The CPU training path (_padded_gru: unpacked, length-reversed, the written-out backward)
+    gives the packed nn.GRU's states, last states and gradients on a ragged batch."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from xmtc_cli.model import _padded_gru
+
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(6, 5, 2, batch_first=True, bidirectional=True).train()
+    lengths = torch.tensor([9, 1, 4, 6])
+    x = torch.randn(4, 9, 6, requires_grad=True)
+    upstream = torch.randn(4, 9, 10)
+    final_upstream = torch.randn(4, 4, 5)  # (layers * 2, B, H) -> transposed below
+
+    out, last = _padded_gru(rnn, x, lengths)
+    packed, last_ref = rnn(pack_padded_sequence(x, lengths, batch_first=True,
+                                                enforce_sorted=False))
+    ref, _ = pad_packed_sequence(packed, batch_first=True, total_length=9)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last, last_ref, atol=1e-6, rtol=1e-5)
+    params = [x, *rnn.parameters()]
+    loss = lambda o, h: (o * upstream).sum() + (h.transpose(0, 1) * final_upstream).sum()  # noqa: E731
+    for a, b in zip(torch.autograd.grad(loss(out, last), params),
+                    torch.autograd.grad(loss(ref, last_ref), params)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -65,7 +65,13 @@ def test_suggest_answers_what_predict_writes(server, tiny_run, tmp_path, cli):
                                                  "jsonl", "--top-k", str(top_k)).out.splitlines()]
         for text, row in zip(TEXTS, want):
             status, body = post(server, {"text": text, "top_k": top_k})
-            assert status == 200 and body == {"labels": row["labels"]}
+            # One document alone against predict's batch of three: the same labels, scores
+            # to float rounding (both printed to 6 decimals, which can round apart).
+            assert status == 200 and list(body) == ["labels"]
+            assert [{**x, "score": None} for x in body["labels"]] == [
+                {**x, "score": None} for x in row["labels"]]
+            assert [x["score"] for x in body["labels"]] == pytest.approx(
+                [x["score"] for x in row["labels"]], abs=2e-6)
     status, body = post(server, {"text": TEXTS[0]})  # the server's default top_k: 10
     assert status == 200 and len(body["labels"]) >= 10
     status, body = post(server, {"id": "x1", "text": TEXTS[0], "top_k": 3, "min_score": 0.5})
@@ -117,11 +123,12 @@ def test_a_client_that_stalls_is_cut_off(server):
 def test_the_command_serves_and_stops_on_sigterm(tiny_run):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "xmtc_cli", "serve", str(tiny_run.best),
-                             "--port", "0", "--device", "cpu"], stderr=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=env, text=True)
+                             "--port", "0", "--device", "cpu", "--threads", "2"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     try:
         line = proc.stderr.readline()
         assert "serving" in line and "http://127.0.0.1:" in line, line
+        assert "CPU threads: 2 (--threads;" in line, line  # over the environment's 1
         port = int(line.split("http://127.0.0.1:")[1].split()[0])
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         conn.request("POST", "/suggest", body=json.dumps({"text": TEXTS[0], "top_k": 5}))

@@ -41,8 +41,9 @@ def test_best_scores_are_the_forward_passes_step_probabilities(predictor):
             got[k] = score
         assert torch.allclose(got, want[b], atol=1e-6)
         assert [s for _, s in pred.ranked] == sorted((s for _, s in pred.ranked), reverse=True)
-        # A generated label's best score is at least the score of the step that produced it.
-        assert all(best >= step - 1e-7 for best, step in zip(pred.best, pred.scores))
+        # A generated label's best score is at least the score of the step that produced it,
+        # to float32 rounding: the two are exp(o - logsumexp o) and a softmax, a few ulps apart.
+        assert all(best >= step - 1e-6 for best, step in zip(pred.best, pred.scores))
         assert pred.best == pytest.approx([want[b, k].item() for k in pred.labels], abs=1e-6)
         # Each step's probabilities add up to 1, so the best scores add up to at most N.
         assert float(want[b].sum()) <= predictor.steps + 1e-5

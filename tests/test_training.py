@@ -403,3 +403,40 @@ def test_resume_refuses_processed_data_that_changed_under_the_same_path(tiny_dat
     assert f"{data} is not the processed data this run trained on" in result.err
     assert "Traceback" not in result.err
     assert [line["epoch"] for line in metrics_lines(tmp_path / "run")] == [1, 2]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_the_kept_token_gradient_trains_as_a_fresh_dense_one(weight_decay):
+    """The token table's gradient kept between steps (sparse lookups added into one buffer,
+    zeroed row by row after the step) gives the weights a fresh dense gradient gives, and the
+    buffer is all zeros between steps."""
+    import numpy as np
+
+    from xmtc_cli.config import recipe_from_dict
+    from xmtc_cli.data.batching import Batch
+    from xmtc_cli.model import ModelSizes
+    from xmtc_cli.training import Trainer
+
+    recipe = recipe_from_dict({"data": {"dir": "unused", "max_labels": 3},
+                               "model": {"hidden_size": 8, "encoder_layers": 1},
+                               "train": {"weight_decay": weight_decay, "lr": 0.05}}, [])
+    sizes = ModelSizes(vocab_size=50, num_labels=6, decode_steps=3, embed_size=5,
+                       label_embed_size=4)
+    g = torch.Generator().manual_seed(0)
+    batches = [Batch(torch.randint(2, 50, (4, 7), generator=g) * (torch.arange(7) < 5),
+                     torch.tensor([5, 5, 5, 5]), torch.tensor([[3, 4, -1]] * 4), np.arange(4))
+               for _ in range(3)]
+    trainers = [Trainer.build(recipe, sizes, torch.device("cpu"), 10) for _ in range(2)]
+    trainers[1].keep_token_gradient = False
+    for i, batch in enumerate(batches):
+        for trainer in trainers:
+            torch.manual_seed(i)  # the same dropout draws
+            trainer.step(batch, i)
+        kept = trainers[0].model.encoder.embedding.weight.grad
+        assert not kept.is_sparse and not kept.any()
+    fresh = dict(trainers[1].model.named_parameters())
+    for name, value in trainers[0].model.named_parameters():
+        torch.testing.assert_close(value, fresh[name], atol=1e-6, rtol=1e-5, msg=name)
+    table = trainers[0].model.encoder.embedding.weight
+    assert not torch.equal(table, Trainer.build(recipe, sizes, torch.device("cpu"), 10)
+                           .model.encoder.embedding.weight)  # the table did train

@@ -92,3 +92,28 @@ def test_valid_docs_with_the_lexical_scorer_scores_the_subset_with_its_own_score
         direct = evaluate_split(model, subset, "valid", recipe, torch.device("cpu"),
                                 prior=lexical_prior(index, subset.splits["valid"]))
     assert {k: v for k, v in reported.items() if k in direct} == pytest.approx(direct)
+
+
+def test_the_threshold_is_tuned_on_the_documents_validation_scores(tiny_data, tmp_path,
+                                                                    monkeypatch):
+    """With train.valid_docs, the threshold tuned after training decodes that subset, not the
+    whole validation split."""
+    import xmtc_cli.threshold as threshold
+
+    tuned_on = []
+    real = threshold.tune_checkpoint
+
+    def spy(path, split, batch_size, device):
+        tuned_on.append(split)
+        return real(path, split, batch_size, device)
+
+    monkeypatch.setattr(threshold, "tune_checkpoint", spy)
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1),
+                         ["train.valid_docs=9"])
+    fit(recipe, tmp_path / "run", device="cpu")
+    subset = validation_subset(load_data(str(tiny_data.processed)), 9, recipe.train.seed)
+    (split,) = tuned_on
+    assert len(split) == 9
+    assert np.array_equal(split.token_ids, subset.splits["valid"].token_ids)
+    assert np.array_equal(split.label_ids, subset.splits["valid"].label_ids)
+

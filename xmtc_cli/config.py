@@ -149,8 +149,9 @@ class TrainConfig:
     """Also save the train state every this many optimiser steps inside an epoch, so that a kill
     loses at most that much work; --resume continues from the step. None: at epoch ends only."""
     early_stop: int | None = None
-    """Stop once this many epochs in a row have not improved validation micro-F1 (the best
-    checkpoint stays model.safetensors). None: train all epochs."""
+    """Stop once this many validations in a row have not improved validation micro-F1 (the
+    best checkpoint stays model.safetensors); epochs train.valid_every skips do not count.
+    None: train all epochs."""
     log_every: float = 60.0
     """Seconds between progress lines when stderr is not a terminal (a log file, a scheduler)."""
     threads: int | None = None

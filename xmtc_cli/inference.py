@@ -202,7 +202,8 @@ class Predictor:
     @property
     def threshold(self) -> dict | None:
         """The score threshold tuned on validation (`threshold.py`), where the checkpoint
-        holds one: {"threshold", "valid_micro_f1", "set_micro_f1"}."""
+        holds one: {"threshold", "valid_micro_f1", "set_micro_f1"} and, in checkpoints
+        written since it was recorded, "valid_docs"."""
         tuned = self.meta.extra.get("threshold")
         return tuned if isinstance(tuned, dict) and "threshold" in tuned else None
 

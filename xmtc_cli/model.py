@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.overrides import TorchFunctionMode
 
+from xmtc_cli import blocked
 from xmtc_cli.config import LossConfig, ModelConfig
 from xmtc_cli.data.vocab import PAD_ID
 from xmtc_cli.labelspace import BOS, EMPTY, EOS, NUM_SPECIALS
@@ -178,7 +179,7 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
                        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
             index = reverse.unsqueeze(2).expand(-1, -1, x.size(2))  # (B, T, in)
             source = x.gather(1, index) if suffix else x  # (B, T, in)
-            out, _ = torch.gru(source, h0, weights, True, 1, 0.0, rnn.training, False, True)
+            out = _gru_layer(source, h0, weights, rnn.training)  # (B, T, H)
             finals.append(out.gather(1, last_index).squeeze(1))  # (B, H)
             if suffix:
                 out = out.gather(1, reverse.unsqueeze(2).expand(-1, -1, hidden))  # (B, T, H)
@@ -194,6 +195,93 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
             dropped = F.dropout(flat[packed_rows], rnn.dropout, True)  # (sum of lengths, C)
             x = torch.zeros_like(flat).index_copy(0, packed_rows, dropped).view_as(x)
     return x, torch.stack(finals)  # (B, T, C), (layers * 2, B, H)
+
+
+def _gru_layer(x: Tensor, h0: Tensor, weights: list[Tensor], training: bool) -> Tensor:
+    """One layer and direction of a GRU over x [B, T, in] from h0 [1, B, H] -> its states
+    [B, T, H]: `_GRULayer` where it applies (float32 on the CPU, biases, a zero start), else
+    torch's own."""
+    if (len(weights) == 4 and x.device.type == "cpu" and x.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and not bool(h0.any())):
+        return _GRULayer.apply(x, *weights)
+    return torch.gru(x, h0, weights, True, 1, 0.0, training, False, True)[0]
+
+
+class _GRULayer(torch.autograd.Function):
+    """torch.gru's math for one layer and direction from a zero state, with a backward written
+    out (docs/design.md §12).
+
+    x [B, T, in], W_ih [3H, in], W_hh [3H, H], b_ih, b_hh [3H] -> states [B, T, H], gates in
+    torch's order (reset r, update z, new n): r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
+    n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn)), h_t = n + z ⊙ (h_{t-1} - n).
+
+    Autograd through torch's CPU GRU records a dozen small operations per time step and
+    takes the weights' gradient one step at a time, T small matrix products. Here the forward
+    keeps the gates; the backward runs the recurrence with five element-wise products and one
+    product with W_hh per step, and takes the gradients of W_ih, W_hh, the biases and x once,
+    for all steps together. The same gradients up to the order of float rounding.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+                b_hh: Tensor) -> Tensor:
+        batch, steps = x.shape[:2]
+        hidden = w_hh.size(1)
+        gi = F.linear(x, w_ih, b_ih)  # (B, T, 3H), the input's share of every step at once
+        h = x.new_zeros(batch, hidden)  # (B, H)
+        states, gates, news, hidden_parts = [], [], [], []
+        w_hh_t = w_hh.t()
+        for t in range(steps):
+            gh = torch.addmm(b_hh, h, w_hh_t)  # (B, 3H)
+            rz = torch.sigmoid(gi[:, t, : 2 * hidden] + gh[:, : 2 * hidden])  # (B, 2H)
+            ghn = gh[:, 2 * hidden:]  # W_hn h + b_hn: (B, H)
+            n = torch.tanh(torch.addcmul(gi[:, t, 2 * hidden:], rz[:, :hidden], ghn))
+            h = torch.lerp(n, h, rz[:, hidden:])  # n + z (h - n): (B, H)
+            states.append(h)
+            gates.append(rz)
+            news.append(n)
+            hidden_parts.append(ghn)
+        out = torch.stack(states, dim=1)  # (B, T, H)
+        ctx.save_for_backward(x, w_ih, w_hh, out, torch.stack(gates, dim=1),
+                              torch.stack(news, dim=1), torch.stack(hidden_parts, dim=1))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # grad: (B, T, H)
+        x, w_ih, w_hh, out, rz, n, ghn = ctx.saved_tensors
+        batch, steps, hidden = out.shape
+        r, z = rz[..., :hidden], rz[..., hidden:]  # (B, T, H) each
+        previous = F.pad(out[:, :-1], (0, 0, 1, 0))  # h_{t-1}, zeros at t = 0: (B, T, H)
+        # The factors of each step's gradients that do not depend on it, for all steps at once.
+        to_new = (1 - z) * (1 - n * n)  # dL/d(n's pre-activation) = dh ⊙ this
+        to_update = (previous - n) * z * (1 - z)  # ... of z's
+        to_reset = ghn * r * (1 - r)  # ... of r's, from n's
+        d_hidden = out.new_empty(batch, steps, 3 * hidden)  # W_h h's: (B, T, 3H)
+        d_new = out.new_empty(batch, steps, hidden)  # n's pre-activation: (B, T, H)
+        grad = grad.contiguous()
+        carry = None  # dL/dh_t from step t + 1
+        for t in range(steps - 1, -1, -1):
+            dh = grad[:, t] if carry is None else grad[:, t] + carry  # (B, H)
+            torch.mul(dh, to_new[:, t], out=d_new[:, t])
+            torch.mul(d_new[:, t], to_reset[:, t], out=d_hidden[:, t, :hidden])
+            torch.mul(dh, to_update[:, t], out=d_hidden[:, t, hidden: 2 * hidden])
+            torch.mul(d_new[:, t], r[:, t], out=d_hidden[:, t, 2 * hidden:])
+            carry = torch.addmm(dh * z[:, t], d_hidden[:, t], w_hh)  # dL/dh_{t-1}: (B, H)
+        d_input = torch.cat([d_hidden[..., : 2 * hidden], d_new], dim=2)  # W_i x's: (B, T, 3H)
+        flat_in, flat_hidden = d_input.flatten(0, 1), d_hidden.flatten(0, 1)  # (B T, 3H)
+        grads = [None] * 5
+        if ctx.needs_input_grad[0]:
+            grads[0] = d_input @ w_ih  # (B, T, in)
+        if ctx.needs_input_grad[1]:
+            grads[1] = flat_in.t() @ x.flatten(0, 1)  # (3H, in)
+        if ctx.needs_input_grad[2]:
+            grads[2] = flat_hidden.t() @ previous.flatten(0, 1)  # (3H, H)
+        if ctx.needs_input_grad[3]:
+            grads[3] = flat_in.sum(0)  # (3H,)
+        if ctx.needs_input_grad[4]:
+            grads[4] = flat_hidden.sum(0)  # (3H,)
+        return tuple(grads)
 
 
 def conv_min_length(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
@@ -334,10 +422,18 @@ class _ComputedLinear(torch.autograd.Function):
             grads[0] = (flat @ weight.to(flat.dtype)).view_as(features).to(features.dtype)
         if ctx.needs_input_grad[1]:  # one [V, F] gradient for all S steps
             rows = features.flatten(0, 1).to(flat.dtype)  # (B * S, F)
-            grads[1] = (flat.t() @ rows).to(weight.dtype)  # (V, F)
+            grads[1] = blocked.outer(flat, rows).to(weight.dtype)  # (V, F)
         if ctx.needs_input_grad[2]:
             grads[2] = flat.sum(0).to(weight.dtype)  # (V,), the bias has the weight's dtype
         return tuple(grads)
+
+
+class LabelLinear(nn.Linear):
+    """The output layer's V-wide linear map: nn.Linear (the same parameters and state), its
+    product taken a block of labels at a time where that is faster (`xmtc_cli.blocked`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return blocked.linear(x, self.weight, self.bias)
 
 
 class _DenseGradient(torch.autograd.Function):
@@ -414,10 +510,10 @@ class Seq2SetModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         z = hidden_size + context + label_embed_size  # [s_t ; c_t ; ĉ_t ; e(ŷ_{t-1})]
         self.output = (
-            nn.Linear(z, num_outputs) if bottleneck is None
+            LabelLinear(z, num_outputs) if bottleneck is None
             # XML-CNN bottleneck (paper Eq. 10): O((V + z) b) parameters instead of O(V z).
             else nn.Sequential(
-                nn.Linear(z, bottleneck), nn.Tanh(), nn.Linear(bottleneck, num_outputs)
+                nn.Linear(z, bottleneck), nn.Tanh(), LabelLinear(bottleneck, num_outputs)
             )
         )
 
@@ -617,7 +713,7 @@ class Seq2SetModel(nn.Module):
             with torch.no_grad():
                 weight = last.weight.index_select(0, candidates)  # (K', F)
                 bias = last.bias.index_select(0, candidates)  # (K',)
-            last = functools.partial(F.linear, weight=weight, bias=bias)
+            last = functools.partial(blocked.linear, weight=weight, bias=bias)
         emitted = None
         if bonus is not None:
             from xmtc_cli.lexical import fused_choice  # scipy's import only where it is used

@@ -7,7 +7,8 @@ themselves, swept from high to low with running counts of predicted and correct 
 (micro-F1 = 2·TP / (predicted + gold)). Thresholds below MIN_THRESHOLD are not tried, so the
 `rank_needed` best labels per document hold every candidate. When the best t scores higher than
 the generated set on the same documents, the checkpoint's `extra["threshold"]` records
-{"threshold", "valid_micro_f1", "set_micro_f1"}; `xmtc predict --threshold tuned` uses it.
+{"threshold", "valid_micro_f1", "set_micro_f1", "valid_docs"} (the documents it was tuned
+on); `xmtc predict --threshold tuned` uses it.
 The generated set stays the default answer (the paper's).
 """
 
@@ -81,7 +82,8 @@ def tune(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int
     baseline = micro_f1(sets, gold)
     if f1 <= baseline:
         return None
-    return {"threshold": threshold, "valid_micro_f1": f1, "set_micro_f1": baseline}
+    return {"threshold": threshold, "valid_micro_f1": f1, "set_micro_f1": baseline,
+            "valid_docs": len(split)}
 
 
 def tune_checkpoint(path: str | Path, split: Split, batch_size: int, device: torch.device) -> \

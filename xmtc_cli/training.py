@@ -42,6 +42,7 @@ from xmtc_cli.evaluation import evaluate_split, lexical_prior
 from xmtc_cli.launch import Launch
 from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.losses import build_criterion
+from xmtc_cli.memory import keep_freed_memory
 from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
 from xmtc_cli.optim import build_adam
 from xmtc_cli.prototypes import init_output_prototypes
@@ -191,6 +192,7 @@ class Trainer:
     group: Group = SINGLE  # the processes training together (one by default)
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
     shortlist: CandidateSource | None = None  # the softmax's candidates (train.shortlist)
+    keep_token_gradient: bool = True  # the token table's gradient buffer kept between steps
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
@@ -200,6 +202,8 @@ class Trainer:
         the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
         rank its own dropout stream."""
         torch.manual_seed(recipe.train.seed)
+        if device.type == "cpu":  # a step's large tensors reuse the last step's memory
+            keep_freed_memory()
         if recipe.model.label_embedding_size is not None:
             label_embeddings = None  # the recipe asks for random ones
         model = build_model(recipe.model, recipe.loss, sizes, token_embeddings, label_embeddings)
@@ -236,6 +240,18 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         net.train()
         batch = batch.to(self.device)
+        tokens = self.model.encoder.embedding  # the token table: (vocab, E)
+        # On the CPU without DDP its gradient lives in one buffer kept between steps: the
+        # lookup's gradient arrives sparse (B·T rows) and is added into it, and after the step
+        # those rows are zeroed again. A fresh dense [vocab, E] gradient each step (245 MB at
+        # AmazonCat-13K's vocabulary) costs more to allocate and fill than the rest of the
+        # table's update (docs/design.md §12). The same sums.
+        kept = None
+        if self.keep_token_gradient and self.ddp is None and self.device.type == "cpu":
+            kept = tokens.weight.grad
+            if kept is None or kept.is_sparse or kept.shape != tokens.weight.shape:
+                kept = torch.zeros_like(tokens.weight)
+        tokens.sparse = kept is not None
         gold, table = batch.gold, self.model.label_embedding.weight
         if candidates is not None:  # the loss sees the candidates' columns and rows only
             candidates = candidates.to(self.device)
@@ -250,10 +266,17 @@ class Trainer:
                 terms = self.criterion.terms(logits, gold, table)
                 loss, value, parts = distributed.global_loss(terms, self.group, standin)
         self.optimizer.zero_grad(set_to_none=True)
+        if kept is not None:
+            tokens.weight.grad = kept  # all zeros
         loss.backward()
         # After DDP's all-reduce every rank holds the same, global gradient: the same clip.
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.train.grad_clip)
         self.optimizer.step()
+        if kept is not None:  # all zeros again for the next step
+            if bool(torch.isfinite(norm)):  # else the clip scaled the zeros to NaN too
+                kept.index_fill_(0, batch.src.flatten(), 0.0)
+            else:
+                kept.zero_()
         return value.detach().float(), {k: v.detach().float() for k, v in parts.items()}
 
     @property
@@ -317,7 +340,9 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
             if epochs.out_of_steps or epochs.out_of_patience:
                 break
             reports.append(epochs.run(epoch))
-        group.on_main(lambda: _tune_threshold(recipe, data, run_dir / BEST_FILE, device))
+        # Tuned on the documents validation scored: train.valid_docs bounds this decoding too.
+        group.on_main(lambda: _tune_threshold(recipe, epochs.validation_data,
+                                              run_dir / BEST_FILE, device))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
@@ -327,7 +352,8 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
 
 def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
                     device: torch.device) -> None:
-    """The best checkpoint gets the score threshold tuned on validation (`threshold.py`)."""
+    """The best checkpoint gets the score threshold tuned on `data`'s validation split, the
+    documents validation scores (train.valid_docs of them, if set; `threshold.py`)."""
     valid = data.splits.get("valid")
     if valid is not None and len(valid) and best.exists():
         from xmtc_cli.threshold import tune_checkpoint
@@ -463,10 +489,16 @@ class _Epochs:
 
     @property
     def out_of_patience(self) -> bool:
-        """train.early_stop epochs in a row have finished without a new best."""
+        """train.early_stop validations in a row have finished without a new best. Patience
+        counts validations, not epochs: an epoch train.valid_every skips cannot improve, so it
+        uses none. Counted: the multiples of valid_every after the best epoch (the run's last
+        epoch, validated too, ends it; a run --resume extends does not count the old last
+        epoch's validation unless it was a multiple)."""
         patience = self.recipe.train.early_stop
-        return (patience is not None and self.state.best_epoch > 0
-                and self.state.epoch - self.state.best_epoch >= patience)
+        if patience is None or self.state.best_epoch <= 0:
+            return False
+        every = self.recipe.train.valid_every
+        return self.state.epoch // every - self.state.best_epoch // every >= patience
 
     @property
     def out_of_steps(self) -> bool:
@@ -554,7 +586,7 @@ class _Epochs:
         wait."""
         if not self.has_validation:
             return None
-        data = self._validation_data
+        data = self.validation_data
         return self.group.on_main(
             lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
                                    self.trainer.device, progress=self.callback.on_validate,
@@ -563,21 +595,21 @@ class _Epochs:
         )
 
     @functools.cached_property
-    def _validation_data(self) -> ProcessedData:
+    def validation_data(self) -> ProcessedData:
         """What validation decodes: the data with its validation split cut to train.valid_docs
         (the same documents every epoch, so drawn once)."""
         return validation_subset(self.data, self.recipe.train.valid_docs, self.recipe.train.seed)
 
     def _lexical(self) -> tuple[LexicalIndex | None, Any]:
         """The lexical index and the label scores of the documents validation decodes (rows
-        aligned with `_validation_data`'s split); (None, None) without."""
+        aligned with `validation_data`'s split); (None, None) without."""
         model = self.recipe.model
         if model.lexical == "none":
             return None, None
         if self.lexical is None:
             index = LexicalIndex.for_recipe(self.data.splits["train"], len(self.data.tokens),
                                             self.data.num_labels, model)
-            valid = self._validation_data.splits.get("valid")
+            valid = self.validation_data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
         return self.lexical

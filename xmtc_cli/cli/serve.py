@@ -12,6 +12,7 @@ from xmtc_cli.cli.options import (
     CheckpointArgument,
     Device,
     DeviceOption,
+    ThreadsOption,
     resolve_threshold,
     threshold_value,
 )
@@ -38,10 +39,15 @@ def serve(
         "--timeout", min=0.1, help="Seconds a client may take for each read of its request.",
     )] = 10.0,
     device: DeviceOption = Device.auto,
+    threads: ThreadsOption = None,
 ) -> None:
     """Serve ranked suggestions: POST /suggest {"text": ..., "top_k": K}; GET /health."""
     from xmtc_cli.inference import Predictor
     from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
+    from xmtc_cli.threads import apply_threads, choose_threads
+
+    choice = choose_threads(threads)  # requests share the process's torch threads
+    apply_threads(choice)
 
     explicit = threshold_value(threshold)
     predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
@@ -60,7 +66,7 @@ def serve(
         stderr.print(f"warning: listening on {host}: any machine that reaches it can use the "
                      "model (there is no authentication)")
     stderr.print(f"serving {checkpoint} on {server.url} (POST /suggest, GET /health); "
-                 "Ctrl-C stops")
+                 f"CPU threads: {choice.describe()}; Ctrl-C stops")
 
     def stop(signum, frame):  # SIGTERM: stop as Ctrl-C does
         raise KeyboardInterrupt

@@ -121,7 +121,9 @@ def _report_threshold(checkpoint: Path) -> None:
     if tuned:
         stderr.print(f"tuned threshold {tuned['threshold']:.3g}: validation micro-F1 "
                      f"{100 * tuned['valid_micro_f1']:.2f} against the generated set's "
-                     f"{100 * tuned['set_micro_f1']:.2f} (xmtc predict --threshold tuned)")
+                     f"{100 * tuned['set_micro_f1']:.2f}"
+                     + (f" on {tuned['valid_docs']} documents" if "valid_docs" in tuned else "")
+                     + " (xmtc predict --threshold tuned)")
 
 
 def _launch(nproc: int, max_restarts: int, argv: list[str], launch: Launch) -> None:

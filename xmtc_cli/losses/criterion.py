@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xmtc_cli import blocked
 from xmtc_cli.config import LossConfig
 from xmtc_cli.labelspace import EMPTY, EOS, GOLD_PAD
 from xmtc_cli.losses.matching import assign
@@ -141,7 +142,7 @@ class MatchingLoss(nn.Module):
             return nll, weights, None
 
         table = label_embeddings.detach().float()  # (V, E)
-        expected = log_p.exp() @ table  # (B, N, E)
+        expected = blocked.expectation(log_p.exp(), table)  # (B, N, E)
         cost = cosine_cost(expected, table[gold_index])  # (B, N, M)
         plan = ipot(cost.detach(), valid, self.ot_beta, self.ot_iters)  # (B, N, M)
         return nll, weights, (plan * cost).sum((1, 2))  # (B,)
