@@ -71,6 +71,58 @@ def test_the_default_leaves_out_the_cores_others_keep_busy(machine, busy, local,
     assert choose_threads().count == expected
 
 
+STAT_BEFORE = """cpu  900 0 300 1200 100 0 0 0 0 0
+cpu0 400 0 100 500 50 0 0 0 0 0
+cpu1 500 0 200 700 50 0 0 0 0 0
+cpu2 0 0 0 1000 0 0 0 0 0 0
+intr 12345
+"""
+# Over the interval: cpu0 40 busy ticks of 100 (idle 50, iowait 10: both idle); cpu1 100 of
+# 100; cpu2 0 of 100.
+STAT_AFTER = """cpu  1040 0 300 1360 110 0 0 0 0 0
+cpu0 430 0 110 550 60 0 0 0 0 0
+cpu1 560 0 240 700 50 0 0 0 0 0
+cpu2 0 0 0 1100 0 0 0 0 0 0
+intr 12399
+"""
+
+
+@pytest.mark.parametrize(("cpus", "expected"), [(None, 1.4), ({0, 1}, 1.4), ({0}, 0.4),
+                                                 ({2}, 0.0), ({1, 2, 7}, 1.0)])
+def test_busy_cores_are_the_non_idle_share_of_this_process_cores_between_two_snapshots(
+        cpus, expected):
+    """Hand-computed: busy = 1 - (idle + iowait) / total for each CPU of the mask, summed."""
+    assert threads.busy_between(STAT_BEFORE, STAT_AFTER, cpus) == pytest.approx(expected)
+
+
+def test_busy_cores_measure_now_not_the_last_minute(monkeypatch):
+    """The rule that cost a core on a quiet machine: the 1-minute load average still counts a
+    process that has finished. Busy cores come from the CPUs' time during the sample alone,
+    so a high load average with idle CPUs reads as idle, and no /proc/stat falls back to it."""
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 0.5))
+    texts = iter([STAT_BEFORE, STAT_BEFORE])  # the same counters twice: no CPU was busy
+    monkeypatch.setattr(threads, "_STAT", type("Stat", (), {
+        "read_text": staticmethod(lambda encoding: next(texts))}))
+    monkeypatch.setattr(threads, "_affinity", lambda: {0, 1})
+    assert threads.busy_cores(0.0) == 0.0  # no CPU time passed: nothing busy, whatever the load
+    monkeypatch.setattr(threads, "_STAT", Path("/nonexistent/stat"))
+    assert threads.busy_cores(0.0) == pytest.approx(1.7)
+    with pytest.raises(ValueError):
+        threads.busy_between("intr 1\n", "intr 2\n", None)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_a_busy_neighbour_is_seen_while_it_runs():
+    loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+        time.sleep(0.3)  # let it start
+        assert threads.busy_cores(0.3) >= 0.7  # one core's worth, whatever else runs
+    finally:
+        loop.kill()
+        loop.wait()
+
+
 def test_usable_cores_is_the_affinity_mask_capped_by_a_cgroup_quota(monkeypatch, tmp_path):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 5}, raising=False)
     quota = tmp_path / "cpu.max"

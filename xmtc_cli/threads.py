@@ -15,8 +15,11 @@ Passive waiting stops the spinning, not the cost of sharing: every parallel regi
 its slowest thread, so a thread that shares its core with a busy process still stalls the
 region each time it is preempted. Under a load of a dozen processes on two cores, two passive
 threads were as slow as two spinning ones; one thread was twenty times faster. So the default
-count leaves out the cores other processes keep busy (the 1-minute load average, read once at
-start; the command itself has not run yet).
+count leaves out the cores other processes keep busy *now*: the busy share of this process's
+cores over a tenth of a second at start (/proc/stat), while the command itself sleeps. Not the
+load average: it decays over a minute, so a command run just after another (a preprocess, a
+benchmark's previous child) counted the finished one as a neighbour and dropped a core on a
+quiet machine (BENCHMARKS.md, "Speed on the CPU").
 
 The count: `--threads`, else the recipe's train.threads, else XMTC_THREADS, else
 OMP_NUM_THREADS, else the cores this process may run on (its affinity mask, and a cgroup CPU
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +48,7 @@ class ThreadChoice:
     # or "the run's own" (a resumed run's saved count)
     cores: int  # the cores this process may use (affinity, quota)
     local_processes: int  # torchrun's processes on this machine (1 without torchrun)
-    busy: float = 0.0  # cores other processes kept busy at the start (load average)
+    busy: float = 0.0  # cores other processes kept busy at the start (`busy_cores`)
 
     def describe(self) -> str:
         if self.source == "cores":
@@ -82,12 +86,60 @@ def _cgroup_quota(path: Path = Path("/sys/fs/cgroup/cpu.max")) -> float | None:
         return None
 
 
-def busy_cores() -> float:
-    """Cores other processes keep busy: the 1-minute load average (0 where there is none)."""
+SAMPLE_SECONDS = 0.1
+"""How long `busy_cores` watches the cores: 10 ticks of the kernel's 100 Hz accounting."""
+_STAT = Path("/proc/stat")
+
+
+def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
+    """Cores other processes keep busy now: the non-idle time of this process's cores (its
+    affinity mask) over `seconds`, in cores, read from /proc/stat while this process sleeps.
+    Where there is no /proc/stat (not Linux), the 1-minute load average; 0 without either."""
     try:
-        return max(0.0, os.getloadavg()[0])
+        before = _STAT.read_text(encoding="ascii")
+        time.sleep(seconds)
+        after = _STAT.read_text(encoding="ascii")
+        return busy_between(before, after, _affinity())
+    except (OSError, ValueError):
+        try:
+            return max(0.0, os.getloadavg()[0])
+        except (AttributeError, OSError):
+            return 0.0
+
+
+def busy_between(before: str, after: str, cpus: set[int] | None) -> float:
+    """Cores' worth of non-idle time between two /proc/stat snapshots, over the `cpus` (None:
+    all): for each, 1 - (idle + iowait) / total of its time between the snapshots, summed.
+    ValueError where a snapshot has no per-CPU lines."""
+    first, second = _cpu_times(before), _cpu_times(after)
+    if not first or not second:
+        raise ValueError("no per-CPU lines in /proc/stat")
+    busy = 0.0
+    for cpu, now in second.items():
+        if (cpus is not None and cpu not in cpus) or cpu not in first:
+            continue
+        delta = [b - a for a, b in zip(first[cpu], now)]
+        total = sum(delta[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+        if total > 0:
+            busy += 1.0 - (delta[3] + delta[4]) / total
+    return max(0.0, busy)
+
+
+def _cpu_times(stat: str) -> dict[int, list[int]]:
+    """cpuN -> its counters (USER_HZ ticks), from /proc/stat's text."""
+    out = {}
+    for line in stat.splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 8:
+            out[int(name[3:])] = [int(x) for x in fields[:8]]
+    return out
+
+
+def _affinity() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return 0.0
+        return None
 
 
 def choose_threads(option: int | None = None, recipe: int | None = None,
