@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -115,7 +116,6 @@ def test_busy_cores_measure_now_not_the_last_minute(monkeypatch):
 def test_a_busy_neighbour_is_seen_while_it_runs():
     loop = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
-        import time
         time.sleep(0.3)  # let it start
         assert threads.busy_cores(0.3) >= 0.7  # one core's worth, whatever else runs
     finally:

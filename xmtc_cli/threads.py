@@ -67,10 +67,8 @@ def passive_wait() -> None:
 
 def usable_cores() -> int:
     """The cores this process may run on: its affinity mask, capped by a cgroup v2 CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cores = os.cpu_count() or 1
+    mask = _affinity()
+    cores = len(mask) if mask is not None else os.cpu_count() or 1  # no mask: not Linux
     quota = _cgroup_quota()
     if quota is not None:
         cores = min(cores, max(1, math.floor(quota)))
@@ -136,6 +134,7 @@ def _cpu_times(stat: str) -> dict[int, list[int]]:
 
 
 def _affinity() -> set[int] | None:
+    """The CPUs this process may run on (its affinity mask); None where the OS has none."""
     try:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
