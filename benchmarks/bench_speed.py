@@ -53,9 +53,13 @@ STRIP = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XMTC_THREADS", "OMP_WAIT_POLICY"
 # --- the child ----------------------------------------------------------------------------------
 
 def child(spec: dict) -> dict:
+    import importlib
+
+    # First: the new tree sets its OpenMP wait policy before torch (and libgomp) loads, as
+    # `xmtc train` does; torch imported before it would leave libgomp's spinning waits.
+    xmtc_cli = importlib.import_module("xmtc_cli")
     import torch
 
-    import xmtc_cli  # first: the new tree sets its wait policy before torch loads
     from xmtc_cli.config import recipe_from_dict
     from xmtc_cli.model import ModelSizes
     from xmtc_cli.training import Trainer
@@ -245,6 +249,9 @@ def main() -> None:
     p.add_argument("--shortlist", type=int, default=1000)
     p.add_argument("--data", default="/work/data/tibkat")
     p.add_argument("--valid-docs", type=int, default=256)
+    p.add_argument("--recipe", type=Path, default=None,
+                   help="tibkat: this recipe's settings (e.g. recipes/tibkat.yaml) instead of "
+                        "recipes/reuters.yaml's sizes")
     p.add_argument("--threads", default="1")
     p.add_argument("--tmp", type=Path, default=Path("/tmp"))
     args = p.parse_args()
@@ -306,11 +313,27 @@ def _steps(args, old: Path, new: Path) -> None:
               flush=True)
 
 
+def _tibkat_recipe(args) -> dict:
+    """recipes/reuters.yaml's sizes (the issue's figure), or --recipe's sections less its
+    model.lexical* keys: the scorer changes validation, not a step, and today's tree has none."""
+    if args.recipe is None:
+        return {"data": {"dir": args.data, "max_src_tokens": 200},
+                "model": {"hidden_size": 128, "light_conv": True, "conv_last_stride": 3},
+                "loss": {"kind": "matching", "scheme": "first-n", "ot_weight": 8},
+                "train": {"batch_size": 32, "lr": 3e-3}}
+    import yaml
+
+    given = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
+    recipe = {k: dict(given.get(k) or {}) for k in ("data", "model", "loss", "train")}
+    recipe["data"]["dir"] = args.data
+    recipe["model"] = {k: v for k, v in recipe["model"].items() if not k.startswith("lexical")}
+    recipe["train"].pop("epochs", None)  # not a step's
+    return recipe
+
+
 def _tibkat_rows(args, old: Path, new: Path) -> None:
-    recipe = {"data": {"dir": args.data, "max_src_tokens": 200},
-              "model": {"hidden_size": 128, "light_conv": True, "conv_last_stride": 3},
-              "loss": {"kind": "matching", "scheme": "first-n", "ot_weight": 8},
-              "train": {"batch_size": 32, "lr": 3e-3}}
+    recipe = _tibkat_recipe(args)
+    print(f"# recipe: {json.dumps(recipe)}", flush=True)
     spec = {"kind": "tibkat", "recipe": recipe, "data": args.data, "threads": args.threads,
             "steps": args.steps, "warmup": args.warmup, "valid_docs": args.valid_docs}
     short = {**spec, "overrides": [f"train.shortlist={args.shortlist}"]}

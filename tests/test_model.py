@@ -287,6 +287,48 @@ def test_written_out_gru_backward_matches_autograd_through_torchs_gru():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("length,width,stride", [(20, 5, 1), (20, 5, 3), (21, 5, 3),
+                                                  (22, 5, 3), (9, 9, 1), (13, 4, 2)])
+def test_depthwise_conv_backward_matches_autograd_through_torchs_conv(length, width, stride):
+    """_DepthwiseConv1d against F.conv1d(groups=C) and autograd, in float64, for strides that
+    leave 0, 1 or 2 input positions past the last window (the transposed convolution's output
+    padding and the kernel gradient's cut)."""
+    from xmtc_cli.model import _DepthwiseConv1d
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 4, length, dtype=torch.float64, generator=g).requires_grad_()
+    kernel = torch.randn(4, 1, width, dtype=torch.float64, generator=g).requires_grad_()
+    expected = F.conv1d(x, kernel, stride=stride, groups=4)
+    got = _DepthwiseConv1d.apply(x, kernel, stride)
+    torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
+    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad((got * upstream).sum(), [x, kernel]),
+                    torch.autograd.grad((expected * upstream).sum(), [x, kernel])):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_light_conv_takes_the_written_out_backward_in_float32_on_the_cpu(monkeypatch):
+    """LightConv's float32 CPU path goes through _DepthwiseConv1d (and agrees with torch's)."""
+    from xmtc_cli import model as model_module
+
+    conv = tiny(light_conv=True).conv
+    h = torch.randn(2, 60, conv.weights[0].size(0), requires_grad=True)
+    lengths = torch.tensor([60, 55])
+    calls = []
+    real = model_module._DepthwiseConv1d.apply
+    monkeypatch.setattr(model_module._DepthwiseConv1d, "apply",
+                        lambda *a: calls.append(1) or real(*a))
+    got, _ = conv(h, lengths)
+    assert len(calls) == len(conv.weights)
+    grads = torch.autograd.grad(got.sum(), [h, *conv.weights])
+    monkeypatch.setattr(model_module, "depthwise_conv1d",
+                        lambda x, k, s: F.conv1d(x, k, stride=s, groups=x.size(1)))
+    ref, _ = conv(h, lengths)
+    torch.testing.assert_close(got, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.sum(), [h, *conv.weights])):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_training_encoder_matches_torchs_packed_gru():
     """The CPU training path (_padded_gru: unpacked, length-reversed, the written-out backward)
     gives the packed nn.GRU's states, last states and gradients on a ragged batch."""

@@ -284,6 +284,48 @@ class _GRULayer(torch.autograd.Function):
         return tuple(grads)
 
 
+def depthwise_conv1d(x: Tensor, kernel: Tensor, stride: int) -> Tensor:
+    """F.conv1d(x, kernel, stride=stride, groups=C) for x [B, C, T] and kernel [C, 1, k]:
+    `_DepthwiseConv1d` where it applies (float32 on the CPU), else torch's own."""
+    if (x.device.type == "cpu" and x.dtype == kernel.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")):
+        return _DepthwiseConv1d.apply(x, kernel, stride)
+    return F.conv1d(x, kernel, stride=stride, groups=x.size(1))
+
+
+class _DepthwiseConv1d(torch.autograd.Function):
+    """A depth-wise 1-D convolution whose backward is two more convolutions (docs/design.md
+    §12). torch's CPU backward of a grouped convolution took 15-30 ms at [32, 256, 200] where
+    the forward takes 2: the input's gradient is the transposed convolution of the output's
+    gradient, and the kernel's, sum_{b,t} g[b, c, t] x[b, c, t s + j], is one depth-wise
+    convolution of x over the B C rows with g as the kernels (dilated by the stride), summed
+    over the batch. The same sums up to the order of float rounding."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, kernel: Tensor, stride: int) -> Tensor:
+        ctx.save_for_backward(x, kernel)
+        ctx.stride = stride
+        return F.conv1d(x, kernel, stride=stride, groups=x.size(1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):  # grad: (B, C, T')
+        x, kernel = ctx.saved_tensors
+        stride, (batch, channels, length), width = ctx.stride, x.shape, kernel.size(-1)
+        grad = grad.contiguous()
+        d_x = d_kernel = None
+        if ctx.needs_input_grad[0]:
+            # (T' - 1) s + k + output_padding = T: the positions the last window leaves out.
+            d_x = F.conv_transpose1d(grad, kernel, stride=stride, groups=channels,
+                                     output_padding=(length - width) % stride)
+        if ctx.needs_input_grad[1]:
+            rows = batch * channels
+            spans = F.conv1d(x.reshape(1, rows, length), grad.view(rows, 1, grad.size(-1)),
+                             groups=rows, dilation=stride)  # (1, B C, k + (T - k) mod s)
+            d_kernel = spans[0, :, :width].view(batch, channels, width).sum(0).unsqueeze(1)
+        return d_x, d_kernel, None
+
+
 def conv_min_length(kernels: tuple[int, ...], strides: tuple[int, ...]) -> int:
     """The shortest input a stack of unpadded 1-D convolutions turns into one output position."""
     length = 1
@@ -319,7 +361,7 @@ class LightConv(nn.Module):
         # literal <pad> tokens through the encoder instead; docs/design.md §9).
         x = F.pad(x, (0, max(0, self.min_length - x.size(-1))))  # (B, C, max(T, min_length))
         for kernel, stride in zip(self.kernels(), self.strides):
-            x = F.relu(F.conv1d(x, kernel, stride=stride, groups=x.size(1)))  # (B, C, T_i)
+            x = F.relu(depthwise_conv1d(x, kernel, stride))  # (B, C, T_i)
         # Output j reads inputs j * jump .. j * jump + min_length - 1. It is valid when that
         # window lies inside the document, which makes a document's ĉ_t independent of what
         # it is batched with; position 0 always is, reading a short document plus zeros.
