@@ -266,21 +266,30 @@ def test_cross_entropy_overfits(light_conv):
     overfit("cross-entropy", light_conv=light_conv)
 
 
-def test_written_out_gru_backward_matches_autograd_through_torchs_gru():
-    """_GRULayer against torch.gru (autograd's gradients), in float64: outputs and the
-    gradients of the input, both weights and both biases."""
-    from xmtc_cli.model import _GRULayer
+@pytest.mark.parametrize("layers,lengths", [(1, [11, 11, 11]), (2, [11, 4, 7, 1, 11]),
+                                            (3, [2, 9, 9, 5])])
+def test_written_out_gru_backward_matches_autograd_through_torchs_gru(layers, lengths):
+    """_GRULayers (D independent layers in lockstep, each document over its own length)
+    against torch.gru one layer and one document at a time (autograd's gradients), in
+    float64: the states (zeros past each document), and the gradients of the inputs, both
+    weights and both biases of every layer; ties and a one-token document included."""
+    from xmtc_cli.model import _GRULayers
 
-    g = torch.Generator().manual_seed(0)
-    batch, steps, width, hidden = 3, 11, 5, 4
-    x = torch.randn(batch, steps, width, dtype=torch.float64, generator=g).requires_grad_()
-    weights = [(0.5 * torch.randn(*shape, dtype=torch.float64, generator=g)).requires_grad_()
-               for shape in ((3 * hidden, width), (3 * hidden, hidden), (3 * hidden,),
-                             (3 * hidden,))]
-    upstream = torch.randn(batch, steps, hidden, dtype=torch.float64, generator=g)
-    h0 = torch.zeros(1, batch, hidden, dtype=torch.float64)
-    expected = torch.gru(x, h0, weights, True, 1, 0.0, True, False, True)[0]
-    got = _GRULayer.apply(x, *weights)
+    g = torch.Generator().manual_seed(layers)
+    batch, steps, width, hidden = len(lengths), 11, 5, 4
+    x = torch.randn(layers, batch, steps, width, dtype=torch.float64, generator=g)
+    x.requires_grad_()
+    weights = [(0.5 * torch.randn(layers, *shape, dtype=torch.float64, generator=g))
+               .requires_grad_() for shape in ((3 * hidden, width), (3 * hidden, hidden),
+                                               (3 * hidden,), (3 * hidden,))]
+    upstream = torch.randn(layers, batch, steps, hidden, dtype=torch.float64, generator=g)
+    h0 = torch.zeros(1, 1, hidden, dtype=torch.float64)
+    expected = torch.zeros(layers, batch, steps, hidden, dtype=torch.float64)
+    for d in range(layers):
+        for b, n in enumerate(lengths):
+            expected[d, b, :n] = torch.gru(x[d, b:b + 1, :n], h0, [w[d] for w in weights],
+                                           True, 1, 0.0, True, False, True)[0][0]
+    got = _GRULayers.apply(x, torch.tensor(lengths), *weights)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
     for a, b in zip(torch.autograd.grad((got * upstream).sum(), [x, *weights]),
                     torch.autograd.grad((expected * upstream).sum(), [x, *weights])):

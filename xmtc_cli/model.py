@@ -157,10 +157,10 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
     last states [layers * 2, B, H]. On the CPU, torch runs a packed GRU one step at a time on
     slices of the projected input, and the backward of every slice writes a zero tensor of the
     whole input: quadratic in T (most of a training step at T = 200, worse at 1000). Here each
-    layer and direction runs as one unpacked GRU with the module's own weights; the backward
-    direction reads each document reversed within its length, so padding never reaches a real
-    position. Inter-layer dropout is drawn on the packed layout, as nn.GRU draws it, so that
-    training consumes the same random numbers and drops the same units.
+    layer runs its two directions as unpacked GRUs in lockstep with the module's own weights;
+    the backward direction reads each document reversed within its length, so padding never
+    reaches a real position. Inter-layer dropout is drawn on the packed layout, as nn.GRU
+    draws it, so that training consumes the same random numbers and drops the same units.
     """
     batch, width = x.shape[:2]
     hidden = rnn.hidden_size
@@ -170,21 +170,17 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
     # Reverses each document within its length; positions past it stay where they are.
     reverse = torch.where(valid.squeeze(2), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
     last_index = (lengths - 1).view(batch, 1, 1).expand(batch, 1, hidden)  # (B, 1, H)
-    h0 = x.new_zeros(1, batch, hidden)
     finals, packed_rows = [], None
     for layer in range(rnn.num_layers):
-        outputs = []
-        for suffix in ("", "_reverse"):
-            weights = [getattr(rnn, f"{name}_l{layer}{suffix}")
-                       for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-            index = reverse.unsqueeze(2).expand(-1, -1, x.size(2))  # (B, T, in)
-            source = x.gather(1, index) if suffix else x  # (B, T, in)
-            out = _gru_layer(source, h0, weights, rnn.training)  # (B, T, H)
-            finals.append(out.gather(1, last_index).squeeze(1))  # (B, H)
-            if suffix:
-                out = out.gather(1, reverse.unsqueeze(2).expand(-1, -1, hidden))  # (B, T, H)
-            outputs.append(out)
-        x = torch.cat(outputs, dim=2).masked_fill(~valid, 0.0)  # (B, T, C)
+        weights = [[getattr(rnn, f"{name}_l{layer}{suffix}")
+                    for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+                   for suffix in ("", "_reverse")]
+        index = reverse.unsqueeze(2).expand(-1, -1, x.size(2))  # (B, T, in)
+        forward, backward = _gru_layers([x, x.gather(1, index)], lengths, weights,
+                                        rnn.training)
+        finals += [out.gather(1, last_index).squeeze(1) for out in (forward, backward)]  # (B, H)
+        backward = backward.gather(1, reverse.unsqueeze(2).expand(-1, -1, hidden))  # (B, T, H)
+        x = torch.cat([forward, backward], dim=2).masked_fill(~valid, 0.0)  # (B, T, C)
         if rnn.training and rnn.dropout > 0 and layer < rnn.num_layers - 1:
             if packed_rows is None:  # row of x.flatten(0, 1) at each packed position
                 packed_rows = pack_padded_sequence(
@@ -197,90 +193,136 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
     return x, torch.stack(finals)  # (B, T, C), (layers * 2, B, H)
 
 
-def _gru_layer(x: Tensor, h0: Tensor, weights: list[Tensor], training: bool) -> Tensor:
-    """One layer and direction of a GRU over x [B, T, in] from h0 [1, B, H] -> its states
-    [B, T, H]: `_GRULayer` where it applies (float32 on the CPU, biases, a zero start), else
-    torch's own."""
-    if (len(weights) == 4 and x.device.type == "cpu" and x.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and not bool(h0.any())):
-        return _GRULayer.apply(x, *weights)
-    return torch.gru(x, h0, weights, True, 1, 0.0, training, False, True)[0]
+def _gru_layers(inputs: list[Tensor], lengths: Tensor, weights: list[list[Tensor]],
+                training: bool) -> list[Tensor]:
+    """Independent one-layer GRUs from a zero state, input i [B, T, in] (each document's first
+    `lengths` positions) with weights i (W_ih, W_hh, b_ih, b_hh) -> their states [B, T, H]
+    each, at the documents' positions; what is past a document's length is left to the
+    caller to mask. `_GRULayers`, all of them in lockstep, where it applies (float32 on the
+    CPU, biases), else torch's own one by one."""
+    x = inputs[0]
+    if (all(len(w) == 4 for w in weights) and x.device.type == "cpu"
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+        stacked = [torch.stack(parts) for parts in zip(*weights)]
+        return list(_GRULayers.apply(torch.stack(inputs), lengths, *stacked).unbind(0))
+    h0 = x.new_zeros(1, x.size(0), weights[0][1].size(1))
+    return [torch.gru(source, h0, w, len(w) == 4, 1, 0.0, training, False, True)[0]
+            for source, w in zip(inputs, weights)]
 
 
-class _GRULayer(torch.autograd.Function):
-    """torch.gru's math for one layer and direction from a zero state, with a backward written
-    out (docs/design.md §12).
+class _GRULayers(torch.autograd.Function):
+    """torch.gru's math for D independent layers (here a layer's two directions) run in
+    lockstep from a zero state over each document's own length, with a backward written out
+    (docs/design.md §12).
 
-    x [B, T, in], W_ih [3H, in], W_hh [3H, H], b_ih, b_hh [3H] -> states [B, T, H], gates in
-    torch's order (reset r, update z, new n): r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
+    x [D, B, T, in], lengths [B] (CPU, in 1..T), W_ih [D, 3H, in], W_hh [D, 3H, H], b_ih,
+    b_hh [D, 3H] -> states [D, B, T, H], zeros past each document. Gates in torch's order
+    (reset r, update z, new n): r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
     n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn)), h_t = n + z ⊙ (h_{t-1} - n).
 
-    Autograd through torch's CPU GRU records a dozen small operations per time step and
-    takes the weights' gradient one step at a time, T small matrix products. Here the forward
-    keeps the gates; the backward runs the recurrence with five element-wise products and one
-    product with W_hh per step, and takes the gradients of W_ih, W_hh, the biases and x once,
-    for all steps together. The same gradients up to the order of float rounding.
+    As a packed sequence does, the documents are sorted by length and step t computes only
+    the n_t documents still running, so no padding is computed (a quarter of TIBKAT-core's
+    batches at 200 tokens). Every tensor is kept packed, [D, Σ n_t, .], step t's rows one
+    contiguous block whose first rows continue the previous block's. A step is one batched
+    product with W_hh and four element-wise operations for all D layers together; autograd
+    through torch's GRU records a dozen per step and direction and takes the weights'
+    gradient one step at a time. The backward runs the recurrence with three operations a
+    step and takes the gradients of W_ih, W_hh, the biases and x once, for all steps. The same
+    sums as torch's up to the order of float rounding.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
+    def forward(ctx, x: Tensor, lengths: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
                 b_hh: Tensor) -> Tensor:
-        batch, steps = x.shape[:2]
-        hidden = w_hh.size(1)
-        gi = F.linear(x, w_ih, b_ih)  # (B, T, 3H), the input's share of every step at once
-        h = x.new_zeros(batch, hidden)  # (B, H)
-        states, gates, news, hidden_parts = [], [], [], []
-        w_hh_t = w_hh.t()
-        for t in range(steps):
-            gh = torch.addmm(b_hh, h, w_hh_t)  # (B, 3H)
-            rz = torch.sigmoid(gi[:, t, : 2 * hidden] + gh[:, : 2 * hidden])  # (B, 2H)
-            ghn = gh[:, 2 * hidden:]  # W_hn h + b_hn: (B, H)
-            n = torch.tanh(torch.addcmul(gi[:, t, 2 * hidden:], rz[:, :hidden], ghn))
-            h = torch.lerp(n, h, rz[:, hidden:])  # n + z (h - n): (B, H)
-            states.append(h)
-            gates.append(rz)
-            news.append(n)
-            hidden_parts.append(ghn)
-        out = torch.stack(states, dim=1)  # (B, T, H)
-        ctx.save_for_backward(x, w_ih, w_hh, out, torch.stack(gates, dim=1),
-                              torch.stack(news, dim=1), torch.stack(hidden_parts, dim=1))
-        return out
+        layers, batch, width, size = x.shape
+        hidden = w_hh.size(2)
+        order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
+        steps = torch.arange(width)
+        running = steps.unsqueeze(1) < lengths[order].unsqueeze(0)  # (T, B), row t: n_t first
+        counts = running.sum(1)
+        counts = counts[counts > 0].tolist()  # n_t, for t < the longest document
+        offsets = [0]
+        for n in counts:
+            offsets.append(offsets[-1] + n)
+        # Packed row -> the position b T + t of x's (B, T) layout, and -> the packed row of
+        # the same document at t - 1 in [h_0 = 0; states] (0 at t = 0).
+        rows = (order.unsqueeze(0) * width + steps.unsqueeze(1))[running]  # (N,)
+        block = torch.arange(batch).expand(width, batch)[running]  # (N,), rank in its step
+        starts = torch.tensor([0] + offsets[:-2]).repeat_interleave(torch.tensor(counts))
+        previous = torch.where(torch.arange(len(rows)) < counts[0], 0, starts + block + 1)
+        packed = x.reshape(layers, batch * width, size).index_select(1, rows)  # (D, N, in)
+        # The input's share of every step at once: (D, N, 3H).
+        gi = torch.baddbmm(b_ih.unsqueeze(1), packed, w_ih.transpose(1, 2))
+        gh = x.new_empty(layers, len(rows), 3 * hidden)  # W_h h_{t-1} + b_h
+        rz = x.new_empty(layers, len(rows), 2 * hidden)
+        new = x.new_empty(layers, len(rows), hidden)
+        states = x.new_empty(layers, len(rows), hidden)
+        w_hh_t, b_hh, two = w_hh.transpose(1, 2), b_hh.unsqueeze(1), 2 * hidden
+        h = x.new_zeros(layers, counts[0], hidden)
+        for start, n in zip(offsets, counts):
+            at, h = slice(start, start + n), h[:, :n]
+            g = torch.baddbmm(b_hh, h, w_hh_t, out=gh[:, at])  # (D, n, 3H)
+            gates = torch.add(gi[:, at, :two], g[..., :two], out=rz[:, at]).sigmoid_()
+            n_t = torch.addcmul(gi[:, at, two:], gates[..., :hidden], g[..., two:],
+                                out=new[:, at]).tanh_()
+            h = torch.lerp(n_t, h, gates[..., hidden:], out=states[:, at])  # n + z (h - n)
+        ctx.save_for_backward(packed, rows, previous, w_ih, w_hh, states, rz, new, gh)
+        ctx.blocks, ctx.shape = list(zip(offsets, counts)), (layers, batch, width, size)
+        out = x.new_zeros(layers, batch * width, hidden).index_copy_(1, rows, states)
+        return out.view(layers, batch, width, hidden)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):  # grad: (B, T, H)
-        x, w_ih, w_hh, out, rz, n, ghn = ctx.saved_tensors
-        batch, steps, hidden = out.shape
-        r, z = rz[..., :hidden], rz[..., hidden:]  # (B, T, H) each
-        previous = F.pad(out[:, :-1], (0, 0, 1, 0))  # h_{t-1}, zeros at t = 0: (B, T, H)
-        # The factors of each step's gradients that do not depend on it, for all steps at once.
-        to_new = (1 - z) * (1 - n * n)  # dL/d(n's pre-activation) = dh ⊙ this
-        to_update = (previous - n) * z * (1 - z)  # ... of z's
-        to_reset = ghn * r * (1 - r)  # ... of r's, from n's
-        d_hidden = out.new_empty(batch, steps, 3 * hidden)  # W_h h's: (B, T, 3H)
-        d_new = out.new_empty(batch, steps, hidden)  # n's pre-activation: (B, T, H)
-        grad = grad.contiguous()
-        carry = None  # dL/dh_t from step t + 1
-        for t in range(steps - 1, -1, -1):
-            dh = grad[:, t] if carry is None else grad[:, t] + carry  # (B, H)
-            torch.mul(dh, to_new[:, t], out=d_new[:, t])
-            torch.mul(d_new[:, t], to_reset[:, t], out=d_hidden[:, t, :hidden])
-            torch.mul(dh, to_update[:, t], out=d_hidden[:, t, hidden: 2 * hidden])
-            torch.mul(d_new[:, t], r[:, t], out=d_hidden[:, t, 2 * hidden:])
-            carry = torch.addmm(dh * z[:, t], d_hidden[:, t], w_hh)  # dL/dh_{t-1}: (B, H)
-        d_input = torch.cat([d_hidden[..., : 2 * hidden], d_new], dim=2)  # W_i x's: (B, T, 3H)
-        flat_in, flat_hidden = d_input.flatten(0, 1), d_hidden.flatten(0, 1)  # (B T, 3H)
-        grads = [None] * 5
+    def backward(ctx, grad: Tensor):  # grad: (D, B, T, H)
+        packed, rows, previous, w_ih, w_hh, states, rz, n, gh = ctx.saved_tensors
+        layers, batch, width, size = ctx.shape
+        hidden = w_hh.size(2)
+        grad = grad.reshape(layers, batch * width, hidden).index_select(1, rows)  # (D, N, H)
+        before = torch.cat([states.new_zeros(layers, 1, hidden), states], 1)
+        before = before.index_select(1, previous)  # h_{t-1} of every packed row
+        r, z = rz[..., :hidden], rz[..., hidden:]  # (D, N, H) each
+        # Each step's gradients are dh ⊙ these factors, which do not depend on it, for all
+        # steps at once: the pre-activations of r (through n), z, and n's hidden part.
+        to_new = (1 - n * n).mul_(1 - z)  # dL/d(n's pre-activation) = dh ⊙ this
+        factors = n.new_empty(*n.shape[:2], 3, hidden)
+        torch.mul(to_new, gh[..., 2 * hidden:], out=factors[..., 0, :]).mul_(r).mul_(1 - r)
+        torch.sub(before, n, out=factors[..., 1, :]).mul_(z).mul_(1 - z)
+        torch.mul(to_new, r, out=factors[..., 2, :])
+        d_state = torch.empty_like(n)  # dL/dh_t, all paths
+        d_hidden = n.new_empty(*n.shape[:2], 3 * hidden)  # of W_h h_{t-1} + b_h
+        blocks = ctx.blocks
+        last = slice(blocks[-1][0], None)
+        d_state[:, last] = grad[:, last]
+        for (start, count), (earlier, running) in zip(blocks[:0:-1], blocks[-2::-1]):
+            at, dh = slice(start, start + count), d_state[:, start:start + count]
+            torch.mul(dh.unsqueeze(2), factors[:, at],
+                      out=d_hidden[:, at].view(layers, count, 3, hidden))
+            # dL/dh_{t-1}: its own gradient + dh ⊙ z + d_hidden W_hh for the documents still
+            # running at t; its own gradient alone for those that ended at t - 1.
+            kept = slice(earlier, earlier + count)
+            torch.baddbmm(torch.addcmul(grad[:, kept], dh, z[:, at]), d_hidden[:, at], w_hh,
+                          out=d_state[:, kept])
+            ended = slice(earlier + count, earlier + running)
+            d_state[:, ended] = grad[:, ended]
+        start, count = blocks[0]
+        torch.mul(d_state[:, :count].unsqueeze(2), factors[:, :count],
+                  out=d_hidden[:, :count].view(layers, count, 3, hidden))
+        d_new = d_state.mul_(to_new)  # n's input share
+        d_gates = d_hidden[..., : 2 * hidden]  # r's and z's input shares equal their hidden
+        grads = [None] * 6
         if ctx.needs_input_grad[0]:
-            grads[0] = d_input @ w_ih  # (B, T, in)
-        if ctx.needs_input_grad[1]:
-            grads[1] = flat_in.t() @ x.flatten(0, 1)  # (3H, in)
+            d_x = torch.bmm(d_gates, w_ih[:, : 2 * hidden]).baddbmm_(d_new, w_ih[:, 2 * hidden:])
+            grads[0] = (d_x.new_zeros(layers, batch * width, size).index_copy_(1, rows, d_x)
+                        .view(layers, batch, width, size))
         if ctx.needs_input_grad[2]:
-            grads[2] = flat_hidden.t() @ previous.flatten(0, 1)  # (3H, H)
+            grads[2] = torch.cat([d_gates.transpose(1, 2) @ packed,
+                                  d_new.transpose(1, 2) @ packed], dim=1)  # (D, 3H, in)
         if ctx.needs_input_grad[3]:
-            grads[3] = flat_in.sum(0)  # (3H,)
+            grads[3] = d_hidden.transpose(1, 2) @ before  # (D, 3H, H)
         if ctx.needs_input_grad[4]:
-            grads[4] = flat_hidden.sum(0)  # (3H,)
+            grads[4] = torch.cat([d_gates.sum(1), d_new.sum(1)], dim=1)  # (D, 3H)
+        if ctx.needs_input_grad[5]:
+            grads[5] = d_hidden.sum(1)
         return tuple(grads)
 
 
