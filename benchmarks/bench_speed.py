@@ -9,7 +9,8 @@ WHAT is one of:
            sets nothing (OMP_NUM_THREADS, XMTC_THREADS and OMP_WAIT_POLICY removed from the
            children's environment). Today's tree: torch's default (one thread per core) with
            libgomp's spinning waits; the new tree: xmtc_cli.threads' choice (the usable cores
-           less the load average), with passive waits.
+           less the busy ones) with the waits that go with it (passive where others keep
+           cores busy, libgomp's spin-then-sleep where not).
            Also the new tree at 1 thread. --neighbour N starts N busy processes (a Python loop
            each) beside the children, the "busy neighbour" of the issue.
   steps    one training step at AmazonCat-13K's shape (bench_train.py's CPU sizes: H 128, B 8,
@@ -55,9 +56,18 @@ STRIP = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "XMTC_THREADS", "OMP_WAIT_POLICY"
 def child(spec: dict) -> dict:
     import importlib
 
-    # First: the new tree sets its OpenMP wait policy before torch (and libgomp) loads, as
-    # `xmtc train` does; torch imported before it would leave libgomp's spinning waits.
+    # As `xmtc train` does: the default count, and the OpenMP waits that go with it, chosen
+    # before torch (and libgomp, which reads the waits once) loads. Trees of the first speed
+    # round set passive waits when xmtc_cli is imported; today's tree sets nothing.
     xmtc_cli = importlib.import_module("xmtc_cli")
+    choice, threads = None, None
+    # Not `try: import`: an editable install of another tree answers for modules this tree
+    # lacks.
+    if spec["threads"] == "default" and (Path(xmtc_cli.__file__).parent / "threads.py").exists():
+        threads = importlib.import_module("xmtc_cli.threads")
+        choice = threads.choose_threads()
+        if hasattr(threads, "settle_waits"):
+            threads.settle_waits(choice)
     import torch
 
     from xmtc_cli.config import recipe_from_dict
@@ -65,18 +75,13 @@ def child(spec: dict) -> dict:
     from xmtc_cli.training import Trainer
 
     origin = str(Path(xmtc_cli.__file__).resolve().parent.parent)
-    if spec["threads"] == "default":
-        # Not `try: import`: an editable install of another tree answers for modules this
-        # tree lacks.
-        if (Path(xmtc_cli.__file__).parent / "threads.py").exists():  # what fit() does
-            from xmtc_cli.threads import apply_threads, choose_threads
-            apply_threads(choose_threads())
-        # today's tree sets nothing: torch's default
-    else:
+    if choice is not None:
+        threads.apply_threads(choice)
+    elif spec["threads"] != "default":  # today's tree's default: torch's own
         torch.set_num_threads(int(spec["threads"]))
     recipe = recipe_from_dict(spec["recipe"], spec.get("overrides", []))
     if spec["kind"] == "tibkat":
-        return {"origin": origin, **_tibkat(spec, recipe, torch)}
+        return {"origin": origin, "waits": _waits(), **_tibkat(spec, recipe, torch)}
     given = dict(spec["sizes"])
     if "decode_steps" in ModelSizes.__dataclass_fields__:  # N's name in the newer trees
         given["decode_steps"] = given.pop("max_steps")
@@ -92,8 +97,14 @@ def child(spec: dict) -> dict:
             times.append(time.perf_counter() - t)
         if time.perf_counter() - started > spec["cap"] and times:
             break  # a collapsed configuration: its first timed steps say enough
-    return {"origin": origin, "step": statistics.median(times), "timed": len(times),
-            "threads": torch.get_num_threads(), "fused": _fused(trainer), "peak_gib": _peak()}
+    return {"origin": origin, "waits": _waits(), "step": statistics.median(times),
+            "timed": len(times), "threads": torch.get_num_threads(), "fused": _fused(trainer),
+            "peak_gib": _peak()}
+
+
+def _waits() -> str:
+    """The child's OpenMP wait policy: what it set before torch loaded, else libgomp's."""
+    return os.environ.get("OMP_WAIT_POLICY", "spin")
 
 
 def _peak() -> float:

@@ -183,7 +183,7 @@ def test_train_honours_threads_in_a_fresh_process_and_records_them(tiny_data, tm
          "--device", "cpu", "--threads", "3", "train.max_steps=2"],
         env=_fresh_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "CPU threads: 3 (--threads; OMP_WAIT_POLICY=PASSIVE)" in done.stderr
+    assert f"CPU threads: 3 (--threads; {_waits_for(3)})" in done.stderr
     line = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["threads"] == 3
 
@@ -200,7 +200,8 @@ def test_every_model_command_sets_the_count_it_is_given(command, tiny_run, tiny_
                  "--device", "cpu"],
     }[command]
     count, policy, code = _probe([command, *args, "--threads", "3"], _fresh_env())
-    assert (count, policy, code) == (3, "PASSIVE", 0)
+    assert (count, code) == (3, 0)
+    assert policy == ("PASSIVE" if 3 > threads.usable_cores() else "None")
     # The environment's count when the option is not given.
     if command == "train":
         args[2] = str(tmp_path / "run2")
@@ -208,12 +209,64 @@ def test_every_model_command_sets_the_count_it_is_given(command, tiny_run, tiny_
     assert (count, code) == (2, 0)
 
 
-def test_a_wait_policy_the_user_chose_is_kept():
-    out = subprocess.run([sys.executable, "-c", "import xmtc_cli, os; "
-                          "print(os.environ['OMP_WAIT_POLICY'])"],
-                         env=_fresh_env(OMP_WAIT_POLICY="ACTIVE"), capture_output=True,
-                         text=True, timeout=60)
-    assert out.stdout.strip() == "ACTIVE"
+def _waits_for(count: int) -> str:
+    """The header's wait policy of `count` threads on this (quiet) machine."""
+    return "OMP_WAIT_POLICY=PASSIVE" if count > threads.usable_cores() else "spin, then sleep"
+
+
+@pytest.mark.parametrize(("count", "busy", "cores", "local", "expected"), [
+    (2, 0.0, 2, 1, None),  # the team has its cores: libgomp's spin, then sleep
+    (2, 0.4, 2, 1, None),
+    (1, 0.5, 2, 1, "PASSIVE"),  # others keep half a core busy
+    (1, 1.0, 2, 1, "PASSIVE"),
+    (3, 0.0, 2, 1, "PASSIVE"),  # more threads than cores
+    (2, 0.0, 4, 2, None), (3, 0.0, 4, 2, "PASSIVE"),  # torchrun's processes share the cores
+])
+def test_threads_spin_while_they_have_their_cores_and_sleep_once_others_need_them(
+        count, busy, cores, local, expected):
+    env: dict[str, str] = {}
+    choice = threads.ThreadChoice(count, "cores", cores, local, busy)
+    threads.settle_waits(choice, env, torch_loaded=False)
+    assert env.get("OMP_WAIT_POLICY") == expected
+
+
+@pytest.mark.parametrize("chosen", [{"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10"}])
+def test_a_wait_policy_the_user_chose_is_kept(chosen):
+    env = dict(chosen)
+    threads.settle_waits(threads.ThreadChoice(1, "cores", 2, 1, 1.5), env, torch_loaded=False)
+    assert env == chosen
+    env = {}  # and nothing once torch (libgomp) is loaded: it read its settings already
+    threads.settle_waits(threads.ThreadChoice(1, "cores", 2, 1, 1.5), env, torch_loaded=True)
+    assert env == {}
+
+
+WAITS_PROBE = """
+import sys
+from xmtc_cli import threads
+threads.busy_cores = lambda: 1.5  # a busy machine
+seen = []
+real = threads.settle_waits
+threads.settle_waits = lambda choice: seen.append("torch" in sys.modules) or real(choice)
+from xmtc_cli.cli import main
+try:
+    main(["train", sys.argv[1], "--out", sys.argv[2], "--device", "cpu", "train.max_steps=1"])
+except SystemExit as exit:
+    code = exit.code or 0
+import os
+print("PROBE", seen, os.environ.get("OMP_WAIT_POLICY"), code)
+"""
+
+
+def test_train_chooses_the_waits_before_torch_loads(tiny_data, tmp_path):
+    """In a fresh python on a busy machine: `xmtc train` settles the waits once, before torch
+    is imported (libgomp reads them once, when torch loads it), to PASSIVE."""
+    recipe = write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1)
+    done = subprocess.run([sys.executable, "-c", WAITS_PROBE, str(recipe), str(tmp_path / "r")],
+                          env=_fresh_env(), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("PROBE")]
+    assert line, done.stderr
+    assert line[-1] == "PROBE [False] PASSIVE 0"
 
 
 class _StopAfterFirstEpoch:
@@ -242,3 +295,105 @@ def test_a_resumed_run_keeps_its_thread_count_when_the_default_would_change(
     fit(recipe, tmp_path / "again", device="cpu", threads=1)  # given: it wins
     assert json.loads((tmp_path / "again" / "metrics.jsonl").read_text().splitlines()[-1])[
         "threads"] == 1
+
+
+def _snap(wall: float, stat: str, own: float) -> threads.Snapshot:
+    return threads.Snapshot(wall, stat, own)
+
+
+@pytest.mark.parametrize(("cpus", "own", "expected"), [
+    ({0, 1}, 0.6, 0.8),  # 1.4 cores busy over the second, 0.6 of them this process's
+    ({0, 1}, 2.0, 0.0),  # more than the cores' busy time (another core): nobody else
+    (None, 0.0, 1.4), ({0}, 0.1, 0.3)])
+def test_others_are_the_cores_busy_time_less_this_process_own(cpus, own, expected):
+    """Hand-computed on STAT_BEFORE/STAT_AFTER (one second apart): busy 1.4 on cpus 0-1."""
+    before, after = _snap(10.0, STAT_BEFORE, 5.0), _snap(11.0, STAT_AFTER, 5.0 + own)
+    assert threads.others_between(before, after, cpus) == pytest.approx(expected)
+    assert threads.others_between(after, after, cpus) == 0.0  # no time passed
+
+
+def _watch(monkeypatch, choice, others: list[float], seconds: float = 0.0):
+    """A LoadWatch whose looks find `others` busy cores in turn (and no /proc/stat reads)."""
+    marks = iter(range(100))
+    monkeypatch.setattr(threads, "snapshot", lambda: _snap(float(next(marks)), "", 0.0))
+    found = iter(others)
+    monkeypatch.setattr(threads, "others_between", lambda a, b, cpus: next(found))
+    return threads.LoadWatch(choice, seconds)
+
+
+def test_a_default_count_follows_a_neighbour_that_comes_and_goes(monkeypatch):
+    choice = threads.ThreadChoice(2, "cores", 2, 1, 0.0)
+    watch = _watch(monkeypatch, choice, [0.1, 0.7, 0.9, 1.0, 0.2])
+    assert watch.active
+    # quiet; a neighbour takes 0.7 of a core (2 of ours spin beside it); it stays; it leaves
+    assert [watch.poll() for _ in range(5)] == [None, 1, None, None, 2]
+    assert watch.count == 2 and watch.others == pytest.approx(0.2)
+
+
+def test_a_resumed_runs_own_count_follows_the_load_too(monkeypatch):
+    watch = _watch(monkeypatch, threads.ThreadChoice(1, "the run's own", 4, 1, 0.0), [0.0])
+    assert watch.poll() == 4
+
+
+@pytest.mark.parametrize("choice", [
+    threads.ThreadChoice(2, "--threads", 2, 1, 0.0),  # the user's count is theirs
+    threads.ThreadChoice(2, "train.threads", 2, 1, 0.0),
+    threads.ThreadChoice(2, "XMTC_THREADS", 2, 1, 0.0),
+    threads.ThreadChoice(2, "OMP_NUM_THREADS", 2, 1, 0.0),
+    threads.ThreadChoice(1, "cores", 4, 2, 0.0),  # torchrun: the other ranks look busy
+    threads.ThreadChoice(1, "cores", 1, 1, 0.0),  # one core: nothing to change
+])
+def test_a_count_the_user_gave_or_torchrun_shares_is_never_changed(monkeypatch, choice):
+    watch = _watch(monkeypatch, choice, [1.0, 0.0, 3.0])
+    assert not watch.active
+    assert [watch.poll() for _ in range(3)] == [None, None, None]
+
+
+def test_the_watch_looks_at_most_every_so_many_seconds(monkeypatch):
+    watch = _watch(monkeypatch, threads.ThreadChoice(2, "cores", 2, 1, 0.0), [1.0],
+                   seconds=3600.0)
+    monkeypatch.setattr(threads.time, "monotonic", lambda: 5.0)  # 5 s after its first look
+    assert watch.poll() is None
+    monkeypatch.setattr(threads.time, "monotonic", lambda: 3600.0)
+    assert watch.poll() == 1
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
+def test_this_process_own_work_is_not_a_neighbour():
+    """A real second of this process spinning reads as busy cores, and not as others'."""
+    before = threads.snapshot()
+    end = time.monotonic() + 0.5
+    while time.monotonic() < end:
+        pass
+    after = threads.snapshot()
+    assert threads.busy_between(before.stat, after.stat, threads._affinity()) >= 0.7
+    assert threads.others_between(before, after, threads._affinity()) < 0.5
+
+
+class _Notes(_StopAfterFirstEpoch):
+    def __init__(self):
+        self.notes = []
+
+    def on_epoch_end(self, report): ...
+
+    def on_notice(self, text):
+        self.notes.append(text)
+
+
+def test_training_applies_and_records_the_count_the_load_asks_for(
+        machine, tiny_data, tmp_path, single_thread):
+    import torch
+
+    from xmtc_cli.config import load_recipe
+    from xmtc_cli.training import fit
+
+    recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1))
+    machine.setattr(threads, "usable_cores", lambda: 2)
+    looks = iter([1])  # the first look finds a neighbour: one thread; then nothing changes
+    machine.setattr(threads.LoadWatch, "poll", lambda self: next(looks, None))
+    notes = _Notes()
+    fit(recipe, tmp_path / "run", device="cpu", callback=notes)
+    assert torch.get_num_threads() == 1
+    assert notes.notes == ["CPU threads: 2 -> 1 (other processes kept 0.0 of 2 cores busy)"]
+    line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["threads"] == 1

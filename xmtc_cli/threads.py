@@ -1,35 +1,36 @@
-"""How many CPU threads torch uses, and how its idle threads wait.
+"""How many CPU threads torch uses, how its idle threads wait, and how the count follows the
+machine's load while a training runs.
 
-torch on Linux runs its CPU kernels on an OpenMP (libgomp) thread team. By default libgomp's
-idle threads spin for a while before they sleep: at the end of every parallel region the threads
-that finished first busy-wait for the last. A training step is thousands of small regions (the
-GRU's time steps, the decoder's N steps), so on a machine where another process wants a core,
-the spinning threads take the core from the one thread that still works (or from the neighbour,
-which then preempts that thread in turn): on a busy 2-core machine a step with two threads ran
-17-20 times slower than with one (BENCHMARKS.md, "Speed on the CPU"). With
-OMP_WAIT_POLICY=PASSIVE the threads sleep as soon as they wait; libgomp reads it once, when
-torch loads it, so `passive_wait` must run before torch is imported (`xmtc_cli/__init__.py`
-calls it).
+torch on Linux runs its CPU kernels on an OpenMP (libgomp) thread team. A training step is
+thousands of small parallel regions (the GRU's time steps, the decoder's N steps), and at the
+end of each the threads that finished first wait for the last. libgomp's idle threads spin a
+while before they sleep, which wakes the team in microseconds for the next region: on a quiet
+2-core machine two spinning threads ran a TIBKAT-shape step 1.5 times faster than two
+sleeping (OMP_WAIT_POLICY=PASSIVE) ones, which were slower than one thread (BENCHMARKS.md,
+"Speed on the CPU"). On a machine where another process wants a core, the spinning threads
+take it from the one thread that still works: two threads ran a step 3-20 times slower than
+one. So the waits and the count both follow the load:
 
-Passive waiting stops the spinning, not the cost of sharing: every parallel region waits for
-its slowest thread, so a thread that shares its core with a busy process still stalls the
-region each time it is preempted. Under a load of a dozen processes on two cores, two passive
-threads were as slow as two spinning ones; one thread was twenty times faster. So the default
-count leaves out the cores other processes keep busy *now*: the busy share of this process's
-cores over a tenth of a second at start (/proc/stat), while the command itself sleeps. Not the
-load average: it decays over a minute, so a command run just after another (a preprocess, a
-benchmark's previous child) counted the finished one as a neighbour and dropped a core on a
-quiet machine (BENCHMARKS.md, "Speed on the CPU").
-
-The count: `--threads`, else the recipe's train.threads, else XMTC_THREADS, else
-OMP_NUM_THREADS, else the cores this process may run on (its affinity mask, and a cgroup CPU
-quota where one is set) less the busy ones, divided among torchrun's processes on this machine.
+- The count: `--threads`, else the recipe's train.threads, else XMTC_THREADS, else
+  OMP_NUM_THREADS, else the cores this process may run on (its affinity mask, and a cgroup CPU
+  quota where one is set) less the cores other processes keep busy *now* (their busy share
+  over a tenth of a second at start, /proc/stat, while the command sleeps), divided among
+  torchrun's processes on this machine. Not the load average: it decays over a minute, so a
+  command run just after another counted the finished one as a neighbour.
+- The waits (`settle_waits`, before torch loads: libgomp reads them once): libgomp's default
+  (spin, then sleep) where the team has its cores to itself, OMP_WAIT_POLICY=PASSIVE where
+  other processes keep half a core busy or the team has more threads than cores.
+- While a training runs (`LoadWatch`), a default count is checked every few seconds against
+  the cores other processes kept busy meanwhile (the cores' busy time less this process's own
+  CPU time), so that a neighbour which starts later gets its core within seconds, and the
+  team grows back when it ends.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,33 @@ class ThreadChoice:
             how = f"{self.cores} usable cores, {self.busy:.1f} busy{share}"
         else:
             how = self.source
-        return f"{self.count} ({how}; {WAIT_POLICY_ENV}={os.environ.get(WAIT_POLICY_ENV, '?')})"
+        return f"{self.count} ({how}; {wait_policy()})"
 
 
-def passive_wait() -> None:
-    """Let idle OpenMP threads sleep instead of spin, unless the user chose a policy. Has an
-    effect only before torch (and its libgomp) is loaded."""
-    os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+PASSIVE_BUSY = 0.5
+"""Cores' worth of other processes' work from which idle OpenMP threads sleep at once."""
+SPIN_ENV = "GOMP_SPINCOUNT"
+
+
+def settle_waits(choice: ThreadChoice, environ=None, torch_loaded: bool | None = None) -> None:
+    """How idle OpenMP threads wait, for `choice`: OMP_WAIT_POLICY=PASSIVE where other processes
+    keep at least `PASSIVE_BUSY` cores busy or the team has more threads than cores, else
+    libgomp's default (spin a while, then sleep). Nothing where the user chose
+    (OMP_WAIT_POLICY or GOMP_SPINCOUNT set) or torch, and with it libgomp, is loaded already:
+    libgomp reads them once, when it loads."""
+    environ = os.environ if environ is None else environ
+    if torch_loaded is None:
+        torch_loaded = "torch" in sys.modules
+    if torch_loaded or WAIT_POLICY_ENV in environ or SPIN_ENV in environ:
+        return
+    if choice.busy >= PASSIVE_BUSY or choice.count * choice.local_processes > choice.cores:
+        environ[WAIT_POLICY_ENV] = "PASSIVE"
+
+
+def wait_policy() -> str:
+    """The wait policy as the run header shows it."""
+    policy = os.environ.get(WAIT_POLICY_ENV)
+    return f"{WAIT_POLICY_ENV}={policy}" if policy else "spin, then sleep"
 
 
 def usable_cores() -> int:
@@ -156,8 +177,13 @@ def choose_threads(option: int | None = None, recipe: int | None = None,
                           (_positive(os.environ.get("OMP_NUM_THREADS")), "OMP_NUM_THREADS")):
         if value is not None:
             return ThreadChoice(int(value), source, cores, procs, busy)
+    return ThreadChoice(default_count(cores, busy, procs), "cores", cores, procs, busy)
+
+
+def default_count(cores: int, busy: float, processes: int = 1) -> int:
+    """The default: `cores` less the `busy` ones, shared among `processes`, at least one."""
     free = max(1, min(cores, round(cores - busy)))
-    return ThreadChoice(max(1, free // procs), "cores", cores, procs, busy)
+    return max(1, free // processes)
 
 
 def _env_count(name: str) -> int | None:
@@ -188,3 +214,80 @@ def apply_threads(choice: ThreadChoice) -> None:
         torch.set_num_interop_threads(choice.count)
     except RuntimeError:  # already set, or parallel work already ran: keep torch's
         pass
+
+
+WATCH_SECONDS = 10.0
+"""How often `LoadWatch` looks at the machine during a training."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What `LoadWatch` compares: a clock, /proc/stat's text and this process's CPU time."""
+
+    wall: float  # time.monotonic()
+    stat: str
+    own: float  # time.process_time(): every thread of this process
+
+
+def snapshot() -> Snapshot:
+    """Now; OSError where there is no /proc/stat."""
+    return Snapshot(time.monotonic(), _STAT.read_text(encoding="ascii"), time.process_time())
+
+
+def others_between(before: Snapshot, after: Snapshot, cpus: set[int] | None) -> float:
+    """Cores other processes kept busy between two snapshots: the non-idle time of the `cpus`
+    less this process's own CPU time, in cores' worth of the time between them."""
+    wall = after.wall - before.wall
+    if wall <= 0:
+        return 0.0
+    return max(0.0, busy_between(before.stat, after.stat, cpus)
+               - (after.own - before.own) / wall)
+
+
+class LoadWatch:
+    """Keeps a default thread count fitted to the load while a training runs: every `seconds`,
+    at a step boundary (`poll`), the cores other processes kept busy since the last look and
+    the count the default would choose for them. Off for a count the user gave (--threads,
+    train.threads, the environment: theirs to keep), under torchrun (the other processes on
+    this machine would read as neighbours) and where /proc/stat cannot be read. A new count
+    changes the rounding of some sums, as any count does, not the method."""
+
+    def __init__(self, choice: ThreadChoice, seconds: float = WATCH_SECONDS):
+        self.count, self.cores, self.seconds = choice.count, choice.cores, seconds
+        self.others = choice.busy
+        self._last: Snapshot | None = None
+        if (choice.source in ("cores", "the run's own") and choice.local_processes == 1
+                and choice.cores > 1):
+            try:
+                self._last = snapshot()
+            except (OSError, ValueError):
+                pass
+
+    @property
+    def active(self) -> bool:
+        return self._last is not None
+
+    def poll(self) -> int | None:
+        """The new count where the load since the last look asks for another one, else None;
+        looks at most every `seconds`. The caller applies it (`apply_count`)."""
+        if self._last is None or time.monotonic() - self._last.wall < self.seconds:
+            return None
+        try:
+            now = snapshot()
+            self.others = others_between(self._last, now, _affinity())
+        except (OSError, ValueError):
+            self._last = None  # /proc/stat went away: keep the count
+            return None
+        self._last = now
+        count = default_count(self.cores, self.others)
+        if count == self.count:
+            return None
+        self.count = count
+        return count
+
+
+def apply_count(count: int) -> None:
+    """Change the CPU kernels' thread count of a running process."""
+    import torch
+
+    torch.set_num_threads(count)

@@ -56,7 +56,7 @@ from xmtc_cli.run import (
     set_rng_state,
 )
 from xmtc_cli.shortlist import CandidateSource, UniformNegatives, to_candidates
-from xmtc_cli.threads import ThreadChoice, apply_threads, choose_threads
+from xmtc_cli.threads import LoadWatch, ThreadChoice, apply_count, apply_threads, choose_threads
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
@@ -289,18 +289,21 @@ class Trainer:
 def fit(recipe: Recipe, run_dir: str | Path, *, device: str = "auto", resume: bool = False,
         command: str = "", callback: Callback | None = None,
         launch: Launch | None = None, init: str | Path | None = None,
-        threads: int | None = None) -> FitResult:
+        threads: int | ThreadChoice | None = None) -> FitResult:
     """Train `recipe` into `run_dir`; `resume` continues the interrupted run there.
 
-    `threads`: CPU threads for torch (--threads); None: train.threads, else the environment's
-    or the usable cores' default (xmtc_cli.threads.choose_threads).
+    `threads`: CPU threads for torch (--threads), or the choice already made (the command
+    makes it before torch loads, xmtc_cli.threads.settle_waits); None: train.threads, else
+    the environment's or the usable cores' default (xmtc_cli.threads.choose_threads). A
+    default count follows the load while the run trains (xmtc_cli.threads.LoadWatch).
 
     Under torchrun every process calls `fit` with the same arguments; it joins the process group
     (and leaves it at the end), and rank 0 alone writes `run_dir` and reports to `callback`.
     `launch`: this process's place (None: read from the environment).
     """
     launch = launch or Launch.from_environ()
-    choice = choose_threads(threads, recipe.train.threads, launch.local_world_size)
+    choice = (threads if isinstance(threads, ThreadChoice)
+              else choose_threads(threads, recipe.train.threads, launch.local_world_size))
     apply_threads(choice)
     group, dev, joined = distributed.setup(device, launch)
     try:
@@ -416,6 +419,7 @@ class _Epochs:
     # model.lexical: the index over the training documents and the validation split's label
     # scores, built once on rank 0 when first needed (they depend on the data alone)
     lexical: tuple[LexicalIndex, Any] | None = None
+    watch: LoadWatch | None = None  # a default thread count's look at the load (CPU runs)
 
     @property
     def group(self) -> Group:
@@ -484,8 +488,9 @@ class _Epochs:
                 threads=threads.describe() if threads is not None else "",
             ))
             on_failure.pop_all()
+        watch = LoadWatch(threads) if threads is not None and device.type == "cpu" else None
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
-                   steps_per_epoch)
+                   steps_per_epoch, watch=watch)
 
     @property
     def out_of_patience(self) -> bool:
@@ -554,6 +559,7 @@ class _Epochs:
                 shown = loss_sum.item() / (i + 1)
                 _check_finite(shown, epoch, group=self.group, reference=self.reference_loss)
             self.callback.on_step(epoch, i + 1, len(batch), shown)
+            self._follow_load()
             if i + 1 == steps:
                 break
             every = train.checkpoint_every
@@ -567,6 +573,21 @@ class _Epochs:
             if self.out_of_steps:
                 break
         return loss_sum, parts_sum
+
+    def _follow_load(self) -> None:
+        """A default thread count follows the cores other processes keep busy (LoadWatch): a
+        neighbour that starts during the run gets its core within seconds, instead of this
+        run's waiting threads taking it from both. Saved states record the count."""
+        count = self.watch.poll() if self.watch is not None else None
+        if count is None:
+            return
+        before = torch.get_num_threads()
+        apply_count(count)
+        self.state.threads = count
+        notice = getattr(self.callback, "on_notice", None)
+        if notice is not None:
+            notice(f"CPU threads: {before} -> {count} (other processes kept "
+                   f"{self.watch.others:.1f} of {self.watch.cores} cores busy)")
 
     @property
     def has_validation(self) -> bool:

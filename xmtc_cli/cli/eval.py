@@ -56,14 +56,17 @@ def eval_command(
     threads: ThreadsOption = None,
 ) -> None:
     """Micro/macro/weighted/example F1, P@k and nDCG@k, from files or a checkpoint."""
-    from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
     for name, value in (("--propensity-a", propensity_a), ("--propensity-b", propensity_b)):
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number",
                              f"give {name} a number such as 0.55")
-    from xmtc_cli.threads import apply_threads, choose_threads
+    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
 
-    apply_threads(choose_threads(threads))
+    choice = choose_threads(threads)
+    settle_waits(choice)  # before torch loads
+    from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
+
+    apply_threads(choice)
 
     ranks = _ranks(k)
     rows: list | None = [] if per_label is not None else None

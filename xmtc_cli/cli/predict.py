@@ -94,12 +94,15 @@ def predict(
     """Predict a label set for every document of DOCS, in input order, with ranked
     suggestions, names and scores."""
     out = out_path(out)  # a str until checked: "" would become Path(".")
+    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
+
+    choice = choose_threads(threads)
+    settle_waits(choice)  # before torch loads
     from xmtc_cli.data.formats import plain_documents, read_documents
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
     from xmtc_cli.suggest import rank_needed, suggest
-    from xmtc_cli.threads import apply_threads, choose_threads
 
-    apply_threads(choose_threads(threads))
+    apply_threads(choice)
 
     if out is not None:
         inputs = {"DOCS": Path(docs), "CHECKPOINT": checkpoint}

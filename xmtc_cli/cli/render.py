@@ -124,6 +124,13 @@ class TrainingDisplay:
             _line(f"epoch {epoch}/{self.info.epochs} step {step:,}/{total:,}{loss_text}, "
                   f"{rate or 0:,.1f} docs/s, elapsed {_duration(now - self.started)}{eta}")
 
+    def on_notice(self, text: str) -> None:
+        """A line about the run that is not progress (a new thread count)."""
+        if self.progress is not None:
+            self.progress.console.print(text)
+        else:
+            _line(text)
+
     def on_validate(self, done: int, total: int) -> None:
         now = self.clock()
         if self.progress is None and self.info is not None and (

@@ -44,11 +44,13 @@ def serve(
     threads: ThreadsOption = None,
 ) -> None:
     """Serve ranked suggestions: POST /suggest {"text": ..., "top_k": K}; GET /health."""
-    from xmtc_cli.inference import Predictor
-    from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
-    from xmtc_cli.threads import apply_threads, choose_threads
+    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
 
     choice = choose_threads(threads)  # requests share the process's torch threads
+    settle_waits(choice)  # before torch loads
+    from xmtc_cli.inference import Predictor
+    from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
+
     apply_threads(choice)
 
     explicit = threshold_value(threshold)

@@ -80,6 +80,11 @@ def train(
     if nproc > 1 or max_restarts > 0:
         _launch(nproc, max_restarts, argv or ["train", str(recipe)], launch)
         return
+    # The thread count and OpenMP's waits before torch loads (libgomp reads the waits once).
+    from xmtc_cli.threads import choose_threads, settle_waits
+
+    choice = choose_threads(threads, resolved.train.threads, launch.local_world_size)
+    settle_waits(choice)
     # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir, run_name
@@ -93,7 +98,7 @@ def train(
     display = TrainingDisplay() if launch.is_main else None
     try:
         result = fit(resolved, run_dir, device=device.value, resume=resume, command=command,
-                     callback=display, launch=launch, init=init, threads=threads)
+                     callback=display, launch=launch, init=init, threads=choice)
     except distributed.ReplicatedError:
         raise typer.Exit(1) from None  # rank 0 reports it
     finally:
