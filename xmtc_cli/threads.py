@@ -60,23 +60,22 @@ class ThreadChoice:
         return f"{self.count} ({how}; {wait_policy()})"
 
 
-PASSIVE_BUSY = 0.5
-"""Cores' worth of other processes' work from which idle OpenMP threads sleep at once."""
 SPIN_ENV = "GOMP_SPINCOUNT"
 
 
 def settle_waits(choice: ThreadChoice, environ=None, torch_loaded: bool | None = None) -> None:
-    """How idle OpenMP threads wait, for `choice`: OMP_WAIT_POLICY=PASSIVE where other processes
-    keep at least `PASSIVE_BUSY` cores busy or the team has more threads than cores, else
-    libgomp's default (spin a while, then sleep). Nothing where the user chose
-    (OMP_WAIT_POLICY or GOMP_SPINCOUNT set) or torch, and with it libgomp, is loaded already:
-    libgomp reads them once, when it loads."""
+    """How idle OpenMP threads wait, for `choice`: OMP_WAIT_POLICY=PASSIVE where the team has
+    more threads than free cores (the usable ones less the busy ones; a count the user gave
+    can), else libgomp's default (spin a while, then sleep), which the default count, never
+    above the free cores, always gets. Nothing where the user chose (OMP_WAIT_POLICY or
+    GOMP_SPINCOUNT set) or torch, and with it libgomp, is loaded already: libgomp reads them
+    once, when it loads."""
     environ = os.environ if environ is None else environ
     if torch_loaded is None:
         torch_loaded = "torch" in sys.modules
     if torch_loaded or WAIT_POLICY_ENV in environ or SPIN_ENV in environ:
         return
-    if choice.busy >= PASSIVE_BUSY or choice.count * choice.local_processes > choice.cores:
+    if choice.count * choice.local_processes > free_cores(choice.cores, choice.busy):
         environ[WAIT_POLICY_ENV] = "PASSIVE"
 
 
@@ -110,15 +109,39 @@ SAMPLE_SECONDS = 0.1
 _STAT = Path("/proc/stat")
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What `LoadWatch` compares: a clock, /proc/stat's text and this process's CPU time."""
+
+    wall: float  # time.monotonic()
+    stat: str
+    own: float  # time.process_time(): every thread of this process
+
+
+def snapshot() -> Snapshot:
+    """Now; OSError where there is no /proc/stat."""
+    return Snapshot(time.monotonic(), _STAT.read_text(encoding="ascii"), time.process_time())
+
+
+def others_between(before: Snapshot, after: Snapshot, cpus: set[int] | None) -> float:
+    """Cores other processes kept busy between two snapshots: the non-idle time of the `cpus`
+    less this process's own CPU time, in cores' worth of the time between them."""
+    wall = after.wall - before.wall
+    if wall <= 0:
+        return 0.0
+    return max(0.0, busy_between(before.stat, after.stat, cpus)
+               - (after.own - before.own) / wall)
+
+
 def busy_cores(seconds: float = SAMPLE_SECONDS) -> float:
     """Cores other processes keep busy now: the non-idle time of this process's cores (its
-    affinity mask) over `seconds`, in cores, read from /proc/stat while this process sleeps.
-    Where there is no /proc/stat (not Linux), the 1-minute load average; 0 without either."""
+    affinity mask) over `seconds` while this process sleeps, less what this process itself
+    used meanwhile (`others_between`), from /proc/stat. Where there is none (not Linux), the
+    1-minute load average; 0 without either."""
     try:
-        before = _STAT.read_text(encoding="ascii")
+        before = snapshot()
         time.sleep(seconds)
-        after = _STAT.read_text(encoding="ascii")
-        return busy_between(before, after, _affinity())
+        return others_between(before, snapshot(), _affinity())
     except (OSError, ValueError):
         try:
             return max(0.0, os.getloadavg()[0])
@@ -180,10 +203,14 @@ def choose_threads(option: int | None = None, recipe: int | None = None,
     return ThreadChoice(default_count(cores, busy, procs), "cores", cores, procs, busy)
 
 
+def free_cores(cores: int, busy: float) -> int:
+    """`cores` less the `busy` ones, rounded, at least one."""
+    return max(1, min(cores, round(cores - busy)))
+
+
 def default_count(cores: int, busy: float, processes: int = 1) -> int:
-    """The default: `cores` less the `busy` ones, shared among `processes`, at least one."""
-    free = max(1, min(cores, round(cores - busy)))
-    return max(1, free // processes)
+    """The default: the free cores shared among `processes`, at least one each."""
+    return max(1, free_cores(cores, busy) // processes)
 
 
 def _env_count(name: str) -> int | None:
@@ -218,30 +245,6 @@ def apply_threads(choice: ThreadChoice) -> None:
 
 WATCH_SECONDS = 10.0
 """How often `LoadWatch` looks at the machine during a training."""
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What `LoadWatch` compares: a clock, /proc/stat's text and this process's CPU time."""
-
-    wall: float  # time.monotonic()
-    stat: str
-    own: float  # time.process_time(): every thread of this process
-
-
-def snapshot() -> Snapshot:
-    """Now; OSError where there is no /proc/stat."""
-    return Snapshot(time.monotonic(), _STAT.read_text(encoding="ascii"), time.process_time())
-
-
-def others_between(before: Snapshot, after: Snapshot, cpus: set[int] | None) -> float:
-    """Cores other processes kept busy between two snapshots: the non-idle time of the `cpus`
-    less this process's own CPU time, in cores' worth of the time between them."""
-    wall = after.wall - before.wall
-    if wall <= 0:
-        return 0.0
-    return max(0.0, busy_between(before.stat, after.stat, cpus)
-               - (after.own - before.own) / wall)
 
 
 class LoadWatch:
