@@ -18,8 +18,8 @@ one. So the waits and the count both follow the load:
   torchrun's processes on this machine. Not the load average: it decays over a minute, so a
   command run just after another counted the finished one as a neighbour.
 - The waits (`settle_waits`, before torch loads: libgomp reads them once): libgomp's default
-  (spin, then sleep) where the team has its cores to itself, OMP_WAIT_POLICY=PASSIVE where
-  other processes keep half a core busy or the team has more threads than cores.
+  (spin, then sleep) where the team has free cores enough, which the default count always
+  has, OMP_WAIT_POLICY=PASSIVE where it has more threads than free cores.
 - While a training runs (`LoadWatch`), a default count is checked every few seconds against
   the cores other processes kept busy meanwhile (the cores' busy time less this process's own
   CPU time), so that a neighbour which starts later gets its core within seconds, and the
