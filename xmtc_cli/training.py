@@ -93,6 +93,9 @@ class FitResult:
 
 
 class Callback(Protocol):
+    """What a run reports as it goes. A callback may also have `on_notice(text)`, for a line
+    that is not progress (a new thread count); `fit` calls it where it exists."""
+
     def on_start(self, info: RunInfo) -> None: ...
     def on_step(self, epoch: int, step: int, docs: int, loss: float | None) -> None: ...
     def on_validate(self, done: int, total: int) -> None: ...
