@@ -301,3 +301,42 @@ def test_the_fused_gate_with_a_fixed_weight_runs_end_to_end(recipe_file, tiny_da
                                   device="cpu")
     assert metrics["micro_f1"] == pytest.approx(line["valid"]["micro_f1"], abs=1e-12)
     assert line["valid"]["lexical_weight"] == 1.5 and "micro_f1_w=1.5" in line["valid"]
+
+
+def test_the_threshold_is_tuned_on_the_fused_sets_and_scores(lexical_run, tiny_data):
+    """A lexical checkpoint's threshold is tuned on what predict gives: the record's
+    set_micro_f1 is validation's fused micro-F1 (the decoder alone scores otherwise), its
+    valid_micro_f1 is what cutting predict's fused ranking at the threshold scores, and the
+    batches' slices of the prior do not matter."""
+    from xmtc_cli.lexical import gate_threshold
+    from xmtc_cli.threshold import MIN_THRESHOLD, micro_f1, tune
+
+    data = load_data(str(tiny_data.processed))
+    valid = data.splits["valid"]
+    predictor = Predictor.from_checkpoint(str(lexical_run / "model.safetensors"), "cpu")
+    assert predictor.lexical_weight > 0
+    recipe = predictor.recipe
+    fused = {"prior": lexical_prior(predictor.lexical, valid),
+             "weight": predictor.lexical_weight, "gate": gate_threshold(recipe.model)}
+    args = (predictor.model, valid, recipe.data.max_src_tokens)
+    rest = (torch.device("cpu"), False, predictor.steps, len(predictor.labels))
+    # tune keeps a record only where a threshold beats the set: compare its parts directly.
+    records = [tune(*args, size, *rest, **fused) for size in (3, len(valid))]
+    assert records[0] == records[1]
+    gold = [set(valid.labels(i).tolist()) for i in range(len(valid))]
+    docs = [valid.tokens(i) for i in range(len(valid))]
+    preds = predict_ids(predictor.model, docs, recipe.data.max_src_tokens, torch.device("cpu"),
+                        False, rank=len(predictor.labels), **fused)
+    best = next(line for line in reversed(metrics_lines(lexical_run)) if line["best"])
+    assert micro_f1([p.labels for p in preds], gold) == pytest.approx(best["valid"]["micro_f1"])
+    alone = predict_ids(predictor.model, docs, recipe.data.max_src_tokens, torch.device("cpu"),
+                        False)
+    assert micro_f1([p.labels for p in alone], gold) != pytest.approx(
+        best["valid"]["micro_f1"])  # the decoder alone: another score, so the above can fail
+    assert records[0] is not None  # this tiny run's fused sets are poor; a cut beats them
+    cut = records[0]["threshold"]
+    assert records[0]["set_micro_f1"] == pytest.approx(best["valid"]["micro_f1"])
+    kept = [[k for k, score in p.ranked if score >= max(cut, MIN_THRESHOLD)] for p in preds]
+    assert micro_f1(kept, gold) == pytest.approx(records[0]["valid_micro_f1"])
+    # and training stored it: `xmtc predict --threshold tuned` uses it
+    assert read_meta(lexical_run / "model.safetensors").extra["threshold"] == records[0]

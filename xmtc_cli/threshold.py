@@ -8,7 +8,9 @@ themselves, swept from high to low with running counts of predicted and correct 
 `rank_needed` best labels per document hold every candidate. When the best t scores higher than
 the generated set on the same documents, the checkpoint's `extra["threshold"]` records
 {"threshold", "valid_micro_f1", "set_micro_f1", "valid_docs"} (the documents it was tuned
-on); `xmtc predict --threshold tuned` uses it.
+on); `xmtc predict --threshold tuned` uses it. A model fused with a lexical scorer
+(model.lexical) is tuned on what it predicts: its fused sets, and its labels ranked by the
+fused distribution softmax(logits + bonus).
 The generated set stays the default answer (the paper's).
 """
 
@@ -18,11 +20,14 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from xmtc_cli.checkpoint import load_checkpoint, save_checkpoint
 from xmtc_cli.data.processed import Split
+from xmtc_cli.evaluation import lexical_prior
 from xmtc_cli.inference import predict_ids
+from xmtc_cli.lexical import gate_threshold
 from xmtc_cli.model import Seq2SetModel
 from xmtc_cli.suggest import rank_needed
 
@@ -61,17 +66,22 @@ def micro_f1(predicted: list[list[int]], gold: list[set[int]]) -> float:
 
 
 def tune(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int,
-         device: torch.device, amp: bool, steps: int, num_labels: int) -> dict | None:
+         device: torch.device, amp: bool, steps: int, num_labels: int,
+         prior: sp.csr_matrix | None = None, weight: float = 0.0,
+         gate: float | None = None) -> dict | None:
     """The tuned threshold record for `split` (gold as corpus label ids), or None where no
-    threshold beats the generated set."""
+    threshold beats the generated set. A model fused with a lexical scorer gets the split's
+    lexical scores `prior` [docs, L], its `weight` and `gate` (`predict_ids`): its sets and
+    its ranked scores, softmax(logits + bonus), are those `xmtc predict` gives."""
     rank = min(rank_needed(0, MIN_THRESHOLD, steps), num_labels)
     sets: list[list[int]] = []
     ranked: list[list[tuple[int, float]]] = []
     for start in range(0, len(split), batch_size):
         idx = range(start, min(start + batch_size, len(split)))
         rows = None if split.features is None else split.features[start:idx.stop]
+        scores = None if prior is None else prior[start:idx.stop]
         for pred in predict_ids(model, [split.tokens(i) for i in idx], max_src_tokens, device,
-                                amp, rows, rank=rank):
+                                amp, rows, rank=rank, prior=scores, weight=weight, gate=gate):
             sets.append(pred.labels)
             ranked.append(pred.ranked)
     gold = [set(split.labels(i).tolist()) for i in range(len(split))]
@@ -94,13 +104,14 @@ def tune_checkpoint(path: str | Path, split: Split, batch_size: int, device: tor
     from xmtc_cli.inference import Predictor
 
     predictor = Predictor.from_checkpoint(str(path), str(device))
-    if predictor.lexical_weight:
-        # The scores ranked here are the decoder's alone; a model fused with a lexical scorer
-        # (model.lexical) chooses its labels with the lexical scores too, and keeps its sets.
-        return None
     recipe = predictor.recipe
+    fused = {}
+    if predictor.lexical_weight:  # model.lexical: tuned on the fused choices and scores
+        fused = {"prior": lexical_prior(predictor.lexical, split),
+                 "weight": predictor.lexical_weight, "gate": gate_threshold(recipe.model)}
     record = tune(predictor.model, split, recipe.data.max_src_tokens, batch_size,
-                  predictor.device, recipe.train.amp, predictor.steps, len(predictor.labels))
+                  predictor.device, recipe.train.amp, predictor.steps, len(predictor.labels),
+                  **fused)
     state, meta = load_checkpoint(path)
     extra = {k: v for k, v in meta.extra.items() if k != "threshold"}
     if record is not None:
