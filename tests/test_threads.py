@@ -419,3 +419,31 @@ def test_training_applies_and_records_the_count_the_load_asks_for(
     assert notes.notes == ["CPU threads: 2 -> 1 (other processes kept 0.0 of 2 cores busy)"]
     line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert line["threads"] == 1
+
+
+@pytest.mark.parametrize("command", ["predict", "eval"])
+def test_predict_and_eval_follow_the_load_between_batches(
+        command, machine, tiny_run, tiny_data, single_thread):
+    """A default count on the CPU is looked at between batches: the count the watch asks for
+    is applied and told on stderr, and the output is the same as without."""
+    import torch
+    from conftest import run_cli
+
+    machine.setattr(threads, "usable_cores", lambda: 2)
+    args = {
+        "predict": ["predict", str(tiny_run.run / "model.safetensors"),
+                    str(tiny_data.raw / "test_texts.txt"), "--device", "cpu",
+                    "--batch-size", "2"],
+        "eval": ["eval", str(tiny_run.run / "model.safetensors"), "--data",
+                 str(tiny_data.processed), "--device", "cpu", "--batch-size", "2"],
+    }[command]
+    looks = []
+    machine.setattr(threads.LoadWatch, "poll", lambda self: looks.append(self.active) or (
+        1 if len(looks) == 1 else None))
+    done = run_cli(*args)
+    assert done.code == 0, done.err
+    assert len(looks) > 1 and looks[0]  # every batch, the watch of a default count
+    assert torch.get_num_threads() == 1
+    assert "CPU threads: 2 -> 1 (other processes kept 0.0 of 2 cores busy)" in done.err
+    machine.setattr(threads.LoadWatch, "poll", lambda self: None)
+    assert run_cli(*args).out == done.out

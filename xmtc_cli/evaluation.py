@@ -167,8 +167,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
                         device: str = "auto", batch_size: int = 64,
                         propensity_a: float | None = None,
                         propensity_b: float | None = None, ranks: tuple[int, ...] = RANKS,
-                        per_label: list | None = None) -> dict[str, float]:
-    """Metrics of a checkpoint on a split of processed data, compared by label name.
+                        per_label: list | None = None,
+                        progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
+    """Metrics of a checkpoint on a split of processed data, compared by label name;
+    `progress(done, total)` after every batch decoded.
 
     Besides `macro_f1` (over labels in gold or predictions) the result holds
     `macro_f1_all_labels`, averaged over the model's whole label vocabulary as the paper's code
@@ -200,7 +202,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data_dir: str | Path, split: str
         [predictor.labels[k] for k in labels]
         for labels in predict_split(predictor.model, as_checkpoint, recipe.data.max_src_tokens,
                                     batch_size, predictor.device, recipe.train.amp,
-                                    prior=prior, weight=predictor.lexical_weight,
+                                    progress, prior=prior, weight=predictor.lexical_weight,
                                     gate=gate_threshold(recipe.model))
     ]
     inv = training_inverse_propensities(data, propensity_a, propensity_b, keys="names")

@@ -294,3 +294,19 @@ def apply_count(count: int) -> None:
     import torch
 
     torch.set_num_threads(count)
+
+
+def follow_load(watch: LoadWatch | None, notice=None) -> int | None:
+    """Between two batches of a long command: the count `watch` asks for, applied, and told to
+    `notice(text)` (None: nobody); None where it asks for none."""
+    count = watch.poll() if watch is not None else None
+    if count is None:
+        return None
+    import torch
+
+    before = torch.get_num_threads()
+    apply_count(count)
+    if notice is not None:
+        notice(f"CPU threads: {before} -> {count} (other processes kept {watch.others:.1f} "
+               f"of {watch.cores} cores busy)")
+    return count

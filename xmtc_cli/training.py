@@ -56,7 +56,7 @@ from xmtc_cli.run import (
     set_rng_state,
 )
 from xmtc_cli.shortlist import CandidateSource, UniformNegatives, to_candidates
-from xmtc_cli.threads import LoadWatch, ThreadChoice, apply_count, apply_threads, choose_threads
+from xmtc_cli.threads import LoadWatch, ThreadChoice, apply_threads, choose_threads, follow_load
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
 DEFAULT_MAX_SRC_TOKENS = 500
@@ -581,16 +581,9 @@ class _Epochs:
         """A default thread count follows the cores other processes keep busy (LoadWatch): a
         neighbour that starts during the run gets its core within seconds, instead of this
         run's waiting threads taking it from both. Saved states record the count."""
-        count = self.watch.poll() if self.watch is not None else None
-        if count is None:
-            return
-        before = torch.get_num_threads()
-        apply_count(count)
-        self.state.threads = count
-        notice = getattr(self.callback, "on_notice", None)
-        if notice is not None:
-            notice(f"CPU threads: {before} -> {count} (other processes kept "
-                   f"{self.watch.others:.1f} of {self.watch.cores} cores busy)")
+        count = follow_load(self.watch, getattr(self.callback, "on_notice", None))
+        if count is not None:
+            self.state.threads = count
 
     @property
     def has_validation(self) -> bool:
@@ -611,9 +604,14 @@ class _Epochs:
         if not self.has_validation:
             return None
         data = self.validation_data
+
+        def progress(done: int, total: int) -> None:
+            self.callback.on_validate(done, total)
+            self._follow_load()  # validation can take minutes: the count follows there too
+
         return self.group.on_main(
             lambda: evaluate_split(self.trainer.model, data, "valid", self.recipe,
-                                   self.trainer.device, progress=self.callback.on_validate,
+                                   self.trainer.device, progress=progress,
                                    prior=self._lexical()[1]),
             share=True,
         )

@@ -16,9 +16,10 @@ from xmtc_cli.cli.options import (
     DeviceOption,
     EncodingOption,
     ThreadsOption,
+    cpu_watch,
     given,
 )
-from xmtc_cli.cli.render import metrics_table, stdout
+from xmtc_cli.cli.render import metrics_table, stderr, stdout
 from xmtc_cli.errors import UsageError
 
 
@@ -60,7 +61,7 @@ def eval_command(
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number",
                              f"give {name} a number such as 0.55")
-    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
+    from xmtc_cli.threads import apply_threads, choose_threads, follow_load, settle_waits
 
     choice = choose_threads(threads)
     settle_waits(choice)  # before torch loads
@@ -76,8 +77,10 @@ def eval_command(
                 "with CHECKPOINT give --data DIR (and no --predictions/--gold/--train-labels/"
                 "--encoding: processed data has no text encoding)"
             )
-        metrics = evaluate_checkpoint(checkpoint, data, split, device.value, batch_size,
-                                      propensity_a, propensity_b, ranks, rows)
+        watch = cpu_watch(choice, device.value)
+        metrics = evaluate_checkpoint(
+            checkpoint, data, split, device.value, batch_size, propensity_a, propensity_b,
+            ranks, rows, progress=lambda done, total: follow_load(watch, stderr.print))
         title = f"{checkpoint} on {data} ({split})"
     elif predictions is not None and gold is not None:
         ignored = given(ctx, "data", "split", "batch_size", "device")

@@ -109,3 +109,11 @@ def resolve_threshold(predictor: Any, explicit: float | None, threshold: str | N
                              "leave out --threshold, or give a number")
         return float(tuned["threshold"])
     return explicit
+
+
+def cpu_watch(choice: Any, device: str) -> Any:
+    """A `threads.LoadWatch` of `choice` for a long command on the CPU; None on a GPU."""
+    from xmtc_cli.device import resolve_device
+    from xmtc_cli.threads import LoadWatch
+
+    return LoadWatch(choice) if resolve_device(device).type == "cpu" else None

@@ -22,6 +22,7 @@ from xmtc_cli.cli.options import (
     DeviceOption,
     EncodingOption,
     ThreadsOption,
+    cpu_watch,
     out_path,
     resolve_threshold,
     threshold_value,
@@ -94,7 +95,7 @@ def predict(
     """Predict a label set for every document of DOCS, in input order, with ranked
     suggestions, names and scores."""
     out = out_path(out)  # a str until checked: "" would become Path(".")
-    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
+    from xmtc_cli.threads import apply_threads, choose_threads, follow_load, settle_waits
 
     choice = choose_threads(threads)
     settle_waits(choice)  # before torch loads
@@ -103,6 +104,7 @@ def predict(
     from xmtc_cli.suggest import rank_needed, suggest
 
     apply_threads(choice)
+    watch = cpu_watch(choice, device.value)
 
     if out is not None:
         inputs = {"DOCS": Path(docs), "CHECKPOINT": checkpoint}
@@ -140,6 +142,7 @@ def predict(
                 count += 1
                 if count % batch_size == 0:  # a batch done: let a pipe's reader see it now
                     sink.flush()
+                    follow_load(watch, stderr.print)
                     now = time.perf_counter()
                     if stderr.is_terminal:
                         stderr.print(f"\r{count:,} documents", end="")
