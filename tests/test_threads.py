@@ -156,13 +156,13 @@ def _fresh_env(**extra: str) -> dict[str, str]:
 
 
 PROBE = """
-import sys, torch
-from xmtc_cli.cli import main
+import sys
+from xmtc_cli.cli import main  # torch loads inside the command, after the waits are settled
 try:
     main(sys.argv[1:])
 except SystemExit as exit:
     code = exit.code or 0
-import os
+import os, torch
 print("PROBE", torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY"), code)
 """
 
