@@ -96,18 +96,20 @@ def tune(model: Seq2SetModel, split: Split, max_src_tokens: int, batch_size: int
             "valid_docs": len(split)}
 
 
-def tune_checkpoint(path: str | Path, split: Split, batch_size: int, device: torch.device) -> \
-        dict | None:
+def tune_checkpoint(path: str | Path, split: Split, batch_size: int, device: torch.device,
+                    prior: sp.csr_matrix | None = None) -> dict | None:
     """Tune the checkpoint at `path` on `split` (its own data's validation split) and save it
     again with the record in `extra["threshold"]` (or without one where none beats the set).
-    The weights are written back unchanged."""
+    The weights are written back unchanged. `prior`: the split's lexical scores where the
+    caller holds them already (training does; its index is the checkpoint's), else scored
+    here with the checkpoint's index."""
     from xmtc_cli.inference import Predictor
 
     predictor = Predictor.from_checkpoint(str(path), str(device))
     recipe = predictor.recipe
     fused = {}
     if predictor.lexical_weight:  # model.lexical: tuned on the fused choices and scores
-        fused = {"prior": lexical_prior(predictor.lexical, split),
+        fused = {"prior": lexical_prior(predictor.lexical, split) if prior is None else prior,
                  "weight": predictor.lexical_weight, "gate": gate_threshold(recipe.model)}
     record = tune(predictor.model, split, recipe.data.max_src_tokens, batch_size,
                   predictor.device, recipe.train.amp, predictor.steps, len(predictor.labels),

@@ -347,8 +347,10 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
                 break
             reports.append(epochs.run(epoch))
         # Tuned on the documents validation scored: train.valid_docs bounds this decoding too.
+        # model.lexical: validation's lexical scores of those documents, scored once already.
+        prior = epochs.lexical[1] if epochs.lexical is not None else None
         group.on_main(lambda: _tune_threshold(recipe, epochs.validation_data,
-                                              run_dir / BEST_FILE, device))
+                                              run_dir / BEST_FILE, device, prior))
         group.barrier()  # no rank returns before rank 0 has written the run's last files
         state = epochs.state
         return FitResult(run_dir=run_dir, best_checkpoint=run_dir / BEST_FILE,
@@ -357,14 +359,15 @@ def _fit(recipe: Recipe, run_dir: Path, device: torch.device, group: Group, resu
 
 
 def _tune_threshold(recipe: Recipe, data: ProcessedData, best: Path,
-                    device: torch.device) -> None:
+                    device: torch.device, prior: Any = None) -> None:
     """The best checkpoint gets the score threshold tuned on `data`'s validation split, the
-    documents validation scores (train.valid_docs of them, if set; `threshold.py`)."""
+    documents validation scores (train.valid_docs of them, if set; `threshold.py`), with
+    their lexical scores `prior` where validation computed them."""
     valid = data.splits.get("valid")
     if valid is not None and len(valid) and best.exists():
         from xmtc_cli.threshold import tune_checkpoint
 
-        tune_checkpoint(best, valid, recipe.train.eval_batch_size, device)
+        tune_checkpoint(best, valid, recipe.train.eval_batch_size, device, prior)
 
 
 def _check_agreement(recipe: Recipe, data: ProcessedData, group: Group) -> None:
