@@ -193,6 +193,14 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
     return x, torch.stack(finals)  # (B, T, C), (layers * 2, B, H)
 
 
+def _written_out_applies(*tensors: Tensor) -> bool:
+    """Whether the backwards written out here (`_GRULayers`, `_DepthwiseConv1d`) take over
+    from torch's: float32 tensors on the CPU, outside autocast (elsewhere torch's own kernels,
+    cuDNN's among them, are the ones to use)."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu"))
+
+
 def _gru_layers(inputs: list[Tensor], lengths: Tensor, weights: list[list[Tensor]],
                 training: bool) -> list[Tensor]:
     """Independent one-layer GRUs from a zero state, input i [B, T, in] (each document's first
@@ -201,8 +209,7 @@ def _gru_layers(inputs: list[Tensor], lengths: Tensor, weights: list[list[Tensor
     caller to mask. `_GRULayers`, all of them in lockstep, where it applies (float32 on the
     CPU, biases), else torch's own one by one."""
     x = inputs[0]
-    if (all(len(w) == 4 for w in weights) and x.device.type == "cpu"
-            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")):
+    if all(len(w) == 4 for w in weights) and _written_out_applies(x):
         stacked = [torch.stack(parts) for parts in zip(*weights)]
         return list(_GRULayers.apply(torch.stack(inputs), lengths, *stacked).unbind(0))
     h0 = x.new_zeros(1, x.size(0), weights[0][1].size(1))
@@ -329,8 +336,7 @@ class _GRULayers(torch.autograd.Function):
 def depthwise_conv1d(x: Tensor, kernel: Tensor, stride: int) -> Tensor:
     """F.conv1d(x, kernel, stride=stride, groups=C) for x [B, C, T] and kernel [C, 1, k]:
     `_DepthwiseConv1d` where it applies (float32 on the CPU), else torch's own."""
-    if (x.device.type == "cpu" and x.dtype == kernel.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")):
+    if _written_out_applies(x, kernel):
         return _DepthwiseConv1d.apply(x, kernel, stride)
     return F.conv1d(x, kernel, stride=stride, groups=x.size(1))
 

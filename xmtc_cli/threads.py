@@ -79,6 +79,16 @@ def settle_waits(choice: ThreadChoice, environ=None, torch_loaded: bool | None =
         environ[WAIT_POLICY_ENV] = "PASSIVE"
 
 
+def choose_before_torch(option: int | None = None, recipe: int | None = None,
+                        local_processes: int | None = None) -> ThreadChoice:
+    """What a command does before it imports torch: the count (`choose_threads`) and the
+    waits that go with it (`settle_waits`); the command applies the count once torch is in
+    (`apply_threads`)."""
+    choice = choose_threads(option, recipe, local_processes)
+    settle_waits(choice)
+    return choice
+
+
 def wait_policy() -> str:
     """The wait policy as the run header shows it."""
     policy = os.environ.get(WAIT_POLICY_ENV)

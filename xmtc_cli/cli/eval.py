@@ -61,10 +61,9 @@ def eval_command(
         if value is not None and not math.isfinite(value):
             raise UsageError(f"{name} {value} is not a finite number",
                              f"give {name} a number such as 0.55")
-    from xmtc_cli.threads import apply_threads, choose_threads, follow_load, settle_waits
+    from xmtc_cli.threads import apply_threads, choose_before_torch, follow_load
 
-    choice = choose_threads(threads)
-    settle_waits(choice)  # before torch loads
+    choice = choose_before_torch(threads)
     from xmtc_cli.evaluation import evaluate_checkpoint, evaluate_files  # torch: only now
 
     apply_threads(choice)

@@ -95,10 +95,9 @@ def predict(
     """Predict a label set for every document of DOCS, in input order, with ranked
     suggestions, names and scores."""
     out = out_path(out)  # a str until checked: "" would become Path(".")
-    from xmtc_cli.threads import apply_threads, choose_threads, follow_load, settle_waits
+    from xmtc_cli.threads import apply_threads, choose_before_torch, follow_load
 
-    choice = choose_threads(threads)
-    settle_waits(choice)  # before torch loads
+    choice = choose_before_torch(threads)
     from xmtc_cli.data.formats import plain_documents, read_documents
     from xmtc_cli.inference import Predictor, label_lines  # torch: only when the command runs
     from xmtc_cli.suggest import rank_needed, suggest

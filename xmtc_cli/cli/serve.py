@@ -44,10 +44,9 @@ def serve(
     threads: ThreadsOption = None,
 ) -> None:
     """Serve ranked suggestions: POST /suggest {"text": ..., "top_k": K}; GET /health."""
-    from xmtc_cli.threads import apply_threads, choose_threads, settle_waits
+    from xmtc_cli.threads import apply_threads, choose_before_torch
 
-    choice = choose_threads(threads)  # requests share the process's torch threads
-    settle_waits(choice)  # before torch loads
+    choice = choose_before_torch(threads)  # requests share the process's torch threads
     from xmtc_cli.inference import Predictor
     from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
 

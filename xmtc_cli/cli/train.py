@@ -81,10 +81,9 @@ def train(
         _launch(nproc, max_restarts, argv or ["train", str(recipe)], launch)
         return
     # The thread count and OpenMP's waits before torch loads (libgomp reads the waits once).
-    from xmtc_cli.threads import choose_threads, settle_waits
+    from xmtc_cli.threads import choose_before_torch
 
-    choice = choose_threads(threads, resolved.train.threads, launch.local_world_size)
-    settle_waits(choice)
+    choice = choose_before_torch(threads, resolved.train.threads, launch.local_world_size)
     # torch only now: --help, --dry-run and recipe errors answer without importing it.
     from xmtc_cli import distributed
     from xmtc_cli.run import default_run_dir, run_name
