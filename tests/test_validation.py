@@ -103,9 +103,9 @@ def test_the_threshold_is_tuned_on_the_documents_validation_scores(tiny_data, tm
     tuned_on = []
     real = threshold.tune_checkpoint
 
-    def spy(path, split, batch_size, device):
+    def spy(path, split, *args):
         tuned_on.append(split)
-        return real(path, split, batch_size, device)
+        return real(path, split, *args)
 
     monkeypatch.setattr(threshold, "tune_checkpoint", spy)
     recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=1),
