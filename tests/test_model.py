@@ -316,6 +316,52 @@ def test_depthwise_conv_backward_matches_autograd_through_torchs_conv(length, wi
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+def test_tanh_through_the_sigmoid_is_torchs_tanh_to_float32_rounding():
+    """model.tanh (2σ(2x) - 1 in float32 on the CPU) against torch.tanh in float64 over
+    [-30, 30], tiny and subnormal inputs and ±inf: within 3e-7 (a few ulps of 1), exactly ±1
+    at the ends, NaN kept; its gradient g (1 - y²) as tanh's. Elsewhere torch.tanh itself."""
+    from xmtc_cli.model import tanh
+
+    tiny_values = [0.0, 1e-30, -1e-30, 1e-8, -1e-8, 1e-40, -1e-40]
+    x = torch.cat([torch.linspace(-30, 30, 200_001), torch.tensor(tiny_values),
+                   torch.tensor([float("inf"), float("-inf")])]).requires_grad_()
+    y = tanh(x)
+    truth = torch.tanh(x.detach().double())
+    assert (y.detach().double() - truth).abs().max() <= 3e-7
+    assert y[-2].item() == 1.0 and y[-1].item() == -1.0
+    assert torch.isnan(tanh(torch.tensor([float("nan")]))).all()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    (grad,) = torch.autograd.grad((y * upstream).sum(), x)
+    torch.testing.assert_close(grad.double(), upstream.double() * (1 - truth * truth),
+                               atol=1e-6, rtol=0)
+    wide = torch.linspace(-5, 5, 101, dtype=torch.float64)
+    assert torch.equal(tanh(wide), torch.tanh(wide))
+
+
+def test_attention_through_the_fast_tanh_matches_torchs_tanh(monkeypatch):
+    """Attention's context and gradients with model.tanh equal those with torch.tanh to float32
+    rounding, on a masked memory."""
+    from xmtc_cli import model as model_module
+
+    g = torch.Generator().manual_seed(1)
+    attention = model_module.AdditiveAttention(6, 8, 5)
+    values = torch.randn(3, 7, 8, generator=g, requires_grad=True)
+    query = torch.randn(3, 6, generator=g, requires_grad=True)
+    valid = torch.arange(7) < torch.tensor([[7], [3], [1]])
+    params = [values, query, *attention.parameters()]
+
+    def run():
+        context = attention(query, attention.memory(values, valid))
+        return context, torch.autograd.grad((context * context).sum(), params)
+
+    got, got_grads = run()
+    monkeypatch.setattr(model_module, "tanh", torch.tanh)
+    ref, ref_grads = run()
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    for a, b in zip(got_grads, ref_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_light_conv_takes_the_written_out_backward_in_float32_on_the_cpu(monkeypatch):
     """LightConv's float32 CPU path goes through _DepthwiseConv1d (and agrees with torch's)."""
     from xmtc_cli import model as model_module
