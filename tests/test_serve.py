@@ -12,9 +12,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from xmtc_cli.inference import Predictor
 from xmtc_cli.server import SuggestServer, SuggestService
@@ -142,3 +144,89 @@ def test_the_command_serves_and_stops_on_sigterm(tiny_run):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+class _Watch:
+    """A LoadWatch stand-in: active, looks every `seconds`, asks for `counts` in turn, and
+    records whether each look ran under the service's lock."""
+
+    def __init__(self, counts: list[int], seconds: float):
+        self.counts, self.seconds = list(counts), seconds
+        self.active, self.others, self.cores = True, 0.7, 2
+        self.service: SuggestService | None = None
+        self.locked: list[bool] = []
+
+    def poll(self) -> int | None:
+        self.locked.append(self.service.lock.locked())
+        return self.counts.pop(0) if self.counts else None
+
+
+def _watched_server(tiny_run, watch: _Watch, notes: list[str]):
+    predictor = Predictor.from_checkpoint(str(tiny_run.best), "cpu")
+    counts = []  # torch's thread count inside each request's own thread
+    predict = predictor.predict_texts
+    predictor.predict_texts = lambda *a: counts.append(torch.get_num_threads()) or predict(*a)
+    service = SuggestService(predictor, top_k=10, watch=watch, notice=notes.append)
+    watch.service = service
+    srv = SuggestServer(service, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, service, counts
+
+
+def test_serve_applies_the_count_the_load_asks_for_to_the_requests_after_it(tiny_run):
+    """A count the watch asks for is applied under the lock that runs requests one at a time,
+    told, and taken by every later request (each runs in a thread of its own); the answers
+    stay the same."""
+    watch, notes = _Watch([2, 1], seconds=3600.0), []
+    srv, service, counts = _watched_server(tiny_run, watch, notes)
+    try:
+        answers = [post(srv, {"text": TEXTS[0]})]
+        assert service.follow_load() == 2
+        answers.append(post(srv, {"text": TEXTS[0]}))
+        assert service.follow_load() == 1
+        answers.append(post(srv, {"text": TEXTS[0]}))
+        assert service.follow_load() is None  # nothing more asked: the count stays
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert counts == [1, 2, 1] and watch.locked == [True, True, True]
+    assert notes == ["CPU threads: 1 -> 2 (other processes kept 0.7 of 2 cores busy)",
+                     "CPU threads: 2 -> 1 (other processes kept 0.7 of 2 cores busy)"]
+    statuses, bodies = zip(*answers)
+    assert statuses == (200, 200, 200)
+    assert [[x["label"] for x in b["labels"]] for b in bodies] == \
+        [[x["label"] for x in bodies[0]["labels"]]] * 3
+    for body in bodies[1:]:
+        assert [x["score"] for x in body["labels"]] == pytest.approx(
+            [x["score"] for x in bodies[0]["labels"]], abs=1e-6)
+
+
+def test_serve_looks_at_the_load_in_the_background_until_stopped(tiny_run):
+    watch, notes = _Watch([2], seconds=0.01), []
+    srv, service, _ = _watched_server(tiny_run, watch, notes)
+    try:
+        thread = service.watch_load()
+        deadline = time.monotonic() + 30
+        while len(watch.locked) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        service.stop()
+        thread.join(timeout=30)
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not thread.is_alive() and len(watch.locked) >= 3 and all(watch.locked)
+    assert notes == ["CPU threads: 1 -> 2 (other processes kept 0.7 of 2 cores busy)"]
+    seen = []  # what the next request's thread would run with
+    fresh = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    fresh.start()
+    fresh.join()
+    assert seen == [2]
+
+
+def test_serve_without_a_watch_starts_no_thread(tiny_run):
+    predictor = Predictor.from_checkpoint(str(tiny_run.best), "cpu")
+    assert SuggestService(predictor).watch_load() is None
+    inactive = _Watch([2], seconds=0.01)
+    inactive.active = False
+    assert SuggestService(predictor, watch=inactive).watch_load() is None
+    assert SuggestService(predictor).follow_load() is None

@@ -11,6 +11,10 @@ bounded: a body needs a Content-Length of at most `max_body` bytes (the body is 
 otherwise), every read of the socket times out after `timeout` seconds, top_k is at most the
 number of labels, and one document at a time is predicted (a lock: the model is shared, and a
 CPU runs one forward pass best at a time).
+
+A default thread count on the CPU follows the load as training's does (`threads.LoadWatch`):
+every 10 s a background thread looks at the cores other processes kept busy and, between two
+requests (under the same lock), applies the count the default would choose for them.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import json
 import logging
 import math
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -27,6 +32,7 @@ import numpy as np
 
 from xmtc_cli.inference import Predictor
 from xmtc_cli.suggest import rank_needed, suggest
+from xmtc_cli.threads import LoadWatch, follow_load
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +49,47 @@ class RequestError(Exception):
 
 
 class SuggestService:
-    """A loaded predictor and the defaults of the command that started it."""
+    """A loaded predictor and the defaults of the command that started it; `watch`, a
+    default thread count's `LoadWatch` (None: the count stays), whose changes are told to
+    `notice(text)`."""
 
     def __init__(self, predictor: Predictor, top_k: int = 10, min_score: float = 0.0,
-                 threshold: float | None = None):
+                 threshold: float | None = None, watch: LoadWatch | None = None,
+                 notice: Callable[[str], Any] | None = None):
         self.predictor = predictor
         self.top_k = top_k
         self.min_score = min_score
         self.threshold = threshold
         self.names = predictor.names
         self.lock = threading.Lock()
+        self.watch = watch
+        self.notice = notice
+        self._stopped = threading.Event()
+
+    def follow_load(self) -> int | None:
+        """The count the watch asks for now, applied between two requests; None if none."""
+        with self.lock:
+            return follow_load(self.watch, self.notice)
+
+    def watch_load(self) -> threading.Thread | None:
+        """Start a daemon thread that calls `follow_load` every `watch.seconds` until `stop`;
+        None (and no thread) where there is no active watch."""
+        if self.watch is None or not self.watch.active:
+            return None
+        thread = threading.Thread(target=self._follow, name="xmtc-load-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _follow(self) -> None:
+        while not self._stopped.wait(self.watch.seconds):
+            try:
+                self.follow_load()
+            except Exception:  # the watch is a courtesy: a failure must not end the server
+                log.exception("the load watch stopped")
+                return
 
     def health(self) -> dict[str, Any]:
         tuned = self.predictor.threshold

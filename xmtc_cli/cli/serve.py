@@ -15,6 +15,7 @@ from xmtc_cli.cli.options import (
     Device,
     DeviceOption,
     ThreadsOption,
+    cpu_watch,
     resolve_threshold,
     threshold_value,
 )
@@ -51,6 +52,7 @@ def serve(
     from xmtc_cli.server import LOOPBACK, SuggestServer, SuggestService
 
     apply_threads(choice)
+    watch = cpu_watch(choice, device.value)
 
     explicit = threshold_value(threshold)
     predictor = Predictor.from_checkpoint(str(checkpoint), device.value)
@@ -59,8 +61,8 @@ def serve(
         raise UsageError(f"--top-k {top_k} is more than the model's {len(predictor.labels)} "
                          "labels", f"give at most --top-k {len(predictor.labels)}")
     try:
-        server = SuggestServer(SuggestService(predictor, top_k, 0.0, cut), host, port,
-                               max_body, timeout)
+        service = SuggestService(predictor, top_k, 0.0, cut, watch, stderr.print)
+        server = SuggestServer(service, host, port, max_body, timeout)
     except OSError as exc:
         raise XmtcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
                         "choose another --port (0 picks a free one), or stop what uses it"
@@ -75,11 +77,13 @@ def serve(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, stop)
+    service.watch_load()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         stderr.print("stopped")
     finally:
+        service.stop()
         signal.signal(signal.SIGTERM, previous)
         server.server_close()
     # Stopped cleanly, and serving writes no file: end here rather than in the interpreter's
