@@ -196,6 +196,50 @@ def test_predict_fuses_with_the_stored_index_and_eval_reproduces_validation(lexi
     assert metrics["micro_f1"] == pytest.approx(best["valid"]["micro_f1"], abs=1e-12)
 
 
+@pytest.mark.parametrize("gate", [None, 0.1])
+def test_every_weight_decoded_from_one_encoding_is_each_weight_decoded_alone(
+        lexical_run, tiny_data, gate):
+    """predict_ids_by_weight encodes a batch once and decodes it once per weight: the same
+    sets, scores and rankings as decoding it alone with each weight (a document without tokens
+    included), and validation's metrics for every weight are those of its own decoding."""
+    from xmtc_cli.evaluation import evaluate_split
+    from xmtc_cli.inference import predict_ids_by_weight, predict_split
+    from xmtc_cli.metrics import score_label_sets
+
+    predictor = Predictor.from_checkpoint(str(lexical_run / "model.safetensors"), "cpu")
+    model, recipe = predictor.model, predictor.recipe
+    data = load_data(str(tiny_data.processed))
+    valid = data.splits["valid"]
+    docs = [valid.tokens(i) for i in range(len(valid))] + [np.zeros(0, dtype=np.int64)]
+    prior = predictor.lexical.scores_of_docs(docs)
+    weights = [0.0, 0.25, 1.0, 4.0]
+    encodes = []
+    real = model.encode
+    model.encode = lambda *a, **k: encodes.append(1) or real(*a, **k)
+    cpu, tokens = torch.device("cpu"), recipe.data.max_src_tokens
+    together = predict_ids_by_weight(model, docs, tokens, cpu, rank=3, prior=prior,
+                                     weights=weights, gate=gate)
+    assert len(encodes) == 1
+    alone = [predict_ids(model, docs, tokens, cpu, rank=3, prior=prior, weight=w, gate=gate)
+             for w in weights]
+    assert len(encodes) == 1 + len(weights)
+    assert together == alone
+    assert together[-1][-1] == together[0][-1] and not together[0][-1].labels
+    assert len({tuple(tuple(p.labels) for p in preds) for preds in together}) > 1  # fused
+
+    gold = [valid.labels(i).tolist() for i in range(len(valid))]
+    split_prior = lexical_prior(predictor.lexical, valid)
+    run_recipe = load_recipe(lexical_run / "recipe.yaml")
+    run_recipe = dataclasses.replace(run_recipe, model=dataclasses.replace(
+        run_recipe.model, lexical_weights=tuple(weights),
+        lexical_gate="fused" if gate else "decoder", lexical_threshold=gate or 0.0))
+    metrics = evaluate_split(model, data, "valid", run_recipe, cpu, prior=split_prior)
+    for w in weights:
+        own = predict_split(model, valid, tokens, run_recipe.train.eval_batch_size, cpu,
+                            prior=split_prior, weight=w, gate=gate)
+        assert metrics[f"micro_f1_w={w:g}"] == score_label_sets(own, gold)["micro_f1"]
+
+
 def test_the_switch_off_trains_and_predicts_as_the_paper_model(recipe_file, lexical_run,
                                                                tmp_path):
     """The scorer never touches training: a run with it and one weight of 0 ends with the

@@ -19,7 +19,7 @@ from xmtc_cli.data.processed import ProcessedData, Split
 from xmtc_cli.data.readers import read_label_file
 from xmtc_cli.data.vocab import UNK_ID
 from xmtc_cli.errors import DataError
-from xmtc_cli.inference import Predictor, predict_split
+from xmtc_cli.inference import Predictor, predict_split, predict_split_by_weight
 from xmtc_cli.lexical import LexicalIndex, choose_weight, gate_threshold, tfidf
 from xmtc_cli.metrics import (
     RANKS,
@@ -46,21 +46,19 @@ def evaluate_split(model: Seq2SetModel, data: ProcessedData, split: str, recipe:
     part = data.splits[split]
     gold = [part.labels(i).tolist() for i in range(len(part))]
     inv = training_inverse_propensities(data) if training_documents(data) >= 3 else None
-    weights = recipe.model.lexical_weights if prior is not None else (0.0,)
+    weights = [float(w) for w in recipe.model.lexical_weights] if prior is not None else [0.0]
+    # Every weight's label sets in one pass, each batch encoded once.
+    predicted = dict(zip(weights, predict_split_by_weight(
+        model, part, recipe.data.max_src_tokens, recipe.train.eval_batch_size, device,
+        amp=recipe.train.amp, progress=progress, prior=prior, weights=weights,
+        gate=gate_threshold(recipe.model))))
 
-    def score(weight: float, done: int) -> dict[str, float]:
-        shown = None if progress is None else (
-            lambda k, n: progress(done * n + k, len(weights) * n))
-        predicted = predict_split(model, part, recipe.data.max_src_tokens,
-                                  recipe.train.eval_batch_size, device, amp=recipe.train.amp,
-                                  progress=shown, prior=prior, weight=weight,
-                                  gate=gate_threshold(recipe.model))
-        return score_label_sets(predicted, gold, inv_propensity=inv)
+    def score(weight: float) -> dict[str, float]:
+        return score_label_sets(predicted[weight], gold, inv_propensity=inv)
 
     if prior is None:
-        return score(0.0, 0)
-    tried = iter(range(len(weights)))
-    weight, metrics, by_weight = choose_weight(weights, lambda w: score(w, next(tried)))
+        return score(0.0)
+    weight, metrics, by_weight = choose_weight(weights, score)
     return {**metrics, "lexical_weight": weight,
             **{f"micro_f1_w={w:g}": f1 for w, f1 in by_weight.items()}}
 

@@ -698,7 +698,8 @@ class Seq2SetModel(nn.Module):
     @torch.no_grad()
     def generate(self, src: Tensor, lengths: Tensor, features: Tensor | None = None,
                  bonus: Tensor | None = None, gate: bool = False,
-                 best: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+                 best: list[Tensor] | None = None,
+                 encoded: tuple[list[Memory], Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Greedy decoding (the caller sets eval mode): labels [B, S] output indices and scores
         [B, S], the probability each label had at the step that produced it. `features` [B, D]:
         the side features of a model that has them (`encode`). `bonus` [B, V]: a lexical
@@ -714,8 +715,11 @@ class Seq2SetModel(nn.Module):
         the set left out (`xmtc predict --top-k`); with a `bonus`, of the fused distribution
         softmax(o + bonus), so that the labels the lexical scorer vouches for rank as they
         would be chosen. Decoding itself is unchanged.
+
+        `encoded`: what `encode(src, lengths, features)` returned for these documents, to
+        decode them again (with another `bonus`) without reading them again.
         """
-        memories, state = self.encode(src, lengths, features)
+        memories, state = self.encode(src, lengths, features) if encoded is None else encoded
         num_steps = self.decode_steps + 1 if self.teacher_forcing else self.decode_steps
         ended = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)  # (B,)
         labels, scores = [], []
