@@ -266,29 +266,31 @@ def test_cross_entropy_overfits(light_conv):
     overfit("cross-entropy", light_conv=light_conv)
 
 
-@pytest.mark.parametrize("layers,lengths", [(1, [11, 11, 11]), (2, [11, 4, 7, 1, 11]),
-                                            (3, [2, 9, 9, 5])])
-def test_written_out_gru_backward_matches_autograd_through_torchs_gru(layers, lengths):
-    """_GRULayers (D independent layers in lockstep, each document over its own length)
-    against torch.gru one layer and one document at a time (autograd's gradients), in
-    float64: the states (zeros past each document), and the gradients of the inputs, both
-    weights and both biases of every layer; ties and a one-token document included."""
+@pytest.mark.parametrize("directions,lengths", [(1, [11, 11, 11]), (2, [11, 4, 7, 1, 11]),
+                                                (2, [2, 9, 9, 5]), (1, [3, 11, 1])])
+def test_written_out_gru_backward_matches_autograd_through_torchs_gru(directions, lengths):
+    """_GRULayers (a layer's directions in lockstep, each document over its own length, the
+    second direction reading it backwards) against torch.gru one direction and one document
+    at a time (autograd's gradients), in float64: the states (zeros past each document), and
+    the gradients of the input, both weights and both biases of every direction; ties and a
+    one-token document included."""
     from xmtc_cli.model import _GRULayers
 
-    g = torch.Generator().manual_seed(layers)
+    g = torch.Generator().manual_seed(directions + len(lengths))
     batch, steps, width, hidden = len(lengths), 11, 5, 4
-    x = torch.randn(layers, batch, steps, width, dtype=torch.float64, generator=g)
-    x.requires_grad_()
-    weights = [(0.5 * torch.randn(layers, *shape, dtype=torch.float64, generator=g))
+    x = torch.randn(batch, steps, width, dtype=torch.float64, generator=g).requires_grad_()
+    weights = [(0.5 * torch.randn(directions, *shape, dtype=torch.float64, generator=g))
                .requires_grad_() for shape in ((3 * hidden, width), (3 * hidden, hidden),
                                                (3 * hidden,), (3 * hidden,))]
-    upstream = torch.randn(layers, batch, steps, hidden, dtype=torch.float64, generator=g)
+    upstream = torch.randn(batch, steps, directions * hidden, dtype=torch.float64, generator=g)
     h0 = torch.zeros(1, 1, hidden, dtype=torch.float64)
-    expected = torch.zeros(layers, batch, steps, hidden, dtype=torch.float64)
-    for d in range(layers):
+    expected = torch.zeros(batch, steps, directions * hidden, dtype=torch.float64)
+    for d in range(directions):
         for b, n in enumerate(lengths):
-            expected[d, b, :n] = torch.gru(x[d, b:b + 1, :n], h0, [w[d] for w in weights],
-                                           True, 1, 0.0, True, False, True)[0][0]
+            source = x[b : b + 1, :n] if d == 0 else x[b : b + 1, :n].flip(1)
+            states = torch.gru(source, h0, [w[d] for w in weights], True, 1, 0.0, True, False,
+                               True)[0][0]
+            expected[b, :n, d * hidden:(d + 1) * hidden] = states if d == 0 else states.flip(0)
     got = _GRULayers.apply(x, torch.tensor(lengths), *weights)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
     for a, b in zip(torch.autograd.grad((got * upstream).sum(), [x, *weights]),

@@ -157,30 +157,23 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
     last states [layers * 2, B, H]. On the CPU, torch runs a packed GRU one step at a time on
     slices of the projected input, and the backward of every slice writes a zero tensor of the
     whole input: quadratic in T (most of a training step at T = 200, worse at 1000). Here each
-    layer runs its two directions as unpacked GRUs in lockstep with the module's own weights;
-    the backward direction reads each document reversed within its length, so padding never
+    layer runs its two directions in lockstep with the module's own weights (`_bidirectional`),
+    the backward direction reading each document reversed within its length, so padding never
     reaches a real position. Inter-layer dropout is drawn on the packed layout, as nn.GRU
     draws it, so that training consumes the same random numbers and drops the same units.
     """
     batch, width = x.shape[:2]
     hidden = rnn.hidden_size
-    lengths = lengths.to(x.device)
-    steps = torch.arange(width, device=x.device)  # (T,)
-    valid = (steps < lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
-    # Reverses each document within its length; positions past it stay where they are.
-    reverse = torch.where(valid.squeeze(2), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
-    last_index = (lengths - 1).view(batch, 1, 1).expand(batch, 1, hidden)  # (B, 1, H)
     finals, packed_rows = [], None
+    first = torch.arange(batch, device=x.device)
+    last = (lengths - 1).to(x.device)  # (B,): each document's last position
     for layer in range(rnn.num_layers):
         weights = [[getattr(rnn, f"{name}_l{layer}{suffix}")
                     for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
                    for suffix in ("", "_reverse")]
-        index = reverse.unsqueeze(2).expand(-1, -1, x.size(2))  # (B, T, in)
-        forward, backward = _gru_layers([x, x.gather(1, index)], lengths, weights,
-                                        rnn.training)
-        finals += [out.gather(1, last_index).squeeze(1) for out in (forward, backward)]  # (B, H)
-        backward = backward.gather(1, reverse.unsqueeze(2).expand(-1, -1, hidden))  # (B, T, H)
-        x = torch.cat([forward, backward], dim=2).masked_fill(~valid, 0.0)  # (B, T, C)
+        x = _bidirectional(x, lengths, weights, rnn.training)  # (B, T, 2H)
+        # The forward direction ends at the last position, the backward one at the first.
+        finals += [x[first, last, :hidden], x[:, 0, hidden:]]  # (B, H) each
         if rnn.training and rnn.dropout > 0 and layer < rnn.num_layers - 1:
             if packed_rows is None:  # row of x.flatten(0, 1) at each packed position
                 packed_rows = pack_padded_sequence(
@@ -201,90 +194,113 @@ def _written_out_applies(*tensors: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
-def _gru_layers(inputs: list[Tensor], lengths: Tensor, weights: list[list[Tensor]],
-                training: bool) -> list[Tensor]:
-    """Independent one-layer GRUs from a zero state, input i [B, T, in] (each document's first
-    `lengths` positions) with weights i (W_ih, W_hh, b_ih, b_hh) -> their states [B, T, H]
-    each, at the documents' positions; what is past a document's length is left to the
-    caller to mask. `_GRULayers`, all of them in lockstep, where it applies (float32 on the
-    CPU, biases), else torch's own one by one."""
-    x = inputs[0]
+def _bidirectional(x: Tensor, lengths: Tensor, weights: list[list[Tensor]],
+                   training: bool) -> Tensor:
+    """One bidirectional GRU layer from a zero state: x [B, T, in] (each document's first
+    `lengths` positions), weights (W_ih, W_hh, b_ih, b_hh) of the forward then the backward
+    direction -> [B, T, 2H], the forward direction's states then the backward one's (which
+    reads each document from its last position to its first), zeros past each document.
+    `_GRULayers` where it applies (float32 on the CPU, biases), else torch's own GRU on the
+    input and on its reversal."""
     if all(len(w) == 4 for w in weights) and _written_out_applies(x):
-        stacked = [torch.stack(parts) for parts in zip(*weights)]
-        return list(_GRULayers.apply(torch.stack(inputs), lengths, *stacked).unbind(0))
-    h0 = x.new_zeros(1, x.size(0), weights[0][1].size(1))
-    return [torch.gru(source, h0, w, len(w) == 4, 1, 0.0, training, False, True)[0]
-            for source, w in zip(inputs, weights)]
+        return _GRULayers.apply(x, lengths, *[torch.stack(parts) for parts in zip(*weights)])
+    batch, width = x.shape[:2]
+    lengths = lengths.to(x.device)
+    steps = torch.arange(width, device=x.device)  # (T,)
+    valid = (steps < lengths.unsqueeze(1)).unsqueeze(2)  # (B, T, 1)
+    # Reverses each document within its length; positions past it stay where they are.
+    reverse = torch.where(valid.squeeze(2), lengths.unsqueeze(1) - 1 - steps, steps)  # (B, T)
+    h0 = x.new_zeros(1, batch, weights[0][1].size(1))
+    forward, backward = [
+        torch.gru(source, h0, w, len(w) == 4, 1, 0.0, training, False, True)[0]
+        for source, w in zip([x, x.gather(1, reverse.unsqueeze(2).expand_as(x))], weights)]
+    backward = backward.gather(1, reverse.unsqueeze(2).expand_as(backward))  # (B, T, H)
+    return torch.cat([forward, backward], dim=2).masked_fill(~valid, 0.0)
 
 
 class _GRULayers(torch.autograd.Function):
-    """torch.gru's math for D independent layers (here a layer's two directions) run in
-    lockstep from a zero state over each document's own length, with a backward written out
-    (docs/design.md §12).
+    """A bidirectional GRU layer: torch.gru's math for its D = 2 directions run in lockstep
+    from a zero state over each document's own length, the second direction reading it
+    backwards, with a backward written out (docs/design.md §12).
 
-    x [D, B, T, in], lengths [B] (CPU, in 1..T), W_ih [D, 3H, in], W_hh [D, 3H, H], b_ih,
-    b_hh [D, 3H] -> states [D, B, T, H], zeros past each document. Gates in torch's order
-    (reset r, update z, new n): r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
+    x [B, T, in], lengths [B] (CPU, in 1..T), W_ih [D, 3H, in], W_hh [D, 3H, H], b_ih,
+    b_hh [D, 3H] -> states [B, T, D H] (direction d in columns d H .. (d + 1) H), zeros past
+    each document. Gates in torch's order (reset r, update z, new n):
+    r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
     n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn)), h_t = n + z ⊙ (h_{t-1} - n).
 
     As a packed sequence does, the documents are sorted by length and step t computes only
     the n_t documents still running, so no padding is computed (a quarter of TIBKAT-core's
     batches at 200 tokens). Every tensor is kept packed, [D, Σ n_t, .], step t's rows one
-    contiguous block whose first rows continue the previous block's. A step is one batched
-    product with W_hh and four element-wise operations for all D layers together; autograd
-    through torch's GRU records a dozen per step and direction and takes the weights'
-    gradient one step at a time. The backward runs the recurrence with three operations a
-    step and takes the gradients of W_ih, W_hh, the biases and x once, for all steps. The same
-    sums as torch's up to the order of float rounding.
+    contiguous block whose first rows continue the previous block's; a direction's packed
+    rows are read from x, and written to the output, through its own map to the positions
+    b T + t of the (B, T) layout (t counted from the end for the backward direction), so no
+    reversed copy of x or of the states is made. A step is one batched product with W_hh and
+    four element-wise operations for both directions; autograd through torch's GRU records a
+    dozen per step and direction and takes the weights' gradient one step at a time. The
+    backward runs the recurrence with three operations a step and takes the gradients of
+    W_ih, W_hh, the biases and x once, for all steps. The same sums as torch's up to the
+    order of float rounding.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lengths: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
                 b_hh: Tensor) -> Tensor:
-        layers, batch, width, size = x.shape
-        hidden = w_hh.size(2)
+        batch, width, size = x.shape
+        layers, hidden = w_hh.size(0), w_hh.size(2)
         order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
         steps = torch.arange(width)
-        running = steps.unsqueeze(1) < lengths[order].unsqueeze(0)  # (T, B), row t: n_t first
+        sorted_lengths = lengths[order]
+        running = steps.unsqueeze(1) < sorted_lengths.unsqueeze(0)  # (T, B), row t: n_t first
         counts = running.sum(1)
         counts = counts[counts > 0].tolist()  # n_t, for t < the longest document
         offsets = [0]
         for n in counts:
             offsets.append(offsets[-1] + n)
-        # Packed row -> the position b T + t of x's (B, T) layout, and -> the packed row of
-        # the same document at t - 1 in [h_0 = 0; states] (0 at t = 0).
-        rows = (order.unsqueeze(0) * width + steps.unsqueeze(1))[running]  # (N,)
+        # Packed row -> the position b T + t of x's (B, T) layout that each direction reads
+        # at its step t, and -> the packed row of the same document at t - 1 in
+        # [h_0 = 0; states] (0 at t = 0).
+        start = order.unsqueeze(0) * width  # (1, B)
+        rows = torch.stack([(start + steps.unsqueeze(1))[running],
+                            (start + sorted_lengths.unsqueeze(0) - 1 - steps.unsqueeze(1))
+                            [running]][:layers])  # (D, N)
+        total = rows.size(1)
         block = torch.arange(batch).expand(width, batch)[running]  # (N,), rank in its step
         starts = torch.tensor([0] + offsets[:-2]).repeat_interleave(torch.tensor(counts))
-        previous = torch.where(torch.arange(len(rows)) < counts[0], 0, starts + block + 1)
-        packed = x.reshape(layers, batch * width, size).index_select(1, rows)  # (D, N, in)
+        previous = torch.where(torch.arange(total) < counts[0], 0, starts + block + 1)
+        packed = x.reshape(batch * width, size).index_select(0, rows.flatten())
+        packed = packed.view(layers, total, size)  # (D, N, in)
         # The input's share of every step at once: (D, N, 3H).
         gi = torch.baddbmm(b_ih.unsqueeze(1), packed, w_ih.transpose(1, 2))
-        gh = x.new_empty(layers, len(rows), 3 * hidden)  # W_h h_{t-1} + b_h
-        rz = x.new_empty(layers, len(rows), 2 * hidden)
-        new = x.new_empty(layers, len(rows), hidden)
-        states = x.new_empty(layers, len(rows), hidden)
+        gh = x.new_empty(layers, total, 3 * hidden)  # W_h h_{t-1} + b_h
+        rz = x.new_empty(layers, total, 2 * hidden)
+        new = x.new_empty(layers, total, hidden)
+        states = x.new_empty(layers, total, hidden)
         w_hh_t, b_hh, two = w_hh.transpose(1, 2), b_hh.unsqueeze(1), 2 * hidden
         h = x.new_zeros(layers, counts[0], hidden)
-        for start, n in zip(offsets, counts):
-            at, h = slice(start, start + n), h[:, :n]
+        for begin, n in zip(offsets, counts):
+            at, h = slice(begin, begin + n), h[:, :n]
             g = torch.baddbmm(b_hh, h, w_hh_t, out=gh[:, at])  # (D, n, 3H)
             gates = torch.add(gi[:, at, :two], g[..., :two], out=rz[:, at]).sigmoid_()
             n_t = torch.addcmul(gi[:, at, two:], gates[..., :hidden], g[..., two:],
                                 out=new[:, at]).tanh_()
             h = torch.lerp(n_t, h, gates[..., hidden:], out=states[:, at])  # n + z (h - n)
         ctx.save_for_backward(packed, rows, previous, w_ih, w_hh, states, rz, new, gh)
-        ctx.blocks, ctx.shape = list(zip(offsets, counts)), (layers, batch, width, size)
-        out = x.new_zeros(layers, batch * width, hidden).index_copy_(1, rows, states)
-        return out.view(layers, batch, width, hidden)
+        ctx.blocks, ctx.shape = list(zip(offsets, counts)), (batch, width, size)
+        out = x.new_zeros(batch * width, layers * hidden)
+        for d in range(layers):
+            out[:, d * hidden:(d + 1) * hidden].index_copy_(0, rows[d], states[d])
+        return out.view(batch, width, layers * hidden)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):  # grad: (D, B, T, H)
+    def backward(ctx, grad: Tensor):  # grad: (B, T, D H)
         packed, rows, previous, w_ih, w_hh, states, rz, n, gh = ctx.saved_tensors
-        layers, batch, width, size = ctx.shape
-        hidden = w_hh.size(2)
-        grad = grad.reshape(layers, batch * width, hidden).index_select(1, rows)  # (D, N, H)
+        batch, width, size = ctx.shape
+        layers, hidden = w_hh.size(0), w_hh.size(2)
+        flat = grad.reshape(batch * width, layers * hidden)
+        grad = torch.stack([flat[:, d * hidden:(d + 1) * hidden].index_select(0, rows[d])
+                            for d in range(layers)])  # (D, N, H)
         before = torch.cat([states.new_zeros(layers, 1, hidden), states], 1)
         before = before.index_select(1, previous)  # h_{t-1} of every packed row
         r, z = rz[..., :hidden], rz[..., hidden:]  # (D, N, H) each
@@ -309,18 +325,20 @@ class _GRULayers(torch.autograd.Function):
             kept = slice(earlier, earlier + count)
             torch.baddbmm(torch.addcmul(grad[:, kept], dh, z[:, at]), d_hidden[:, at], w_hh,
                           out=d_state[:, kept])
-            ended = slice(earlier + count, earlier + running)
-            d_state[:, ended] = grad[:, ended]
+            if count < running:
+                ended = slice(earlier + count, earlier + running)
+                d_state[:, ended] = grad[:, ended]
         start, count = blocks[0]
         torch.mul(d_state[:, :count].unsqueeze(2), factors[:, :count],
                   out=d_hidden[:, :count].view(layers, count, 3, hidden))
         d_new = d_state.mul_(to_new)  # n's input share
         d_gates = d_hidden[..., : 2 * hidden]  # r's and z's input shares equal their hidden
         grads = [None] * 6
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0]:  # both directions read the same x: their shares add up
             d_x = torch.bmm(d_gates, w_ih[:, : 2 * hidden]).baddbmm_(d_new, w_ih[:, 2 * hidden:])
-            grads[0] = (d_x.new_zeros(layers, batch * width, size).index_copy_(1, rows, d_x)
-                        .view(layers, batch, width, size))
+            grads[0] = (d_x.new_zeros(batch * width, size)
+                        .index_add_(0, rows.flatten(), d_x.view(-1, size))
+                        .view(batch, width, size))
         if ctx.needs_input_grad[2]:
             grads[2] = torch.cat([d_gates.transpose(1, 2) @ packed,
                                   d_new.transpose(1, 2) @ packed], dim=1)  # (D, 3H, in)
