@@ -219,9 +219,9 @@ def _bidirectional(x: Tensor, lengths: Tensor, weights: list[list[Tensor]],
 
 
 class _GRULayers(torch.autograd.Function):
-    """A bidirectional GRU layer: torch.gru's math for its D = 2 directions run in lockstep
-    from a zero state over each document's own length, the second direction reading it
-    backwards, with a backward written out (docs/design.md §12).
+    """A GRU layer's D directions (2; 1 reads forwards only): torch.gru's math run in
+    lockstep from a zero state over each document's own length, the second direction reading
+    it backwards, with a backward written out (docs/design.md §12).
 
     x [B, T, in], lengths [B] (CPU, in 1..T), W_ih [D, 3H, in], W_hh [D, 3H, H], b_ih,
     b_hh [D, 3H] -> states [B, T, D H] (direction d in columns d H .. (d + 1) H), zeros past
