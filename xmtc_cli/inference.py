@@ -96,11 +96,12 @@ def predict_ids_by_weight(model: Seq2SetModel, docs: Sequence[np.ndarray | Seque
     src, rows = src.to(device), None if rows is None else rows.to(device)
     with autocast(device, amp):
         encoded = model.encode(src, lengths, rows)  # lengths stay on the host
+    lexical = None if prior is None else prior[filled]  # the decoded documents' rows
     for weight, got in zip(weights, out):
         bonus = None
-        if prior is not None and weight:
-            bonus = prior_bonus(prior[filled], weight, model.label_embedding.num_embeddings,
-                                device, gate)  # (B, V)
+        if lexical is not None and weight:
+            bonus = prior_bonus(lexical, weight, model.label_embedding.num_embeddings, device,
+                                gate)  # (B, V)
         best: list[torch.Tensor] | None = [] if rank > 0 else None
         with autocast(device, amp):
             labels, scores = model.generate(src, lengths, rows, bonus, gate is not None,

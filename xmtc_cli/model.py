@@ -187,9 +187,9 @@ def _padded_gru(rnn: nn.GRU, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor
 
 
 def _written_out_applies(*tensors: Tensor) -> bool:
-    """Whether the backwards written out here (`_GRULayers`, `_DepthwiseConv1d`) take over
-    from torch's: float32 tensors on the CPU, outside autocast (elsewhere torch's own kernels,
-    cuDNN's among them, are the ones to use)."""
+    """Whether the functions written out here (`_GRULayers`, `_DepthwiseConv1d`, `_Tanh`)
+    take over from torch's: float32 tensors on the CPU, outside autocast (elsewhere torch's
+    own kernels, cuDNN's among them, are the ones to use)."""
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
             and not torch.is_autocast_enabled("cpu"))
 

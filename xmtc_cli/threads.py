@@ -20,10 +20,11 @@ one. So the waits and the count both follow the load:
 - The waits (`settle_waits`, before torch loads: libgomp reads them once): libgomp's default
   (spin, then sleep) where the team has free cores enough, which the default count always
   has, OMP_WAIT_POLICY=PASSIVE where it has more threads than free cores.
-- While a training runs (`LoadWatch`), a default count is checked every few seconds against
-  the cores other processes kept busy meanwhile (the cores' busy time less this process's own
-  CPU time), so that a neighbour which starts later gets its core within seconds, and the
-  team grows back when it ends.
+- While a long command runs (`LoadWatch`: training and its validation, predict, eval,
+  serve), a default count is checked every few seconds against the cores other processes
+  kept busy meanwhile (the cores' busy time less this process's own CPU time), so that a
+  neighbour which starts later gets its core within seconds, and the team grows back when it
+  ends.
 """
 
 from __future__ import annotations
@@ -254,16 +255,17 @@ def apply_threads(choice: ThreadChoice) -> None:
 
 
 WATCH_SECONDS = 10.0
-"""How often `LoadWatch` looks at the machine during a training."""
+"""How often `LoadWatch` looks at the machine during a long command."""
 
 
 class LoadWatch:
-    """Keeps a default thread count fitted to the load while a training runs: every `seconds`,
-    at a step boundary (`poll`), the cores other processes kept busy since the last look and
-    the count the default would choose for them. Off for a count the user gave (--threads,
-    train.threads, the environment: theirs to keep), under torchrun (the other processes on
-    this machine would read as neighbours) and where /proc/stat cannot be read. A new count
-    changes the rounding of some sums, as any count does, not the method."""
+    """Keeps a default thread count fitted to the load while a long command runs: every
+    `seconds`, between two steps, batches or requests (`poll`), the cores other processes kept
+    busy since the last look and the count the default would choose for them. Off for a count
+    the user gave (--threads, train.threads, the environment: theirs to keep), under torchrun
+    (the other processes on this machine would read as neighbours) and where /proc/stat
+    cannot be read. A new count changes the rounding of some sums, as any count does, not the
+    method."""
 
     def __init__(self, choice: ThreadChoice, seconds: float = WATCH_SECONDS):
         self.count, self.cores, self.seconds = choice.count, choice.cores, seconds
