@@ -25,7 +25,9 @@ WHAT is one of:
            tibkat_core_en), and validation (greedy decoding) of --valid-docs documents at the
            recipe's eval batch size; the epoch figure is steps/epoch x step + validation scaled
            to the whole validation split; micro-F1 on those documents after the steps. Both
-           trees at the same thread count (--threads); then the new tree with train.shortlist.
+           trees at the same thread count (--threads); then the new tree with train.shortlist
+           (and train.shortlist_hard=--shortlist-hard, whose one-time ranking of the training
+           documents is printed apart: once a run, not an epoch).
 
 Every measurement runs in a fresh child (PYTHONPATH = the tree, working directory outside both),
 the trees alternating (old, new, old, new, ...) for --rounds rounds so that load from other jobs
@@ -154,9 +156,19 @@ def _tibkat(spec: dict, recipe, torch) -> dict:
     data = load_data(spec["data"])
     recipe = resolve_recipe(recipe, data)
     sizes = model_sizes(recipe, data)
+    extra, setup_s = {}, 0.0
+    if getattr(recipe.train, "shortlist_hard", 0):  # once a run: the lexical hard negatives
+        from xmtc_cli.lexical import LexicalIndex
+        from xmtc_cli.shortlist import hard_negatives
+
+        t = time.perf_counter()
+        index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
+                                        recipe.model)
+        extra["hard_negatives"] = hard_negatives(index, recipe.train.shortlist_hard)
+        setup_s = time.perf_counter() - t
     trainer = Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=1_000_000,
                             token_embeddings=data.token_embeddings,
-                            label_embeddings=data.label_embeddings)
+                            label_embeddings=data.label_embeddings, **extra)
     batcher = Batcher(data.splits["train"], recipe.data.max_src_tokens, recipe.data.max_labels,
                       data.num_labels)
     per_epoch = batcher.num_batches(recipe.train.batch_size)
@@ -178,7 +190,7 @@ def _tibkat(spec: dict, recipe, torch) -> dict:
     valid_s = (time.perf_counter() - t) * len(valid) / spec["valid_docs"]
     step = statistics.median(times)
     return {"step": step, "timed": len(times), "steps_per_epoch": per_epoch,
-            "valid_s": valid_s, "epoch_s": step * per_epoch + valid_s,
+            "valid_s": valid_s, "epoch_s": step * per_epoch + valid_s, "setup_s": setup_s,
             "micro_f1": metrics["micro_f1"], "p@1": metrics.get("p@1"),
             "threads": torch.get_num_threads(), "fused": _fused(trainer)}
 
@@ -258,6 +270,9 @@ def main() -> None:
     p.add_argument("--neighbour", type=int, default=0, help="busy processes to start (threads)")
     p.add_argument("--shapes", nargs="+", default=["AmazonCat-13K", "100K", "670K"])
     p.add_argument("--shortlist", type=int, default=1000)
+    p.add_argument("--shortlist-hard", type=int, default=0,
+                   help="tibkat: train.shortlist_hard in the shortlist row (its lexical "
+                        "options from --recipe)")
     p.add_argument("--data", default="/work/data/tibkat")
     p.add_argument("--valid-docs", type=int, default=256)
     p.add_argument("--recipe", type=Path, default=None,
@@ -342,19 +357,37 @@ def _tibkat_recipe(args) -> dict:
     return recipe
 
 
+def _scoring_overrides(args) -> list[str]:
+    """--recipe's options of the lexical scores (model.lexical_k, ..., not the scorer itself):
+    what train.shortlist_hard ranks with."""
+    if args.recipe is None:
+        return []
+    import yaml
+
+    model = yaml.safe_load(args.recipe.read_text(encoding="utf-8")).get("model") or {}
+    return [f"model.{k}={v}" for k, v in model.items()
+            if k.startswith("lexical_") and k not in ("lexical_weights", "lexical_gate",
+                                                       "lexical_threshold")]
+
+
 def _tibkat_rows(args, old: Path, new: Path) -> None:
     recipe = _tibkat_recipe(args)
     print(f"# recipe: {json.dumps(recipe)}", flush=True)
     spec = {"kind": "tibkat", "recipe": recipe, "data": args.data, "threads": args.threads,
             "steps": args.steps, "warmup": args.warmup, "valid_docs": args.valid_docs}
     short = {**spec, "overrides": [f"train.shortlist={args.shortlist}"]}
+    if args.shortlist_hard:
+        short["overrides"] += [f"train.shortlist_hard={args.shortlist_hard}",
+                               *_scoring_overrides(args)]
     res = interleave([("today", old, spec), ("new", new, spec), ("new+shortlist", new, short)],
                      args.rounds, args.tmp)
     print(f"\n{'TIBKAT core':<14} {'step s':>7} {'valid s':>8} {'epoch min':>9} "
-          f"{'micro-F1':>8} (after the timed steps, on the valid subset)")
+          f"{'micro-F1':>8} {'once s':>7} (micro-F1 after the timed steps, on the valid "
+          f"subset; once: the hard negatives, once a run)")
     for name, got in res.items():
         print(f"{name:<14} {median_of(got, 'step'):>7.2f} {median_of(got, 'valid_s'):>8.1f} "
-              f"{median_of(got, 'epoch_s') / 60:>9.1f} {100 * median_of(got, 'micro_f1'):>8.2f}")
+              f"{median_of(got, 'epoch_s') / 60:>9.1f} {100 * median_of(got, 'micro_f1'):>8.2f} "
+              f"{median_of(got, 'setup_s'):>7.1f}")
     t, n = (median_of(res[k], "epoch_s") for k in ("today", "new"))
     print(f"epoch today/new: {t / n:.2f}")
 

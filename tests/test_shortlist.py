@@ -1,11 +1,13 @@
 """The training step's shortlist softmax (train.shortlist, xmtc_cli.shortlist): the candidates
 are what they claim, logits over them are the full logits' columns, a shortlist holding every
-label trains as the full softmax does, and a run with one resumes bit for bit."""
+label trains as the full softmax does, a run with one resumes bit for bit, and the lexical
+scorer's hard negatives (train.shortlist_hard) are each document's best-scored wrong labels."""
 
 from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from conftest import write_recipe
@@ -13,9 +15,16 @@ from safetensors.torch import load_file
 
 from xmtc_cli.config import ConfigError, load_recipe, recipe_from_dict
 from xmtc_cli.data.batching import Batch
+from xmtc_cli.data.processed import load_processed
 from xmtc_cli.labelspace import GOLD_PAD, NUM_SPECIALS
+from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.model import ModelSizes
-from xmtc_cli.shortlist import UniformNegatives, to_candidates
+from xmtc_cli.shortlist import (
+    LexicalNegatives,
+    UniformNegatives,
+    hard_negatives,
+    to_candidates,
+)
 from xmtc_cli.training import Trainer, fit
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -38,6 +47,66 @@ def test_candidates_are_the_specials_the_gold_labels_and_k_distinct_negatives():
 
 def test_a_shortlist_longer_than_the_labels_is_every_output_in_order():
     assert torch.equal(UniformNegatives(k=1000, seed=0).candidates(GOLD, V, 0), torch.arange(V))
+
+
+def test_without_hard_negatives_the_lexical_source_draws_as_the_uniform_one():
+    none = torch.full((5, 3), -1, dtype=torch.long)
+    docs = np.array([0, 3, 4])
+    for k, step in [(6, 0), (6, 7), (1, 2), (1000, 1)]:
+        assert torch.equal(LexicalNegatives(none, k, seed=2).candidates(GOLD, V, step, docs),
+                           UniformNegatives(k, seed=2).candidates(GOLD, V, step))
+
+
+def test_hard_negatives_come_first_by_rank_then_uniform_draws_fill_k():
+    # Document rows (output indices, -1 past the last): 9 and 30 are gold in the batch.
+    ranked = torch.tensor([[20, 9, 21, 22],
+                           [23, 20, 24, -1],
+                           [30, 25, 26, 27]])
+    docs = np.array([0, 1, 2])
+    by_rank = [20, 23, 25, 21, 24, 26, 22, 27]  # first choices, then second ones, ...
+    positives = {5, 9, 12, 30}
+    for k in (1, 3, 8, 12):
+        cand = LexicalNegatives(ranked, k, seed=0).candidates(GOLD, V, 3, docs)
+        assert cand[:NUM_SPECIALS].tolist() == list(range(NUM_SPECIALS))
+        rest = cand[NUM_SPECIALS:].tolist()
+        assert rest == sorted(rest) and len(set(rest)) == len(rest) == len(positives) + k
+        assert positives <= set(rest)
+        negatives = set(rest) - positives
+        assert set(by_rank[:k]) <= negatives  # the best-ranked, as many as fit
+        if k <= len(by_rank):
+            assert negatives == set(by_rank[:k])
+    # Only the batch's documents' rows count.
+    cand = LexicalNegatives(ranked, 2, seed=0).candidates(GOLD, V, 3, np.array([1]))
+    assert set(cand[NUM_SPECIALS:].tolist()) - positives == {23, 20}
+    with pytest.raises(ValueError, match="document positions"):
+        LexicalNegatives(ranked, 2, seed=0).candidates(GOLD, V, 3)
+
+
+def test_hard_negatives_are_each_documents_best_scored_wrong_labels(tiny_data):
+    data = load_processed(tiny_data.processed)
+    train = data.splits["train"]
+    index = LexicalIndex.build(train, len(data.tokens), data.num_labels, k=3, power=2.0,
+                               centroid=0.5, centroid_terms=5)
+    per_doc = 4
+    table = hard_negatives(index, per_doc, chunk=3).numpy()  # chunks cut mid-split
+    scores = index.scores(index.docs).toarray()  # the oracle: dense rows, sorted by hand
+    assert table.shape == (len(train), per_doc)
+    found = 0
+    for doc in range(len(train)):
+        gold = set(train.labels(doc).tolist())
+        ranked = sorted((-scores[doc, label], label) for label in range(data.num_labels)
+                        if scores[doc, label] > 0 and label not in gold)
+        want = [label + NUM_SPECIALS for _, label in ranked[:per_doc]]
+        want += [-1] * (per_doc - len(want))
+        assert table[doc].tolist() == want, doc
+        found += len(ranked) > 0
+    assert found > len(train) // 2  # the oracle had labels to find
+
+
+def test_hard_negatives_need_a_shortlist():
+    for hard, match in [(3, "train.shortlist=K"), (-1, "shortlist_hard must be >= 0")]:
+        with pytest.raises(ConfigError, match=match):
+            recipe_from_dict({"data": {"dir": "x"}, "train": {"shortlist_hard": hard}})
 
 
 def test_gold_labels_map_to_their_positions_among_the_candidates():
@@ -137,9 +206,15 @@ class _StopAfterEpoch:
             raise KeyboardInterrupt
 
 
-def test_a_shortlist_run_learns_and_resumes_to_the_same_weights(tiny_data, tmp_path):
+@pytest.mark.parametrize("hard", [0, 2])
+def test_a_shortlist_run_learns_and_resumes_to_the_same_weights(tiny_data, tmp_path, hard,
+                                                                 monkeypatch):
     recipe = load_recipe(write_recipe(tmp_path / "tiny.yaml", tiny_data.processed, epochs=3),
-                         ["train.shortlist=4"])
+                         ["train.shortlist=4", f"train.shortlist_hard={hard}"])
+    asked = []  # the batches LexicalNegatives chose for: every step's, with hard negatives
+    choose = LexicalNegatives.candidates
+    monkeypatch.setattr(LexicalNegatives, "candidates",
+                        lambda self, *args: asked.append(args[3]) or choose(self, *args))
     whole = fit(recipe, tmp_path / "whole", device="cpu")
     losses = [e.train_loss for e in whole.epochs]
     assert losses[-1] < losses[0]
@@ -150,3 +225,4 @@ def test_a_shortlist_run_learns_and_resumes_to_the_same_weights(tiny_data, tmp_p
         tmp_path / "parts" / "last.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert dataclasses.asdict(recipe.train)["shortlist"] == 4
+    assert bool(asked) == (hard > 0) and all(docs is not None for docs in asked)

@@ -162,6 +162,11 @@ class TrainConfig:
     """Beyond the paper, an approximation (docs/design.md §12): each training step's softmax
     over the batch's gold labels plus this many negatives drawn uniformly (and the special
     symbols) instead of all labels; predicting still scores all. None: the full softmax."""
+    shortlist_hard: int = 0
+    """With train.shortlist: each document's this many hard negatives join the shortlist
+    first, the labels the lexical scorer (model.lexical_* options) ranks highest for it
+    without their being its gold labels; uniform draws fill the rest of the K. 0: uniform
+    draws only."""
     fused_adam: bool = True
     """Adam's fused kernel where torch has one (CPU, CUDA): the same update in one pass over
     each tensor, about 10x faster than the per-tensor loop on the CPU; weights agree with the
@@ -314,6 +319,11 @@ def _check(r: Recipe) -> list[str]:
                        ("train.log_every", r.train.log_every)):
         if value <= 0:
             p.append(f"{key} must be > 0, not {short(value)}")
+    if r.train.shortlist_hard < 0:
+        p.append(f"train.shortlist_hard must be >= 0, not {short(r.train.shortlist_hard)}")
+    elif r.train.shortlist_hard and r.train.shortlist is None:
+        p.append("train.shortlist_hard picks negatives for train.shortlist, which is off: set "
+                 "train.shortlist=K too, or train.shortlist_hard=0")
     if r.train.shortlist is not None and r.model.global_embedding:
         p.append("train.shortlist does not apply to model.global_embedding (SGM's gate reads "
                  "every label's logit): set one of them off")

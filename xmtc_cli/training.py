@@ -55,7 +55,13 @@ from xmtc_cli.run import (
     rng_state,
     set_rng_state,
 )
-from xmtc_cli.shortlist import CandidateSource, UniformNegatives, to_candidates
+from xmtc_cli.shortlist import (
+    CandidateSource,
+    LexicalNegatives,
+    UniformNegatives,
+    hard_negatives,
+    to_candidates,
+)
 from xmtc_cli.threads import LoadWatch, ThreadChoice, apply_threads, choose_threads, follow_load
 
 DEFAULT_EMBED_SIZE = 300  # the paper's GloVe width, used when no vectors were given
@@ -200,10 +206,12 @@ class Trainer:
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
               token_embeddings: np.ndarray | None = None,
-              label_embeddings: np.ndarray | None = None, group: Group = SINGLE) -> Trainer:
+              label_embeddings: np.ndarray | None = None, group: Group = SINGLE,
+              hard_negatives: torch.Tensor | None = None) -> Trainer:
         """Seed torch with train.seed, then build the model (from pretrained vectors if given),
         the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
-        rank its own dropout stream."""
+        rank its own dropout stream. `hard_negatives` [N, m]: each training document's hard
+        negatives for train.shortlist (`shortlist.hard_negatives`; None: uniform draws)."""
         torch.manual_seed(recipe.train.seed)
         if device.type == "cpu":  # a step's large tensors reuse the last step's memory
             keep_freed_memory()
@@ -217,8 +225,12 @@ class Trainer:
         if group.active:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
             distributed.seed_rank(recipe.train.seed, group.rank)
-        shortlist = (UniformNegatives(recipe.train.shortlist, recipe.train.seed)
-                     if recipe.train.shortlist is not None else None)
+        shortlist: CandidateSource | None = None
+        if recipe.train.shortlist is not None and hard_negatives is not None:
+            shortlist = LexicalNegatives(hard_negatives, recipe.train.shortlist,
+                                         recipe.train.seed)
+        elif recipe.train.shortlist is not None:
+            shortlist = UniformNegatives(recipe.train.shortlist, recipe.train.seed)
         return cls(model, build_criterion(recipe.loss), optimizer, recipe.train, total_steps,
                    device, group, ddp, shortlist)
 
@@ -237,7 +249,8 @@ class Trainer:
         outputs = self.model.label_embedding.num_embeddings  # V
         candidates = None  # drawn from the global batch: every rank has the same
         if self.shortlist is not None:
-            candidates = self.shortlist.candidates(batch.gold, outputs, step)  # (K',)
+            candidates = self.shortlist.candidates(batch.gold, outputs, step,
+                                                   batch.index)  # (K',)
         if self.ddp is not None:
             batch, standin = distributed.shard(batch, self.group.rank, self.group.world_size)
         net = self.ddp if self.ddp is not None else self.model
@@ -425,6 +438,7 @@ class _Epochs:
     # model.lexical: the index over the training documents and the validation split's label
     # scores, built once on rank 0 when first needed (they depend on the data alone)
     lexical: tuple[LexicalIndex, Any] | None = None
+    lexical_index: LexicalIndex | None = None  # built early for train.shortlist_hard
     watch: LoadWatch | None = None  # a default thread count's look at the load (CPU runs)
 
     @property
@@ -444,8 +458,20 @@ class _Epochs:
         batcher = Batcher(data.splits["train"], recipe.data.max_src_tokens,
                           recipe.data.max_labels, data.num_labels, rank)
         steps_per_epoch = batcher.num_batches(recipe.train.batch_size)
+        index = hard = None
+        if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
+            # Every rank ranks the same documents the same way: the same candidates.
+            index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens),
+                                            data.num_labels, recipe.model)
+            begun = time.perf_counter()
+            hard = hard_negatives(index, recipe.train.shortlist_hard)
+            notice = getattr(callback, "on_notice", None)
+            if notice is not None:
+                notice(f"shortlist: {recipe.train.shortlist_hard} hard negatives for each of "
+                       f"{len(hard):,} training documents from the lexical scorer "
+                       f"({time.perf_counter() - begun:.0f} s)")
         trainer = Trainer.build(recipe, sizes, device, steps_per_epoch * recipe.train.epochs,
-                                data.token_embeddings, data.label_embeddings, group)
+                                data.token_embeddings, data.label_embeddings, group, hard)
         # The folder (and its lock) is closed here if starting fails, and otherwise stays open
         # for the run: `fit` closes it.
         with contextlib.ExitStack() as on_failure:
@@ -496,7 +522,7 @@ class _Epochs:
             on_failure.pop_all()
         watch = LoadWatch(threads) if threads is not None and device.type == "cpu" else None
         return cls(recipe, data, sizes, trainer, batcher, folder, state, callback,
-                   steps_per_epoch, watch=watch)
+                   steps_per_epoch, watch=watch, lexical_index=index)
 
     @property
     def out_of_patience(self) -> bool:
@@ -632,8 +658,8 @@ class _Epochs:
         if model.lexical == "none":
             return None, None
         if self.lexical is None:
-            index = LexicalIndex.for_recipe(self.data.splits["train"], len(self.data.tokens),
-                                            self.data.num_labels, model)
+            index = self.lexical_index or LexicalIndex.for_recipe(
+                self.data.splits["train"], len(self.data.tokens), self.data.num_labels, model)
             valid = self.validation_data.splits.get("valid")
             prior = lexical_prior(index, valid) if valid is not None and len(valid) else None
             self.lexical = (index, prior)
