@@ -341,7 +341,8 @@ def _steps(args, old: Path, new: Path) -> None:
 
 def _tibkat_recipe(args) -> dict:
     """recipes/reuters.yaml's sizes (the issue's figure), or --recipe's sections less its
-    model.lexical* keys: the scorer changes validation, not a step, and today's tree has none."""
+    model.lexical* keys (the scorer changes validation, not a step, and today's tree has none)
+    and its train.shortlist* keys."""
     if args.recipe is None:
         return {"data": {"dir": args.data, "max_src_tokens": 200},
                 "model": {"hidden_size": 128, "light_conv": True, "conv_last_stride": 3},
@@ -354,6 +355,8 @@ def _tibkat_recipe(args) -> dict:
     recipe["data"]["dir"] = args.data
     recipe["model"] = {k: v for k, v in recipe["model"].items() if not k.startswith("lexical")}
     recipe["train"].pop("epochs", None)  # not a step's
+    # The shortlist is the third row's (--shortlist, --shortlist-hard), not today's.
+    recipe["train"] = {k: v for k, v in recipe["train"].items() if not k.startswith("shortlist")}
     return recipe
 
 
@@ -388,8 +391,8 @@ def _tibkat_rows(args, old: Path, new: Path) -> None:
         print(f"{name:<14} {median_of(got, 'step'):>7.2f} {median_of(got, 'valid_s'):>8.1f} "
               f"{median_of(got, 'epoch_s') / 60:>9.1f} {100 * median_of(got, 'micro_f1'):>8.2f} "
               f"{median_of(got, 'setup_s'):>7.1f}")
-    t, n = (median_of(res[k], "epoch_s") for k in ("today", "new"))
-    print(f"epoch today/new: {t / n:.2f}")
+    t, n, sl = (median_of(res[k], "epoch_s") for k in ("today", "new", "new+shortlist"))
+    print(f"epoch today/new: {t / n:.2f}, today/new+shortlist: {t / sl:.2f}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,14 @@ def test_methods_map_to_the_paper_switches():
     assert r.model.light_conv is True
 
 
+def test_sgm_trains_the_full_softmax_where_the_other_rows_keep_the_recipes_shortlist():
+    base = {"data": {"dir": "d"}, "train": {"shortlist": 1000, "shortlist_hard": 20}}
+    for method in METHODS:
+        r = recipe_from_dict(base, method_overrides(method))
+        expected = (None, 0) if method == "sgm" else (1000, 20)
+        assert (r.train.shortlist, r.train.shortlist_hard) == expected, method
+
+
 def test_unknown_method_suggests():
     with pytest.raises(ConfigError, match="did you mean sgm"):
         method_overrides("sgn")

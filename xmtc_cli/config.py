@@ -206,7 +206,10 @@ def _plain(value: Any) -> Any:
 _SEQ2SEQ = ["loss.kind=cross-entropy", "loss.ot_weight=0"]
 _SET = ["loss.kind=matching"]
 _PLAIN = ["model.global_embedding=false", "model.masked_softmax=false"]  # SGM's parts off
-_SGM = ["model.global_embedding=true", "model.masked_softmax=true"]
+# SGM's gate reads every label's probability: its row trains the full softmax, whatever
+# shortlist the recipe has (recipes/tibkat.yaml's).
+_SGM = ["model.global_embedding=true", "model.masked_softmax=true", "train.shortlist=null",
+        "train.shortlist_hard=0"]
 _LC, _NO_LC = ["model.light_conv=true"], ["model.light_conv=false"]
 _FILE, _FREQ = ["data.label_order=file"], ["data.label_order=frequency"]
 METHODS: dict[str, list[str]] = {
@@ -220,7 +223,8 @@ METHODS: dict[str, list[str]] = {
     "otseq2set": [*_SET, *_LC, *_PLAIN],
 }
 """Paper method -> overrides. `bm-ot` and `otseq2set` keep the recipe's OT weight (8 in the
-paper's recipes), so a recipe with loss.ot_weight=0 (Amazon-670K) stays without OT."""
+paper's recipes), so a recipe with loss.ot_weight=0 (Amazon-670K) stays without OT; every row
+but `sgm` keeps the recipe's train.shortlist."""
 
 
 def method_overrides(method: str) -> list[str]:
