@@ -1,10 +1,12 @@
 """Where a training step's time goes on the CPU, by wall clock (this tree only).
 
     python benchmarks/bench_breakdown.py [--recipe recipes/tibkat.yaml] [--data data/tibkat]
-        [--threads 1] [--steps 10] [--warmup 3]
+        [--threads 1] [--steps 10] [--warmup 3] [--set shortlist=null shortlist_hard=0]
 
-Builds the recipe's trainer on a processed corpus (model.lexical* keys dropped: the scorer joins
-validation, not a step) and times --steps steps of the corpus's own batches after --warmup. Each
+Builds the recipe's trainer on a processed corpus (the scorer's model.lexical, _weights, _gate
+and _threshold dropped: it joins validation, not a step; its other options rank
+train.shortlist_hard's negatives, ranked once before the steps; --set changes train.* keys) and
+times --steps steps of the corpus's own batches after --warmup. Each
 part is timed by wrapping the function that does it (the written-out autograd functions, the
 output layer's products, the loss, the optimiser) with a wall clock that counts a call's time
 less the time of the timed calls inside it, so the parts add up to the step. torch.profiler is
@@ -86,6 +88,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="train.KEY=VALUE settings over the recipe's, e.g. shortlist=null "
+                        "shortlist_hard=0 for the full softmax")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     import torch
@@ -100,13 +105,26 @@ def main() -> None:
     given = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
     recipe = {k: dict(given.get(k) or {}) for k in ("data", "model", "loss", "train")}
     recipe["data"]["dir"] = args.data
-    recipe["model"] = {k: v for k, v in recipe["model"].items() if not k.startswith("lexical")}
+    # The scorer joins validation, not a step; its options rank train.shortlist_hard's negatives.
+    recipe["model"] = {k: v for k, v in recipe["model"].items()
+                       if not k.startswith("lexical") or k.startswith("lexical_")
+                       and k not in ("lexical_weights", "lexical_gate", "lexical_threshold")}
     data = load_data(args.data)
-    recipe = resolve_recipe(recipe_from_dict(recipe, []), data)
+    recipe = resolve_recipe(recipe_from_dict(recipe, [f"train.{o}" for o in args.set]), data)
+    extra = {}
+    if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
+        from xmtc_cli.lexical import LexicalIndex
+        from xmtc_cli.shortlist import hard_negatives
+
+        index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
+                                        recipe.model)
+        start = time.perf_counter()
+        extra["hard_negatives"] = hard_negatives(index, recipe.train.shortlist_hard)
+        print(f"# the hard negatives (once a run): {time.perf_counter() - start:.1f} s")
     torch.manual_seed(0)
     trainer = Trainer.build(recipe, model_sizes(recipe, data), torch.device("cpu"),
                             total_steps=1_000_000, token_embeddings=data.token_embeddings,
-                            label_embeddings=data.label_embeddings)
+                            label_embeddings=data.label_embeddings, **extra)
     batcher = Batcher(data.splits["train"], recipe.data.max_src_tokens, recipe.data.max_labels,
                       data.num_labels)
     batches = []

@@ -2325,7 +2325,8 @@ for _ov in ("train.epochs=0x10", "train.epochs=0o17", "train.epochs=1:30", "trai
             "train.epochs=1e1", "train.epochs=٣", "train.epochs=.inf", "train.batch_size=0b11",
             "train.seed=12:00:00", "train.lr=.nan", "train.lr=1e999", "train.lr=0x1p-3",
             "train.epochs=99999999999999999999999", "train.epochs=true", "model.hidden_size=16.5",
-            "train.checkpoint_every=1:00", "model.dropout=1:2", "train.max_steps=0x7FFF"):
+            "train.checkpoint_every=1:00", "model.dropout=1:2", "train.max_steps=0x7FFF",
+            "train.shortlist_hard=-1", "train.shortlist_hard=2.5"):
     add(f"r3 override {_ov} is refused", "r3-values", _dry(_ov, expect=(1, 2)))
 for _ov, _want in (("train.epochs=010", "epochs: 10"), ("train.lr=1e-3", "lr: 0.001"),
                    ("train.lr=5E-4", "lr: 0.0005"), ("name=1e3", "name: '1e3'"),
@@ -2653,11 +2654,17 @@ add("r3 preprocess --raw with a folder source", "r3-options",
     lambda d: [preprocess(FX.raw, "--raw", d, "--out", d / "p", expect=(0, 1, 2),
                           check=warned_or_refused)])
 for _ov in ("data.label_order=frequency", "train.ddp_bf16_grads=true",
-            "model.global_embedding_tau=0.5", "loss.ot_beta=2"):
+            "model.global_embedding_tau=0.5", "loss.ot_beta=2", "train.shortlist_hard=2"):
     extra = ("loss.ot_weight=0",) if _ov.startswith("loss.ot_") else ()
     add(f"r3 train {_ov} where it has no effect", "r3-options",
         lambda d, o=_ov, e=extra: [train(recipe(d / "r.yaml"), o, *e, "--out", d / "run",
                                          expect=(0, 1, 2), check=warned_or_refused)])
+add("r3 train a shortlist with hard negatives trains", "r3-options",
+    lambda d: [train(recipe(d / "r.yaml"), "train.shortlist=3", "train.shortlist_hard=2",
+                     "--out", d / "run", expect=(0,), check=out_has("checkpoint:"))])
+add("r3 train --method sgm with train.shortlist given", "r3-options",
+    lambda d: [train(recipe(d / "r.yaml"), "--method", "sgm", "train.shortlist=3",
+                     "--out", d / "run", expect=(0, 2), check=warned_or_refused)])
 add("r3 train --max-restarts with --dry-run", "r3-options",
     lambda d: [train(FX.recipe, "--max-restarts", "2", "--dry-run", expect=(0, 2),
                      check=warned_or_refused)])

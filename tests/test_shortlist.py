@@ -103,6 +103,19 @@ def test_hard_negatives_are_each_documents_best_scored_wrong_labels(tiny_data):
     assert found > len(train) // 2  # the oracle had labels to find
 
 
+def test_a_trainer_asked_for_hard_negatives_without_them_refuses():
+    recipe = recipe_from_dict({"data": {"dir": "unused", "max_labels": 4},
+                               "train": {"shortlist": 5, "shortlist_hard": 2}})
+    sizes = ModelSizes(vocab_size=30, num_labels=V - NUM_SPECIALS, decode_steps=4, embed_size=6,
+                       label_embed_size=5)
+    with pytest.raises(ValueError, match="hard negatives"):
+        Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=10)
+    ranked = torch.full((3, 2), -1, dtype=torch.long)
+    trainer = Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=10,
+                            hard_negatives=ranked)
+    assert isinstance(trainer.shortlist, LexicalNegatives) and trainer.shortlist.k == 5
+
+
 def test_hard_negatives_need_a_shortlist():
     for hard, match in [(3, "train.shortlist=K"), (-1, "shortlist_hard must be >= 0")]:
         with pytest.raises(ConfigError, match=match):

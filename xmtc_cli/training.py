@@ -212,6 +212,10 @@ class Trainer:
         the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
         rank its own dropout stream. `hard_negatives` [N, m]: each training document's hard
         negatives for train.shortlist (`shortlist.hard_negatives`; None: uniform draws)."""
+        if (recipe.train.shortlist is not None and recipe.train.shortlist_hard
+                and hard_negatives is None):
+            raise ValueError("train.shortlist_hard needs each training document's hard "
+                             "negatives (shortlist.hard_negatives)")
         torch.manual_seed(recipe.train.seed)
         if device.type == "cpu":  # a step's large tensors reuse the last step's memory
             keep_freed_memory()
@@ -226,7 +230,7 @@ class Trainer:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
             distributed.seed_rank(recipe.train.seed, group.rank)
         shortlist: CandidateSource | None = None
-        if recipe.train.shortlist is not None and hard_negatives is not None:
+        if hard_negatives is not None and recipe.train.shortlist_hard:
             shortlist = LexicalNegatives(hard_negatives, recipe.train.shortlist,
                                          recipe.train.seed)
         elif recipe.train.shortlist is not None:
