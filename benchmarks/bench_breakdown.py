@@ -113,13 +113,10 @@ def main() -> None:
     recipe = resolve_recipe(recipe_from_dict(recipe, [f"train.{o}" for o in args.set]), data)
     extra = {}
     if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
-        from xmtc_cli.lexical import LexicalIndex
-        from xmtc_cli.shortlist import hard_negatives
+        from xmtc_cli.training import rank_hard_negatives
 
-        index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
-                                        recipe.model)
         start = time.perf_counter()
-        extra["hard_negatives"] = hard_negatives(index, recipe.train.shortlist_hard)
+        extra["hard_negatives"] = rank_hard_negatives(recipe, data)[1]
         print(f"# the hard negatives (once a run): {time.perf_counter() - start:.1f} s")
     torch.manual_seed(0)
     trainer = Trainer.build(recipe, model_sizes(recipe, data), torch.device("cpu"),

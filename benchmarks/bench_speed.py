@@ -158,13 +158,10 @@ def _tibkat(spec: dict, recipe, torch) -> dict:
     sizes = model_sizes(recipe, data)
     extra, setup_s = {}, 0.0
     if getattr(recipe.train, "shortlist_hard", 0):  # once a run: the lexical hard negatives
-        from xmtc_cli.lexical import LexicalIndex
-        from xmtc_cli.shortlist import hard_negatives
+        from xmtc_cli.training import rank_hard_negatives
 
         t = time.perf_counter()
-        index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
-                                        recipe.model)
-        extra["hard_negatives"] = hard_negatives(index, recipe.train.shortlist_hard)
+        extra["hard_negatives"] = rank_hard_negatives(recipe, data)[1]
         setup_s = time.perf_counter() - t
     trainer = Trainer.build(recipe, sizes, torch.device("cpu"), total_steps=1_000_000,
                             token_embeddings=data.token_embeddings,

@@ -142,6 +142,15 @@ def _largest_label_set(data: ProcessedData) -> int:
     return max(int(np.diff(train.label_offsets).max(initial=0)), 1)
 
 
+def rank_hard_negatives(recipe: Recipe, data: ProcessedData) -> tuple[LexicalIndex, torch.Tensor]:
+    """The lexical index of the training split (the recipe's model.lexical_* options) and,
+    ranked by it, train.shortlist_hard's negatives of every training document [N, M]
+    (`shortlist.hard_negatives`; `Trainer.build`'s `hard_negatives`)."""
+    index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens), data.num_labels,
+                                    recipe.model)
+    return index, hard_negatives(index, recipe.train.shortlist_hard)
+
+
 def model_sizes(recipe: Recipe, data: ProcessedData) -> ModelSizes:
     """The sizes the model is built with, all derived from the data and the resolved recipe."""
     emb = data.token_embeddings
@@ -465,10 +474,8 @@ class _Epochs:
         index = hard = None
         if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
             # Every rank ranks the same documents the same way: the same candidates.
-            index = LexicalIndex.for_recipe(data.splits["train"], len(data.tokens),
-                                            data.num_labels, recipe.model)
             begun = time.perf_counter()
-            hard = hard_negatives(index, recipe.train.shortlist_hard)
+            index, hard = rank_hard_negatives(recipe, data)
             notice = getattr(callback, "on_notice", None)
             if notice is not None:
                 notice(f"shortlist: {recipe.train.shortlist_hard} hard negatives for each of "
