@@ -378,16 +378,18 @@ def test_the_watch_looks_at_most_every_so_many_seconds(monkeypatch):
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux's /proc/stat")
 def test_this_process_own_work_is_not_a_neighbour():
-    """Half a second of this process spinning reads as a busy core, and its own CPU time
-    takes it out again (whatever else runs on the machine)."""
+    """A third of a second of this process's CPU time spent spinning reads as busy cores, and
+    its own CPU time takes it out again, whatever else runs on the machine: the spin is
+    counted in CPU time, not wall time, which a loaded machine stretches."""
     before = threads.snapshot()
-    end = time.monotonic() + 0.5
-    while time.monotonic() < end:
+    deadline = time.monotonic() + 30.0
+    while time.process_time() - before.own < 0.3 and time.monotonic() < deadline:
         pass
     after = threads.snapshot()
+    assert after.own - before.own >= 0.3
     own = (after.own - before.own) / (after.wall - before.wall)
     busy = threads.busy_between(before.stat, after.stat, threads._affinity())
-    assert own >= 0.6 and busy >= own - 0.1, (own, busy)  # the spinning core, by both clocks
+    assert busy >= own - 0.1, (own, busy)  # the spinning core, by both clocks
     others = threads.others_between(before, after, threads._affinity())
     assert others == pytest.approx(max(0.0, busy - own), abs=1e-9)
 
