@@ -3,15 +3,14 @@
     python benchmarks/bench_breakdown.py [--recipe recipes/tibkat.yaml] [--data data/tibkat]
         [--threads 1] [--steps 10] [--warmup 3] [--set shortlist=null shortlist_hard=0]
 
-Builds the recipe's trainer on a processed corpus (the scorer's model.lexical, _weights, _gate
-and _threshold dropped: it joins validation, not a step; its other options rank
-train.shortlist_hard's negatives, ranked once before the steps; --set changes train.* keys) and
-times --steps steps of the corpus's own batches after --warmup. Each
-part is timed by wrapping the function that does it (the written-out autograd functions, the
-output layer's products, the loss, the optimiser) with a wall clock that counts a call's time
-less the time of the timed calls inside it, so the parts add up to the step. torch.profiler is
-not used: its per-operator overhead inflated the decoder's thousands of small operations 1.5-3x
-and moved the shares.
+Builds the recipe's trainer on a processed corpus (with model.lexical=none: the scorer joins
+validation, not a step; its options still rank train.shortlist_hard's negatives, once before the
+steps; --set changes train.* keys) and times --steps steps of the corpus's own batches after
+--warmup. Each part is timed by wrapping the function that does it (the written-out autograd
+functions, the output layer's products, the loss, the optimiser) with a wall clock that counts a
+call's time less the time of the timed calls inside it, so the parts add up to the step.
+torch.profiler is not used: its per-operator overhead inflated the decoder's thousands of small
+operations 1.5-3x and moved the shares.
 
 Printed: milliseconds per step and share of each part, the step's median, and the threads.
 """
@@ -106,9 +105,7 @@ def main() -> None:
     recipe = {k: dict(given.get(k) or {}) for k in ("data", "model", "loss", "train")}
     recipe["data"]["dir"] = args.data
     # The scorer joins validation, not a step; its options rank train.shortlist_hard's negatives.
-    recipe["model"] = {k: v for k, v in recipe["model"].items()
-                       if not k.startswith("lexical") or k.startswith("lexical_")
-                       and k not in ("lexical_weights", "lexical_gate", "lexical_threshold")}
+    recipe["model"]["lexical"] = "none"
     data = load_data(args.data)
     recipe = resolve_recipe(recipe_from_dict(recipe, [f"train.{o}" for o in args.set]), data)
     extra = {}

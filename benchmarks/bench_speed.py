@@ -336,10 +336,12 @@ def _steps(args, old: Path, new: Path) -> None:
               flush=True)
 
 
-def _tibkat_recipe(args) -> dict:
-    """recipes/reuters.yaml's sizes (the issue's figure), or --recipe's sections less its
-    model.lexical* keys (the scorer changes validation, not a step, and today's tree has none)
-    and its train.shortlist* keys."""
+def _tibkat_recipe(args, today: bool = True) -> dict:
+    """recipes/reuters.yaml's sizes (the issue's figure), or --recipe's sections; for today's
+    tree (and the rows compared with it) less its model.lexical* keys (the scorer changes
+    validation, not a step, and today's tree has none) and its train.shortlist* keys. Else
+    the model section whole with the scorer off (model.lexical=none), its options kept: they
+    rank train.shortlist_hard's negatives."""
     if args.recipe is None:
         return {"data": {"dir": args.data, "max_src_tokens": 200},
                 "model": {"hidden_size": 128, "light_conv": True, "conv_last_stride": 3},
@@ -350,24 +352,15 @@ def _tibkat_recipe(args) -> dict:
     given = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
     recipe = {k: dict(given.get(k) or {}) for k in ("data", "model", "loss", "train")}
     recipe["data"]["dir"] = args.data
-    recipe["model"] = {k: v for k, v in recipe["model"].items() if not k.startswith("lexical")}
     recipe["train"].pop("epochs", None)  # not a step's
-    # The shortlist is the third row's (--shortlist, --shortlist-hard), not today's.
+    # The shortlist is the third row's (--shortlist, --shortlist-hard).
     recipe["train"] = {k: v for k, v in recipe["train"].items() if not k.startswith("shortlist")}
+    if today:
+        recipe["model"] = {k: v for k, v in recipe["model"].items()
+                           if not k.startswith("lexical")}
+    else:
+        recipe["model"]["lexical"] = "none"
     return recipe
-
-
-def _scoring_overrides(args) -> list[str]:
-    """--recipe's options of the lexical scores (model.lexical_k, ..., not the scorer itself):
-    what train.shortlist_hard ranks with."""
-    if args.recipe is None:
-        return []
-    import yaml
-
-    model = yaml.safe_load(args.recipe.read_text(encoding="utf-8")).get("model") or {}
-    return [f"model.{k}={v}" for k, v in model.items()
-            if k.startswith("lexical_") and k not in ("lexical_weights", "lexical_gate",
-                                                       "lexical_threshold")]
 
 
 def _tibkat_rows(args, old: Path, new: Path) -> None:
@@ -375,10 +368,9 @@ def _tibkat_rows(args, old: Path, new: Path) -> None:
     print(f"# recipe: {json.dumps(recipe)}", flush=True)
     spec = {"kind": "tibkat", "recipe": recipe, "data": args.data, "threads": args.threads,
             "steps": args.steps, "warmup": args.warmup, "valid_docs": args.valid_docs}
-    short = {**spec, "overrides": [f"train.shortlist={args.shortlist}"]}
-    if args.shortlist_hard:
-        short["overrides"] += [f"train.shortlist_hard={args.shortlist_hard}",
-                               *_scoring_overrides(args)]
+    short = {**spec, "recipe": _tibkat_recipe(args, today=False),
+             "overrides": [f"train.shortlist={args.shortlist}",
+                           f"train.shortlist_hard={args.shortlist_hard}"]}
     res = interleave([("today", old, spec), ("new", new, spec), ("new+shortlist", new, short)],
                      args.rounds, args.tmp)
     print(f"\n{'TIBKAT core':<14} {'step s':>7} {'valid s':>8} {'epoch min':>9} "

@@ -119,7 +119,7 @@ def hard_negatives(index: LexicalIndex, per_doc: int, chunk: int = 1024) -> torc
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         scores = index.scores(index.docs[start:stop]).tocsr()
-        gold = scores.multiply(index.labels[start:stop] > 0).tocsr()
+        gold = scores.multiply(index.labels[start:stop]).tocsr()  # the labels are ones
         scores = (scores - gold).tocsr()  # x - x is exactly 0: the gold labels leave
         scores.eliminate_zeros()
         rows = np.repeat(np.arange(stop - start), np.diff(scores.indptr))
