@@ -27,7 +27,8 @@ WHAT is one of:
            to the whole validation split; micro-F1 on those documents after the steps. Both
            trees at the same thread count (--threads); then the new tree with train.shortlist
            (and train.shortlist_hard=--shortlist-hard, whose one-time ranking of the training
-           documents is printed apart: once a run, not an epoch).
+           documents is printed apart: once a run, not an epoch; with --cpu-bf16 also
+           train.cpu_bf16, the GRU's bf16 products).
 
 Every measurement runs in a fresh child (PYTHONPATH = the tree, working directory outside both),
 the trees alternating (old, new, old, new, ...) for --rounds rounds so that load from other jobs
@@ -267,6 +268,9 @@ def main() -> None:
     p.add_argument("--neighbour", type=int, default=0, help="busy processes to start (threads)")
     p.add_argument("--shapes", nargs="+", default=["AmazonCat-13K", "100K", "670K"])
     p.add_argument("--shortlist", type=int, default=1000)
+    p.add_argument("--cpu-bf16", action="store_true",
+                   help="tibkat: train.cpu_bf16=true in the shortlist row (the recipe's own "
+                        "train.cpu_bf16 is left out of every row)")
     p.add_argument("--shortlist-hard", type=int, default=0,
                    help="tibkat: train.shortlist_hard in the shortlist row (its lexical "
                         "options from --recipe)")
@@ -339,7 +343,8 @@ def _steps(args, old: Path, new: Path) -> None:
 def _tibkat_recipe(args, today: bool = True) -> dict:
     """recipes/reuters.yaml's sizes (the issue's figure), or --recipe's sections; for today's
     tree (and the rows compared with it) less its model.lexical* keys (the scorer changes
-    validation, not a step, and today's tree has none) and its train.shortlist* keys. Else
+    validation, not a step, and today's tree has none), its train.shortlist* keys and its
+    train.cpu_bf16 (the third row's approximations come from the command line). Else
     the model section whole with the scorer off (model.lexical=none), its options kept: they
     rank train.shortlist_hard's negatives."""
     if args.recipe is None:
@@ -353,8 +358,9 @@ def _tibkat_recipe(args, today: bool = True) -> dict:
     recipe = {k: dict(given.get(k) or {}) for k in ("data", "model", "loss", "train")}
     recipe["data"]["dir"] = args.data
     recipe["train"].pop("epochs", None)  # not a step's
-    # The shortlist is the third row's (--shortlist, --shortlist-hard).
-    recipe["train"] = {k: v for k, v in recipe["train"].items() if not k.startswith("shortlist")}
+    # The approximations are the third row's (--shortlist, --shortlist-hard, --cpu-bf16).
+    recipe["train"] = {k: v for k, v in recipe["train"].items()
+                       if not k.startswith("shortlist") and k != "cpu_bf16"}
     if today:
         recipe["model"] = {k: v for k, v in recipe["model"].items()
                            if not k.startswith("lexical")}
@@ -370,7 +376,8 @@ def _tibkat_rows(args, old: Path, new: Path) -> None:
             "steps": args.steps, "warmup": args.warmup, "valid_docs": args.valid_docs}
     short = {**spec, "recipe": _tibkat_recipe(args, today=False),
              "overrides": [f"train.shortlist={args.shortlist}",
-                           f"train.shortlist_hard={args.shortlist_hard}"]}
+                           f"train.shortlist_hard={args.shortlist_hard}"]
+             + (["train.cpu_bf16=true"] if args.cpu_bf16 else [])}
     res = interleave([("today", old, spec), ("new", new, spec), ("new+shortlist", new, short)],
                      args.rounds, args.tmp)
     print(f"\n{'TIBKAT core':<14} {'step s':>7} {'valid s':>8} {'epoch min':>9} "

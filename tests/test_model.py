@@ -291,7 +291,7 @@ def test_written_out_gru_backward_matches_autograd_through_torchs_gru(directions
             states = torch.gru(source, h0, [w[d] for w in weights], True, 1, 0.0, True, False,
                                True)[0][0]
             expected[b, :n, d * hidden:(d + 1) * hidden] = states if d == 0 else states.flip(0)
-    got = _GRULayers.apply(x, torch.tensor(lengths), *weights)
+    got = _GRULayers.apply(x, torch.tensor(lengths), *weights, None)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-12)
     for a, b in zip(torch.autograd.grad((got * upstream).sum(), [x, *weights]),
                     torch.autograd.grad((expected * upstream).sum(), [x, *weights])):
@@ -411,3 +411,83 @@ def test_training_encoder_matches_torchs_packed_gru():
     for a, b in zip(torch.autograd.grad(loss(out, last), params),
                     torch.autograd.grad(loss(ref, last_ref), params)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def _gru_case(seed: int, dtype: torch.dtype, integral: bool = False):
+    """A two-direction _GRULayers case: x, lengths, weights (requiring gradients), upstream."""
+    g = torch.Generator().manual_seed(seed)
+    batch, steps, width, hidden = 5, 9, 16, 8
+    lengths = torch.tensor([9, 4, 7, 1, 9])
+
+    def draw(*shape, scale):
+        if integral:  # small integers: their products and sums are exact in bf16
+            return torch.randint(-2, 3, shape, generator=g).to(dtype)
+        return scale * torch.randn(*shape, dtype=dtype, generator=g)
+
+    x = draw(batch, steps, width, scale=1.0).requires_grad_()
+    weights = [draw(2, 3 * hidden, width, scale=0.5).requires_grad_(),
+               (0.5 * torch.randn(2, 3 * hidden, hidden, dtype=dtype, generator=g))
+               .requires_grad_(),
+               (0.5 * torch.randn(2, 3 * hidden, dtype=dtype, generator=g)).requires_grad_(),
+               (0.5 * torch.randn(2, 3 * hidden, dtype=dtype, generator=g)).requires_grad_()]
+    upstream = torch.randn(batch, steps, 2 * hidden, dtype=dtype, generator=g)
+    return x, lengths, weights, upstream
+
+
+def _gru_run(x, lengths, weights, upstream, low):
+    from xmtc_cli.model import _GRULayers
+
+    out = _GRULayers.apply(x, lengths, *weights, low)
+    return out, torch.autograd.grad((out * upstream).sum(), [x, *weights])
+
+
+def test_bf16_products_stay_within_bf16_rounding_of_the_float64_gru():
+    """With bf16 products (train.cpu_bf16) the written-out GRU's states and every gradient stay
+    within bf16's rounding (relative error under 2%) of the float64 computation, and differ
+    from the float32 path's (the bf16 products were taken)."""
+    x, lengths, weights, upstream = _gru_case(0, torch.float64)
+    exact, exact_grads = _gru_run(x, lengths, weights, upstream, None)
+    x32, w32, up32 = x.detach().float().requires_grad_(), [
+        w.detach().float().requires_grad_() for w in weights], upstream.float()
+    low, low_grads = _gru_run(x32, lengths, w32, up32, torch.bfloat16)
+    full, full_grads = _gru_run(x32, lengths, w32, up32, None)
+    assert low.dtype == torch.float32 and all(g.dtype == torch.float32 for g in low_grads)
+    for got, want in zip([low, *low_grads], [exact, *exact_grads]):
+        error = (got.double() - want).norm() / want.norm()
+        assert error < 2e-2
+    assert not torch.equal(low, full)
+    assert all(not torch.equal(a, b) for a, b in zip(low_grads[:3], full_grads[:3]))
+
+
+def test_bf16_products_leave_the_recurrence_in_float32():
+    """Operands exact in bf16 whose products and sums are too (small integers for x and W_ih):
+    the input's projection is then exact, so the states equal the float32 path's to float32
+    rounding (a bf16 recurrence would round them at every step), and so do the biases'
+    gradients, which no bf16 product reaches; the weights' gradients do take bf16 products."""
+    x, lengths, weights, upstream = _gru_case(1, torch.float32, integral=True)
+    low, low_grads = _gru_run(x, lengths, weights, upstream, torch.bfloat16)
+    full, full_grads = _gru_run(x, lengths, weights, upstream, None)
+    torch.testing.assert_close(low, full, rtol=1e-6, atol=1e-6)
+    for a, b in zip(low_grads[3:], full_grads[3:]):  # b_ih, b_hh
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(low_grads[2], full_grads[2])  # W_hh's gradient: bf16 operands
+
+
+def test_bf16_products_apply_inside_their_context_only():
+    """model.bf16_products switches the training path's GRU products for its block alone."""
+    from xmtc_cli.model import _padded_gru, bf16_products
+
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(6, 5, 2, batch_first=True, bidirectional=True).train()
+    rnn.dropout = 0.0
+    x = torch.randn(3, 7, 6, requires_grad=True)
+    lengths = torch.tensor([7, 3, 5])
+    before = _padded_gru(rnn, x, lengths)[0]
+    with bf16_products():
+        inside = _padded_gru(rnn, x, lengths)[0]
+        with bf16_products(False):
+            nested = _padded_gru(rnn, x, lengths)[0]
+    after = _padded_gru(rnn, x, lengths)[0]
+    assert torch.equal(before, after) and torch.equal(before, nested)
+    assert not torch.equal(before, inside)
+    torch.testing.assert_close(inside, before, rtol=2e-2, atol=2e-2)

@@ -440,3 +440,69 @@ def test_the_kept_token_gradient_trains_as_a_fresh_dense_one(weight_decay):
     table = trainers[0].model.encoder.embedding.weight
     assert not torch.equal(table, Trainer.build(recipe, sizes, torch.device("cpu"), 10)
                            .model.encoder.embedding.weight)  # the table did train
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_bf16_takes_bf16_products_only_where_the_cpu_has_them(native, monkeypatch):
+    """train.cpu_bf16 trains with the GRU's bf16 products where the CPU computes bf16 natively:
+    weights close to the float32 run's but not equal; without native bf16 the recipe's switch
+    is ignored (the same weights as float32) and the header says why."""
+    import numpy as np
+
+    from xmtc_cli import training
+    from xmtc_cli.config import recipe_from_dict
+    from xmtc_cli.data.batching import Batch
+    from xmtc_cli.model import ModelSizes
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
+    sizes = ModelSizes(vocab_size=50, num_labels=6, decode_steps=3, embed_size=5,
+                       label_embed_size=4)
+    g = torch.Generator().manual_seed(0)
+    batches = [Batch(torch.randint(2, 50, (4, 7), generator=g) * (torch.arange(7) < 5),
+                     torch.tensor([5, 3, 5, 4]), torch.tensor([[3, 4, -1]] * 4), np.arange(4))
+               for _ in range(3)]
+    trainers = []
+    for bf16 in (True, False):
+        recipe = recipe_from_dict({"data": {"dir": "unused", "max_labels": 3},
+                                   "model": {"hidden_size": 8},
+                                   "train": {"lr": 0.05, "cpu_bf16": bf16}}, [])
+        trainers.append(training.Trainer.build(recipe, sizes, torch.device("cpu"), 10))
+    assert trainers[0].bf16_products is native and not trainers[1].bf16_products
+    assert trainers[1].describe_precision() == ""
+    assert ("bf16 products in the encoder GRU" if native else "no native bf16") in \
+        trainers[0].describe_precision()
+    for trainer in trainers:
+        torch.manual_seed(0)  # the same dropout draws
+        trainer.step(batches[0], 0)
+    plain = dict(trainers[1].model.named_parameters())
+    for name, value in trainers[0].model.named_parameters():
+        if name.startswith("encoder.embedding"):
+            continue  # its kept gradient buffer is zeroed after the step
+        got, want = value.grad, plain[name].grad  # the states differ, so every gradient
+        assert (got - want).norm() <= 2e-2 * want.norm(), name
+        if name.startswith("encoder.rnn."):  # bf16 products where the CPU has them
+            assert torch.equal(got, want) is not native, name
+    for trainer in trainers:
+        for i, batch in enumerate(batches[1:], 1):
+            torch.manual_seed(i)
+            trainer.step(batch, i)
+    same = [torch.equal(value, plain[name])
+            for name, value in trainers[0].model.named_parameters()]
+    assert all(same) if not native else not all(same)
+
+
+@pytest.mark.parametrize("avx512_bf16,amx,mkldnn,expected", [
+    (True, False, True, True), (False, True, True, True), (False, False, True, False),
+    (True, True, False, False)])
+def test_native_bf16_means_the_cpu_instructions_not_onednns_emulation(
+        avx512_bf16, amx, mkldnn, expected, monkeypatch):
+    """cpu_has_native_bf16: AVX-512 BF16 or AMX, with oneDNN in this torch; a torch that cannot
+    say counts as no."""
+    from xmtc_cli.device import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: mkldnn)
+    assert cpu_has_native_bf16() is expected
+    monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
+    assert cpu_has_native_bf16() is False

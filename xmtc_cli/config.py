@@ -142,6 +142,13 @@ class TrainConfig:
     (drawn with train.seed); None: all of them."""
     amp: bool = True
     """bf16 autocast on CUDA (ignored on CPU)."""
+    cpu_bf16: bool = False
+    """Beyond the paper, on the CPU: the encoder GRU's products over all of a batch's positions
+    (the input's projection; the gradients of the input and of the weights) in bf16 with float32
+    sums, where the CPU computes bf16 natively (AVX-512 BF16, AMX); the step-by-step recurrence
+    and everything else stay float32 (docs/design.md §12). About 1.1x a TIBKAT-core step on one
+    core. Ignored, with a notice in the run's header, on a CPU without native bf16 (emulated,
+    it is slower) and on CUDA (train.amp)."""
     max_steps: int | None = None
     """Stop after this many optimiser steps in all (a smoke run, a time-boxed job); the run
     stays resumable, with a larger value. None: train all epochs."""

@@ -22,6 +22,7 @@ import functools
 import math
 from collections.abc import Iterator
 from contextlib import nullcontext
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -194,6 +195,25 @@ def _written_out_applies(*tensors: Tensor) -> bool:
             and not torch.is_autocast_enabled("cpu"))
 
 
+# The dtype of _GRULayers' products over all positions at once; None: float32 (bf16_products).
+_PRODUCTS: ContextVar[torch.dtype | None] = ContextVar("xmtc_gru_products", default=None)
+
+
+@contextlib.contextmanager
+def bf16_products(enabled: bool = True) -> Iterator[None]:
+    """Inside, when `enabled`, the written-out GRU (`_GRULayers`) takes its products over all
+    positions at once in bf16 with float32 sums: the input's projection, and in the backward
+    the gradients of the input and of both weights. The step-by-step recurrence and every other
+    operation stay float32 (train.cpu_bf16, docs/design.md §12). Meant for CPUs that compute
+    bf16 natively (`device.cpu_has_native_bf16`); elsewhere bf16 products are emulated and
+    slower."""
+    token = _PRODUCTS.set(torch.bfloat16 if enabled else None)
+    try:
+        yield
+    finally:
+        _PRODUCTS.reset(token)
+
+
 def _bidirectional(x: Tensor, lengths: Tensor, weights: list[list[Tensor]],
                    training: bool) -> Tensor:
     """One bidirectional GRU layer from a zero state: x [B, T, in] (each document's first
@@ -203,7 +223,8 @@ def _bidirectional(x: Tensor, lengths: Tensor, weights: list[list[Tensor]],
     `_GRULayers` where it applies (float32 on the CPU, biases), else torch's own GRU on the
     input and on its reversal."""
     if all(len(w) == 4 for w in weights) and _written_out_applies(x):
-        return _GRULayers.apply(x, lengths, *[torch.stack(parts) for parts in zip(*weights)])
+        return _GRULayers.apply(x, lengths, *[torch.stack(parts) for parts in zip(*weights)],
+                                _PRODUCTS.get())
     batch, width = x.shape[:2]
     lengths = lengths.to(x.device)
     steps = torch.arange(width, device=x.device)  # (T,)
@@ -224,8 +245,9 @@ class _GRULayers(torch.autograd.Function):
     it backwards, with a backward written out (docs/design.md §12).
 
     x [B, T, in], lengths [B] (CPU, in 1..T), W_ih [D, 3H, in], W_hh [D, 3H, H], b_ih,
-    b_hh [D, 3H] -> states [B, T, D H] (direction d in columns d H .. (d + 1) H), zeros past
-    each document. Gates in torch's order (reset r, update z, new n):
+    b_hh [D, 3H], `low` (None, or bf16 for `bf16_products`) -> states [B, T, D H] (direction d
+    in columns d H .. (d + 1) H), zeros past each document. Gates in torch's order (reset r,
+    update z, new n):
     r, z = σ(W_i x_t + b_i + W_h h_{t-1} + b_h),
     n = tanh(W_in x_t + b_in + r ⊙ (W_hn h_{t-1} + b_hn)), h_t = n + z ⊙ (h_{t-1} - n).
 
@@ -240,12 +262,14 @@ class _GRULayers(torch.autograd.Function):
     dozen per step and direction and takes the weights' gradient one step at a time. The
     backward runs the recurrence with three operations a step and takes the gradients of
     W_ih, W_hh, the biases and x once, for all steps. The same sums as torch's up to the
-    order of float rounding.
+    order of float rounding. With `low`, the products over all positions (the input's share,
+    the gradients of x, W_ih and W_hh) take bf16 operands and sum in float32; the recurrence's
+    products stay float32.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, lengths: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor,
-                b_hh: Tensor) -> Tensor:
+                b_hh: Tensor, low: torch.dtype | None) -> Tensor:
         batch, width, size = x.shape
         layers, hidden = w_hh.size(0), w_hh.size(2)
         order = torch.argsort(lengths, descending=True, stable=True)  # (B,)
@@ -271,7 +295,11 @@ class _GRULayers(torch.autograd.Function):
         packed = x.reshape(batch * width, size).index_select(0, rows.flatten())
         packed = packed.view(layers, total, size)  # (D, N, in)
         # The input's share of every step at once: (D, N, 3H).
-        gi = torch.baddbmm(b_ih.unsqueeze(1), packed, w_ih.transpose(1, 2))
+        if low is None:
+            gi = torch.baddbmm(b_ih.unsqueeze(1), packed, w_ih.transpose(1, 2))
+        else:  # packed stays bf16 for the backward's weight gradient
+            packed = packed.to(low)
+            gi = torch.bmm(packed, w_ih.to(low).transpose(1, 2)).float().add_(b_ih.unsqueeze(1))
         gh = x.new_empty(layers, total, 3 * hidden)  # W_h h_{t-1} + b_h
         rz = x.new_empty(layers, total, 2 * hidden)
         new = x.new_empty(layers, total, hidden)
@@ -286,7 +314,7 @@ class _GRULayers(torch.autograd.Function):
                                 out=new[:, at]).tanh_()
             h = torch.lerp(n_t, h, gates[..., hidden:], out=states[:, at])  # n + z (h - n)
         ctx.save_for_backward(packed, rows, previous, w_ih, w_hh, states, rz, new, gh)
-        ctx.blocks, ctx.shape = list(zip(offsets, counts)), (batch, width, size)
+        ctx.blocks, ctx.shape, ctx.low = list(zip(offsets, counts)), (batch, width, size), low
         out = x.new_zeros(batch * width, layers * hidden)
         for d in range(layers):
             out[:, d * hidden:(d + 1) * hidden].index_copy_(0, rows[d], states[d])
@@ -333,17 +361,30 @@ class _GRULayers(torch.autograd.Function):
                   out=d_hidden[:, :count].view(layers, count, 3, hidden))
         d_new = d_state.mul_(to_new)  # n's input share
         d_gates = d_hidden[..., : 2 * hidden]  # r's and z's input shares equal their hidden
-        grads = [None] * 6
+        grads = [None] * 7
+        low = ctx.low
+        if low is not None:  # bf16_products: the input's shares as one bf16 tensor
+            d_input = torch.cat([d_gates, d_new], dim=2).to(low)  # (D, N, 3H)
         if ctx.needs_input_grad[0]:  # both directions read the same x: their shares add up
-            d_x = torch.bmm(d_gates, w_ih[:, : 2 * hidden]).baddbmm_(d_new, w_ih[:, 2 * hidden:])
+            if low is None:
+                d_x = (torch.bmm(d_gates, w_ih[:, : 2 * hidden])
+                       .baddbmm_(d_new, w_ih[:, 2 * hidden:]))
+            else:
+                d_x = torch.bmm(d_input, w_ih.to(low)).float()
             grads[0] = (d_x.new_zeros(batch * width, size)
                         .index_add_(0, rows.flatten(), d_x.view(-1, size))
                         .view(batch, width, size))
-        if ctx.needs_input_grad[2]:
-            grads[2] = torch.cat([d_gates.transpose(1, 2) @ packed,
-                                  d_new.transpose(1, 2) @ packed], dim=1)  # (D, 3H, in)
-        if ctx.needs_input_grad[3]:
-            grads[3] = d_hidden.transpose(1, 2) @ before  # (D, 3H, H)
+        if ctx.needs_input_grad[2]:  # (D, 3H, in)
+            if low is None:
+                grads[2] = torch.cat([d_gates.transpose(1, 2) @ packed,
+                                      d_new.transpose(1, 2) @ packed], dim=1)
+            else:
+                grads[2] = torch.bmm(d_input.transpose(1, 2), packed).float()
+        if ctx.needs_input_grad[3]:  # (D, 3H, H)
+            if low is None:
+                grads[3] = d_hidden.transpose(1, 2) @ before
+            else:
+                grads[3] = torch.bmm(d_hidden.to(low).transpose(1, 2), before.to(low)).float()
         if ctx.needs_input_grad[4]:
             grads[4] = torch.cat([d_gates.sum(1), d_new.sum(1)], dim=1)  # (D, 3H)
         if ctx.needs_input_grad[5]:

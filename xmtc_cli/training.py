@@ -35,7 +35,7 @@ from xmtc_cli.config import Recipe, TrainConfig
 from xmtc_cli.data.batching import Batch, Batcher, frequency_rank
 from xmtc_cli.data.builtin import load_data
 from xmtc_cli.data.processed import ProcessedData, data_fingerprint
-from xmtc_cli.device import autocast
+from xmtc_cli.device import autocast, cpu_has_native_bf16
 from xmtc_cli.distributed import SINGLE, Group, ReplicatedError
 from xmtc_cli.errors import XmtcError
 from xmtc_cli.evaluation import evaluate_split, lexical_prior
@@ -43,7 +43,7 @@ from xmtc_cli.launch import Launch
 from xmtc_cli.lexical import LexicalIndex
 from xmtc_cli.losses import build_criterion
 from xmtc_cli.memory import keep_freed_memory
-from xmtc_cli.model import ModelSizes, Seq2SetModel, build_model
+from xmtc_cli.model import ModelSizes, Seq2SetModel, bf16_products, build_model
 from xmtc_cli.optim import build_adam
 from xmtc_cli.prototypes import init_output_prototypes
 from xmtc_cli.run import (
@@ -86,6 +86,7 @@ class RunInfo:
     parameters: int
     log_every: float  # seconds between progress lines off a terminal
     threads: str = ""  # the CPU threads torch uses and why (ThreadChoice.describe)
+    precision: str = ""  # what train.cpu_bf16 does here, when the recipe asks for it
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,7 @@ class Trainer:
     ddp: torch.nn.parallel.DistributedDataParallel | None = None  # `model` in DDP, if several
     shortlist: CandidateSource | None = None  # the softmax's candidates (train.shortlist)
     keep_token_gradient: bool = True  # the token table's gradient buffer kept between steps
+    bf16_products: bool = False  # train.cpu_bf16 where it applies (model.bf16_products)
 
     @classmethod
     def build(cls, recipe: Recipe, sizes: ModelSizes, device: torch.device, total_steps: int,
@@ -244,8 +246,20 @@ class Trainer:
                                          recipe.train.seed)
         elif recipe.train.shortlist is not None:
             shortlist = UniformNegatives(recipe.train.shortlist, recipe.train.seed)
+        bf16 = recipe.train.cpu_bf16 and device.type == "cpu" and cpu_has_native_bf16()
         return cls(model, build_criterion(recipe.loss), optimizer, recipe.train, total_steps,
-                   device, group, ddp, shortlist)
+                   device, group, ddp, shortlist, bf16_products=bf16)
+
+    def describe_precision(self) -> str:
+        """What train.cpu_bf16 does in this run, for its header; empty when not asked for."""
+        if not self.train.cpu_bf16:
+            return ""
+        if self.bf16_products:
+            return "bf16 products in the encoder GRU, float32 sums (train.cpu_bf16)"
+        if self.device.type != "cpu":
+            return f"train.cpu_bf16 ignored on {self.device.type} (train.amp applies there)"
+        return ("train.cpu_bf16 ignored: this CPU has no native bf16 (AVX-512 BF16 or AMX), "
+                "where bf16 products are slower than float32")
 
     def step(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Train on `batch` as optimiser step `step` (0-based; it sets the learning rate).
@@ -286,7 +300,7 @@ class Trainer:
             candidates = candidates.to(self.device)
             gold = to_candidates(gold, candidates, outputs)  # (B, M) positions
             table = table.index_select(0, candidates)  # (K', E_l)
-        with autocast(self.device, self.train.amp):
+        with autocast(self.device, self.train.amp), bf16_products(self.bf16_products):
             logits = net(batch.src, batch.lengths, batch.gold, batch.features, candidates)
             if self.ddp is None:
                 loss, parts = self.criterion(logits, gold, table)
@@ -529,6 +543,7 @@ class _Epochs:
                 parameters=sum(p.numel() for p in trainer.model.parameters()),
                 log_every=recipe.train.log_every,
                 threads=threads.describe() if threads is not None else "",
+                precision=trainer.describe_precision(),
             ))
             on_failure.pop_all()
         watch = LoadWatch(threads) if threads is not None and device.type == "cpu" else None

@@ -88,6 +88,8 @@ class TrainingDisplay:
         )
         if info.threads:
             stderr.print(f"CPU threads: {info.threads}")
+        if info.precision:
+            stderr.print(f"precision: {info.precision}")
         if self.live:
             self.progress = Progress(
                 TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"), BarColumn(),
