@@ -491,3 +491,39 @@ def test_bf16_products_apply_inside_their_context_only():
     assert torch.equal(before, after) and torch.equal(before, nested)
     assert not torch.equal(before, inside)
     torch.testing.assert_close(inside, before, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_dropout_keeps_each_element_with_probability_one_minus_p_scaled(p):
+    """model.dropout (torch.rand's mask on the CPU): every element is 0 or x / (1 - p), kept
+    with probability 1 - p (within 5 standard deviations over 200,000 elements, each half of
+    the tensor alike), and the gradient is the same mask; outside training, or at p = 0, it is
+    the identity."""
+    from xmtc_cli.model import dropout
+
+    torch.manual_seed(0)
+    x = (torch.rand(400, 500) + 0.5).requires_grad_()  # no zeros of its own
+    y = dropout(x, p, True)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], x[kept] / (1 - p))
+    for part in (kept[:200], kept[200:]):
+        sigma = (p * (1 - p) * part.numel()) ** 0.5
+        assert abs(part.sum().item() - (1 - p) * part.numel()) < 5 * sigma
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, kept.float() / (1 - p))
+    assert not torch.equal(kept, dropout(x, p, True) != 0)  # fresh draws each call
+    assert torch.equal(dropout(x, p, False), x) and torch.equal(dropout(x, 0.0, True), x)
+
+
+def test_inter_layer_dropout_leaves_positions_past_a_document_zero():
+    """_padded_gru's inter-layer dropout multiplies the padded states (no longer the packed
+    rows alone): what it returns past each document stays zero, for the decoder's attention
+    and the light-conv branch to read as padding."""
+    from xmtc_cli.model import _padded_gru
+
+    torch.manual_seed(0)
+    rnn = torch.nn.GRU(6, 5, 2, batch_first=True, bidirectional=True, dropout=0.5).train()
+    lengths = torch.tensor([9, 1, 4, 6])
+    out, _ = _padded_gru(rnn, torch.randn(4, 9, 6), lengths)
+    past = torch.arange(9) >= lengths.unsqueeze(1)  # (B, T)
+    assert not out[past].any() and out[~past].abs().min() > 0
