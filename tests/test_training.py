@@ -506,3 +506,18 @@ def test_native_bf16_means_the_cpu_instructions_not_onednns_emulation(
     assert cpu_has_native_bf16() is expected
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     assert cpu_has_native_bf16() is False
+
+
+def test_a_bf16_products_run_resumes_to_the_same_weights(recipe_file, tmp_path, monkeypatch):
+    """train.cpu_bf16 keeps exact resumption: a run stopped inside epoch 2 and resumed ends
+    bit for bit where the same run in one go ends (on a CPU taken to have native bf16)."""
+    from xmtc_cli import training
+
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    recipe = load_recipe(recipe_file, ["train.cpu_bf16=true", "train.checkpoint_every=4"])
+    with threads(1):
+        fit(recipe, tmp_path / "whole", device="cpu")
+        with pytest.raises(KeyboardInterrupt):
+            fit(recipe, tmp_path / "run", device="cpu", callback=StopAfter(epoch=2, step=6))
+        fit(recipe, tmp_path / "run", device="cpu", resume=True)
+    assert_same_run(tmp_path / "run", tmp_path / "whole")
