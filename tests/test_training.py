@@ -405,27 +405,35 @@ def test_resume_refuses_processed_data_that_changed_under_the_same_path(tiny_dat
     assert [line["epoch"] for line in metrics_lines(tmp_path / "run")] == [1, 2]
 
 
+def _tiny_step_inputs(lengths: list[int]):
+    """ModelSizes of a tiny model and three batches of 4 documents of 7 tokens, the first 5 of
+    them real (`lengths` says how many each document declares), gold labels 3 and 4."""
+    import numpy as np
+
+    from xmtc_cli.data.batching import Batch
+    from xmtc_cli.model import ModelSizes
+
+    sizes = ModelSizes(vocab_size=50, num_labels=6, decode_steps=3, embed_size=5,
+                       label_embed_size=4)
+    g = torch.Generator().manual_seed(0)
+    batches = [Batch(torch.randint(2, 50, (4, 7), generator=g) * (torch.arange(7) < 5),
+                     torch.tensor(lengths), torch.tensor([[3, 4, -1]] * 4), np.arange(4))
+               for _ in range(3)]
+    return sizes, batches
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.01])
 def test_the_kept_token_gradient_trains_as_a_fresh_dense_one(weight_decay):
     """The token table's gradient kept between steps (sparse lookups added into one buffer,
     zeroed row by row after the step) gives the weights a fresh dense gradient gives, and the
     buffer is all zeros between steps."""
-    import numpy as np
-
     from xmtc_cli.config import recipe_from_dict
-    from xmtc_cli.data.batching import Batch
-    from xmtc_cli.model import ModelSizes
     from xmtc_cli.training import Trainer
 
     recipe = recipe_from_dict({"data": {"dir": "unused", "max_labels": 3},
                                "model": {"hidden_size": 8, "encoder_layers": 1},
                                "train": {"weight_decay": weight_decay, "lr": 0.05}}, [])
-    sizes = ModelSizes(vocab_size=50, num_labels=6, decode_steps=3, embed_size=5,
-                       label_embed_size=4)
-    g = torch.Generator().manual_seed(0)
-    batches = [Batch(torch.randint(2, 50, (4, 7), generator=g) * (torch.arange(7) < 5),
-                     torch.tensor([5, 5, 5, 5]), torch.tensor([[3, 4, -1]] * 4), np.arange(4))
-               for _ in range(3)]
+    sizes, batches = _tiny_step_inputs([5, 5, 5, 5])
     trainers = [Trainer.build(recipe, sizes, torch.device("cpu"), 10) for _ in range(2)]
     trainers[1].keep_token_gradient = False
     for i, batch in enumerate(batches):
@@ -445,22 +453,14 @@ def test_the_kept_token_gradient_trains_as_a_fresh_dense_one(weight_decay):
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_bf16_takes_bf16_products_only_where_the_cpu_has_them(native, monkeypatch):
     """train.cpu_bf16 trains with the GRU's bf16 products where the CPU computes bf16 natively:
-    weights close to the float32 run's but not equal; without native bf16 the recipe's switch
-    is ignored (the same weights as float32) and the header says why."""
-    import numpy as np
-
+    a step's gradients within 2% of the float32 run's, the GRU's not equal to them; without
+    native bf16 the recipe's switch is ignored (bitwise the float32 run) and the header says
+    why."""
     from xmtc_cli import training
     from xmtc_cli.config import recipe_from_dict
-    from xmtc_cli.data.batching import Batch
-    from xmtc_cli.model import ModelSizes
 
     monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: native)
-    sizes = ModelSizes(vocab_size=50, num_labels=6, decode_steps=3, embed_size=5,
-                       label_embed_size=4)
-    g = torch.Generator().manual_seed(0)
-    batches = [Batch(torch.randint(2, 50, (4, 7), generator=g) * (torch.arange(7) < 5),
-                     torch.tensor([5, 3, 5, 4]), torch.tensor([[3, 4, -1]] * 4), np.arange(4))
-               for _ in range(3)]
+    sizes, batches = _tiny_step_inputs([5, 3, 5, 4])
     trainers = []
     for bf16 in (True, False):
         recipe = recipe_from_dict({"data": {"dir": "unused", "max_labels": 3},
