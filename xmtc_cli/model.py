@@ -290,9 +290,9 @@ class _GRULayers(torch.autograd.Function):
         # The input's share of every step at once: (D, N, 3H).
         if low is None:
             gi = torch.baddbmm(b_ih.unsqueeze(1), packed, w_ih.transpose(1, 2))
-        else:  # packed stays bf16 for the backward's weight gradient
-            packed = packed.to(low)
-            gi = torch.bmm(packed, w_ih.to(low).transpose(1, 2)).float().add_(b_ih.unsqueeze(1))
+        else:  # packed and W_ih stay bf16 for the backward's products
+            packed, w_ih = packed.to(low), w_ih.to(low)
+            gi = torch.bmm(packed, w_ih.transpose(1, 2)).float().add_(b_ih.unsqueeze(1))
         gh = x.new_empty(layers, total, 3 * hidden)  # W_h h_{t-1} + b_h
         rz = x.new_empty(layers, total, 2 * hidden)
         new = x.new_empty(layers, total, hidden)
@@ -363,7 +363,7 @@ class _GRULayers(torch.autograd.Function):
                 d_x = (torch.bmm(d_gates, w_ih[:, : 2 * hidden])
                        .baddbmm_(d_new, w_ih[:, 2 * hidden:]))
             else:
-                d_x = torch.bmm(d_input, w_ih.to(low)).float()
+                d_x = torch.bmm(d_input, w_ih).float()  # W_ih saved in bf16
             grads[0] = (d_x.new_zeros(batch * width, size)
                         .index_add_(0, rows.flatten(), d_x.view(-1, size))
                         .view(batch, width, size))
