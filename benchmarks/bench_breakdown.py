@@ -109,7 +109,7 @@ def main() -> None:
     data = load_data(args.data)
     recipe = resolve_recipe(recipe_from_dict(recipe, [f"train.{o}" for o in args.set]), data)
     extra = {}
-    if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
+    if recipe.train.ranks_hard_negatives:
         from xmtc_cli.training import rank_hard_negatives
 
         start = time.perf_counter()

@@ -184,6 +184,11 @@ class TrainConfig:
     """Under torchrun (many processes), send gradients between processes in bf16: half the bytes
     of the all-reduce, at bf16's rounding of the summed gradient. Ignored by one process."""
 
+    @property
+    def ranks_hard_negatives(self) -> bool:
+        """Whether a run ranks train.shortlist_hard's negatives before its first step."""
+        return self.shortlist is not None and self.shortlist_hard > 0
+
 
 @dataclass(frozen=True)
 class Recipe:

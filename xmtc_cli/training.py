@@ -223,8 +223,7 @@ class Trainer:
         the recipe's loss and Adam; with several processes, wrap the model in DDP and give each
         rank its own dropout stream. `hard_negatives` [N, m]: each training document's hard
         negatives for train.shortlist (`shortlist.hard_negatives`; None: uniform draws)."""
-        if (recipe.train.shortlist is not None and recipe.train.shortlist_hard
-                and hard_negatives is None):
+        if recipe.train.ranks_hard_negatives and hard_negatives is None:
             raise ValueError("train.shortlist_hard needs each training document's hard "
                              "negatives (shortlist.hard_negatives)")
         torch.manual_seed(recipe.train.seed)
@@ -241,7 +240,7 @@ class Trainer:
             ddp = distributed.wrap(model, group, device, recipe.train.ddp_bf16_grads)
             distributed.seed_rank(recipe.train.seed, group.rank)
         shortlist: CandidateSource | None = None
-        if hard_negatives is not None and recipe.train.shortlist_hard:
+        if recipe.train.ranks_hard_negatives:
             shortlist = LexicalNegatives(hard_negatives, recipe.train.shortlist,
                                          recipe.train.seed)
         elif recipe.train.shortlist is not None:
@@ -486,7 +485,7 @@ class _Epochs:
                           recipe.data.max_labels, data.num_labels, rank)
         steps_per_epoch = batcher.num_batches(recipe.train.batch_size)
         index = hard = None
-        if recipe.train.shortlist is not None and recipe.train.shortlist_hard:
+        if recipe.train.ranks_hard_negatives:
             # Every rank ranks the same documents the same way: the same candidates.
             begun = time.perf_counter()
             index, hard = rank_hard_negatives(recipe, data)
